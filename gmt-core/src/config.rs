@@ -1,0 +1,160 @@
+//! The configuration of a Gradient-Mask Tuning optimizer.
+
+use burn::config::Config;
+use serde::{Deserialize, Serialize};
+
+use crate::GmtError;
+
+/// Which entries share one threshold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskScope {
+    /// Each parameter tensor is its own group: every tensor keeps the same fraction.
+    #[default]
+    Tensor,
+    /// All masked parameters form one group with one threshold.
+    Global,
+}
+
+/// What the mask acts on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskTarget {
+    /// The inner optimizer receives Γ·mask. Masked entries still see weight decay and the
+    /// decaying moments of earlier steps, exactly as with a zero gradient.
+    #[default]
+    Gradient,
+    /// The inner optimizer's moments receive Γ·mask, but masked entries keep their previous
+    /// value exactly (weight decay included): they do not move at all this step.
+    Update,
+}
+
+/// How the entries to keep are chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskStrategy {
+    /// GMT: keep the entries with the largest |Γ|.
+    #[default]
+    Magnitude,
+    /// The paper's control: a seeded uniformly random mask that keeps exactly as many entries
+    /// per group as `Magnitude` would without ties (n − floor(r·n)).
+    Random,
+    /// No masking at all: the inner optimizer runs unchanged (plain fine-tuning).
+    None,
+}
+
+/// How the magnitude threshold is found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// The exact (n − m)-th largest |Γ| of the group.
+    Exact,
+    /// An estimate from `sample_size` entries drawn uniformly (with replacement) from the
+    /// group: the threshold is the matching quantile of the sample. The kept fraction is then
+    /// close to, not exactly, 1 − r. Meant for groups far larger than the sample.
+    Sampled {
+        /// Number of entries drawn per group.
+        sample_size: usize,
+    },
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Self::Exact
+    }
+}
+
+/// Where exact thresholds are computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SelectionEngine {
+    /// `Host` for CPU backends (ndarray, flex, cpu), `Device` for the others.
+    #[default]
+    Auto,
+    /// Copy |Γ| to host memory and select in O(n) with a radix histogram. Fastest on CPU.
+    Host,
+    /// Stay on the device: a bisection over the bit patterns of |Γ|, 31 counting passes for all
+    /// groups at once with one host synchronisation per pass. No gradient leaves the device.
+    Device,
+}
+
+/// What a step does when a gradient holds NaN or ±∞.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NonFinitePolicy {
+    /// The step fails with [`GmtError::NonFiniteGradient`] naming the parameter.
+    #[default]
+    Error,
+    /// The step is skipped (parameters and optimizer state unchanged) and the report says why.
+    Skip,
+}
+
+/// Configuration of [`GmtOptimizer`](crate::GmtOptimizer).
+///
+/// ```
+/// use gmt_core::{GmtConfig, MaskScope, MaskTarget};
+///
+/// let config = GmtConfig::new(0.3)
+///     .with_scope(MaskScope::Global)
+///     .with_target(MaskTarget::Update)
+///     .with_exclude(vec!["*norm*".into(), "embed_tokens.*".into()]);
+/// assert!(config.validate().is_ok());
+/// assert!(GmtConfig::new(1.0).validate().is_err());
+/// ```
+#[derive(Config, Debug, PartialEq)]
+pub struct GmtConfig {
+    /// Fraction of each group's entries set to zero, in `[0, 1)`. For a group of n entries,
+    /// m = floor(ratio·n) are masked; `0` is plain fine-tuning.
+    pub mask_ratio: f64,
+    /// Whether each parameter is masked on its own or all together.
+    #[config(default = "MaskScope::Tensor")]
+    pub scope: MaskScope,
+    /// Whether the mask applies to the gradient or to the whole update.
+    #[config(default = "MaskTarget::Gradient")]
+    pub target: MaskTarget,
+    /// How kept entries are chosen.
+    #[config(default = "MaskStrategy::Magnitude")]
+    pub strategy: MaskStrategy,
+    /// Exact or sampled threshold.
+    #[config(default = "Selection::Exact")]
+    pub selection: Selection,
+    /// Where the threshold is computed.
+    #[config(default = "SelectionEngine::Auto")]
+    pub engine: SelectionEngine,
+    /// Glob patterns (`*`, `?`, `[..]`) over dotted module paths such as
+    /// `layers.3.self_attn.q_proj.weight`. Matching parameters are never masked but are still
+    /// optimized. Every pattern must match at least one parameter.
+    #[config(default = "Vec::new()")]
+    pub exclude: Vec<String>,
+    /// What to do with NaN or infinite gradients.
+    #[config(default = "NonFinitePolicy::Error")]
+    pub non_finite: NonFinitePolicy,
+    /// Seed of the random strategy and of sampled selection.
+    #[config(default = 0)]
+    pub seed: u64,
+}
+
+impl GmtConfig {
+    /// Checks the settings that do not depend on the model.
+    pub fn validate(&self) -> Result<(), GmtError> {
+        let ratio = self.mask_ratio;
+        if !(0.0..1.0).contains(&ratio) {
+            return Err(GmtError::InvalidConfig {
+                key: "mask_ratio",
+                reason: format!("{ratio} is outside [0, 1): it is the fraction of entries set to zero"),
+            });
+        }
+        if let Selection::Sampled { sample_size: 0 } = self.selection {
+            return Err(GmtError::InvalidConfig {
+                key: "selection.sample_size",
+                reason: "a sampled threshold needs at least one sample".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// True when this configuration never changes a gradient: ratio 0 or strategy `none`.
+    pub fn is_identity(&self) -> bool {
+        self.mask_ratio == 0.0 || self.strategy == MaskStrategy::None
+    }
+}

@@ -1,0 +1,440 @@
+//! [`GmtOptimizer`]: burn's `Optimizer` with the gradient masked before the inner step.
+
+use core::marker::PhantomData;
+use std::collections::HashMap;
+
+use burn::optim::LearningRate;
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::{GradientsParams, MultiGradientsParams, Optimizer};
+use burn::record::{PrecisionSettings, Record};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Bool, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::params::{ParamInfo, list_params};
+use crate::{GmtConfig, GmtError, GradientMask, MaskInput, MaskTarget, NonFinitePolicy, ParamFilter, StepReport};
+
+/// Gradient-Mask Tuning around any burn optimizer (AdamW, Adam, SGD, …).
+///
+/// Each step takes Γ (the step's mean gradient, see [`GradientMean`](crate::GradientMean)),
+/// checks it is finite, computes a [`GradientMask`], hands Γ·mask to the inner optimizer and,
+/// for [`MaskTarget::Update`], puts masked entries back to their previous values.
+///
+/// ```
+/// use burn::backend::{Autodiff, NdArray};
+/// use burn::nn::{Linear, LinearConfig};
+/// use burn::optim::{AdamWConfig, GradientsParams};
+/// use burn::tensor::{Distribution, Tensor};
+/// use gmt_core::GmtConfig;
+///
+/// type B = Autodiff<NdArray>;
+/// let device = Default::default();
+/// let model: Linear<B> = LinearConfig::new(8, 4).init(&device);
+/// let adamw = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.0).init();
+/// let mut optim = GmtConfig::new(0.3).init(adamw, &model).unwrap();
+///
+/// let x = Tensor::<B, 2>::random([16, 8], Distribution::Default, &device);
+/// let loss = model.forward(x).powi_scalar(2).mean();
+/// let grads = GradientsParams::from_grads(loss.backward(), &model);
+/// let model = optim.try_step(1e-3, model, grads).unwrap();
+///
+/// let stats = optim.last_report().unwrap().stats().unwrap();
+/// assert_eq!(stats.get("weight").unwrap().kept, 32 - 9); // floor(0.3·32) = 9 masked
+/// # let _ = model;
+/// ```
+pub struct GmtOptimizer<O, M, B> {
+    config: GmtConfig,
+    inner: O,
+    params: Vec<ParamInfo>,
+    index: HashMap<ParamId, usize>,
+    state: GmtState,
+    last_report: Option<StepReport>,
+    marker: PhantomData<fn() -> (M, B)>,
+}
+
+impl<O: Clone, M, B> Clone for GmtOptimizer<O, M, B> {
+    fn clone(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            inner: self.inner.clone(),
+            params: self.params.clone(),
+            index: self.index.clone(),
+            state: self.state.clone(),
+            last_report: self.last_report.clone(),
+            marker: PhantomData,
+        }
+    }
+}
+
+/// GMT's own optimizer state, saved in [`GmtRecord`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GmtState {
+    /// Steps applied so far.
+    pub step: u64,
+    /// Steps skipped for non-finite gradients.
+    pub skipped_steps: u64,
+    /// Seed of the random streams. Step t draws from ChaCha8 stream t of this seed, so the
+    /// pair (seed, step) is the whole RNG state.
+    pub rng_seed: u64,
+}
+
+/// The saved state of a [`GmtOptimizer`]: the inner optimizer's record plus GMT's own.
+#[derive(Clone, Debug)]
+pub struct GmtRecord<R> {
+    /// The inner optimizer's record.
+    pub inner: R,
+    /// GMT's step count and RNG state.
+    pub state: GmtState,
+}
+
+/// Serialized form of [`GmtRecord`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GmtRecordItem<I> {
+    inner: I,
+    state: GmtState,
+}
+
+impl<B: Backend, R: Record<B>> Record<B> for GmtRecord<R> {
+    type Item<S: PrecisionSettings> = GmtRecordItem<R::Item<S>>;
+
+    fn into_item<S: PrecisionSettings>(self) -> Self::Item<S> {
+        GmtRecordItem {
+            inner: self.inner.into_item(),
+            state: self.state,
+        }
+    }
+
+    fn from_item<S: PrecisionSettings>(item: Self::Item<S>, device: &B::Device) -> Self {
+        Self {
+            inner: R::from_item(item.inner, device),
+            state: item.state,
+        }
+    }
+}
+
+/// A failed step: the error, and the module given to the step, unchanged.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct StepFailure<M> {
+    /// What went wrong.
+    #[source]
+    pub error: GmtError,
+    /// The module, as it was before the step.
+    pub module: M,
+}
+
+impl GmtConfig {
+    /// Wraps `inner` for `module`; see [`GmtOptimizer::new`].
+    pub fn init<O, M, B>(&self, inner: O, module: &M) -> Result<GmtOptimizer<O, M, B>, GmtError>
+    where
+        O: Optimizer<M, B>,
+        M: AutodiffModule<B>,
+        B: AutodiffBackend,
+    {
+        GmtOptimizer::new(self.clone(), inner, module)
+    }
+}
+
+impl<O, M, B> GmtOptimizer<O, M, B>
+where
+    O: Optimizer<M, B>,
+    M: AutodiffModule<B>,
+    B: AutodiffBackend,
+{
+    /// Validates `config` against `module` and wraps `inner`.
+    ///
+    /// Fails on a ratio outside `[0, 1)`, an invalid or unused `exclude` pattern, or a module
+    /// without float parameters.
+    pub fn new(config: GmtConfig, inner: O, module: &M) -> Result<Self, GmtError> {
+        config.validate()?;
+        let mut params = list_params::<B, M>(module);
+        if params.is_empty() {
+            return Err(GmtError::NoParameters);
+        }
+        let filter = ParamFilter::new(&config.exclude)?;
+        filter.check_all_used(params.iter().map(|p| p.path.as_str()))?;
+        for param in &mut params {
+            param.masked = !filter.is_match(&param.path);
+        }
+        let index = params.iter().enumerate().map(|(i, p)| (p.id, i)).collect();
+        let state = GmtState {
+            rng_seed: config.seed,
+            ..GmtState::default()
+        };
+        Ok(Self {
+            config,
+            inner,
+            params,
+            index,
+            state,
+            last_report: None,
+            marker: PhantomData,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GmtConfig {
+        &self.config
+    }
+
+    /// The wrapped optimizer.
+    pub fn inner(&self) -> &O {
+        &self.inner
+    }
+
+    /// The module's float parameters in step order, with whether each is masked.
+    pub fn params(&self) -> &[ParamInfo] {
+        &self.params
+    }
+
+    /// GMT's own state (steps applied and skipped, RNG seed).
+    pub fn state(&self) -> &GmtState {
+        &self.state
+    }
+
+    /// What the most recent step did: mask statistics, or why it was skipped.
+    pub fn last_report(&self) -> Option<&StepReport> {
+        self.last_report.as_ref()
+    }
+
+    /// One optimizer step with Γ = `grads`.
+    ///
+    /// Returns the updated module. A non-finite gradient fails the step under
+    /// [`NonFinitePolicy::Error`], handing the module back unchanged inside the
+    /// [`StepFailure`]; under [`NonFinitePolicy::Skip`] the step is skipped, the module
+    /// returned unchanged and [`last_report`](Self::last_report) says so.
+    pub fn try_step(
+        &mut self,
+        lr: LearningRate,
+        module: M,
+        mut grads: GradientsParams,
+    ) -> Result<M, StepFailure<M>> {
+        let step = self.state.step;
+        let mut taken = TakeGradients::<B> {
+            grads: &mut grads,
+            index: &self.index,
+            keep_values: self.config.target == MaskTarget::Update && !self.config.is_identity(),
+            entries: Vec::new(),
+            marker: PhantomData,
+        };
+        module.visit(&mut taken);
+        let entries = taken.entries;
+
+        if let Some(bad) = first_non_finite(&entries) {
+            let param = self.params[entries[bad].param].path.clone();
+            return match self.config.non_finite {
+                NonFinitePolicy::Error => Err(StepFailure {
+                    error: GmtError::NonFiniteGradient { param, step },
+                    module,
+                }),
+                NonFinitePolicy::Skip => {
+                    self.state.skipped_steps += 1;
+                    self.last_report = Some(StepReport::Skipped { step, param });
+                    Ok(module)
+                }
+            };
+        }
+
+        let inputs: Vec<MaskInput<B::InnerBackend>> = entries
+            .iter()
+            .map(|e| MaskInput {
+                path: self.params[e.param].path.clone(),
+                masked: self.params[e.param].masked,
+                grad: e.grad.clone(),
+            })
+            .collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(self.state.rng_seed);
+        rng.set_stream(step);
+        let mask = GradientMask::compute(&self.config, &inputs, &mut rng);
+        drop(inputs);
+
+        let mut masked = HashMap::new();
+        let mut restore = HashMap::new();
+        for (entry, drop) in entries.into_iter().zip(mask.drops) {
+            let grad = match &drop {
+                Some(drop) => entry.grad.mask_fill(drop.clone(), 0.0),
+                None => entry.grad,
+            };
+            masked.insert(entry.id, grad);
+            if let (Some(drop), Some(old)) = (drop, entry.value) {
+                restore.insert(entry.id, (drop, old));
+            }
+        }
+        module.visit(&mut PutGradients::<B> {
+            grads: &mut grads,
+            masked,
+            marker: PhantomData,
+        });
+        let mut module = self.inner.step(lr, module, grads);
+        if !restore.is_empty() {
+            module = module.map(&mut RestoreMasked::<B> {
+                restore,
+                marker: PhantomData,
+            });
+        }
+
+        self.state.step += 1;
+        self.last_report = Some(StepReport::Applied {
+            step,
+            stats: mask.stats,
+        });
+        Ok(module)
+    }
+}
+
+impl<O, M, B> Optimizer<M, B> for GmtOptimizer<O, M, B>
+where
+    O: Optimizer<M, B>,
+    M: AutodiffModule<B>,
+    B: AutodiffBackend,
+{
+    type Record = GmtRecord<O::Record>;
+
+    /// burn's trait cannot return an error: this panics where [`GmtOptimizer::try_step`]
+    /// would fail (a non-finite gradient under [`NonFinitePolicy::Error`]). Use `try_step`,
+    /// or [`NonFinitePolicy::Skip`], to handle that case.
+    fn step(&mut self, lr: LearningRate, module: M, grads: GradientsParams) -> M {
+        match self.try_step(lr, module, grads) {
+            Ok(module) => module,
+            Err(failure) => panic!("GMT optimizer step failed: {}", failure.error),
+        }
+    }
+
+    /// Gradients from several devices are summed per parameter (as burn's own optimizers do)
+    /// and then stepped like [`step`](Optimizer::step).
+    fn step_multi(&mut self, lr: LearningRate, module: M, grads: MultiGradientsParams) -> M {
+        let mut merged = MergeDevices::<B> {
+            multi: grads,
+            merged: GradientsParams::new(),
+            marker: PhantomData,
+        };
+        module.visit(&mut merged);
+        self.step(lr, module, merged.merged)
+    }
+
+    fn to_record(&self) -> Self::Record {
+        GmtRecord {
+            inner: self.inner.to_record(),
+            state: self.state.clone(),
+        }
+    }
+
+    fn load_record(mut self, record: Self::Record) -> Self {
+        self.inner = self.inner.load_record(record.inner);
+        self.state = record.state;
+        self
+    }
+}
+
+/// One parameter's gradient, taken out of `GradientsParams` and flattened.
+struct TakenGradient<B: Backend> {
+    id: ParamId,
+    param: usize,
+    grad: Tensor<B, 1>,
+    /// The parameter's value before the step, for [`MaskTarget::Update`].
+    value: Option<Tensor<B, 1>>,
+}
+
+struct TakeGradients<'a, B: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    index: &'a HashMap<ParamId, usize>,
+    keep_values: bool,
+    entries: Vec<TakenGradient<B::InnerBackend>>,
+    marker: PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for TakeGradients<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let Some(&index) = self.index.get(&param.id) else {
+            return;
+        };
+        let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) else {
+            return; // frozen or unused: no gradient, nothing to do
+        };
+        let value = self
+            .keep_values
+            .then(|| param.val().inner().flatten::<1>(0, D - 1));
+        self.entries.push(TakenGradient {
+            id: param.id,
+            param: index,
+            grad: grad.flatten::<1>(0, D - 1),
+            value,
+        });
+    }
+}
+
+/// Index of the first gradient holding NaN or ±∞, with one read-back for all of them.
+fn first_non_finite<B: Backend>(entries: &[TakenGradient<B>]) -> Option<usize> {
+    if entries.is_empty() {
+        return None;
+    }
+    // A sum is finite whenever every term is, so one reduction per tensor screens them all;
+    // a non-finite sum is then confirmed entry-wise, since finite values can overflow a sum.
+    let sums = entries.iter().map(|e| e.grad.clone().sum()).collect();
+    let sums: Vec<f32> = Tensor::cat(sums, 0).into_data().iter::<f32>().collect();
+    sums.iter().enumerate().find_map(|(i, s)| {
+        let bad = !s.is_finite() && count_non_finite(&entries[i].grad) > 0;
+        bad.then_some(i)
+    })
+}
+
+fn count_non_finite<B: Backend>(grad: &Tensor<B, 1>) -> i64 {
+    let count = grad.clone().is_finite().bool_not().int().sum();
+    count.into_data().iter::<i64>().next().unwrap_or(0)
+}
+
+/// Puts the (masked, flattened) gradients back in their parameters' shapes.
+struct PutGradients<'a, B: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    masked: HashMap<ParamId, Tensor<B::InnerBackend, 1>>,
+    marker: PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for PutGradients<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(grad) = self.masked.remove(&param.id) {
+            let grad: Tensor<B::InnerBackend, D> = grad.reshape(param.shape());
+            self.grads.register(param.id, grad);
+        }
+    }
+}
+
+struct RestoreMasked<B: AutodiffBackend> {
+    restore: HashMap<ParamId, (Tensor<B::InnerBackend, 1, Bool>, Tensor<B::InnerBackend, 1>)>,
+    marker: PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for RestoreMasked<B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let Some((drop, old)) = self.restore.remove(&param.id) else {
+            return param;
+        };
+        let (id, tensor, mapper) = param.consume();
+        let require_grad = tensor.is_require_grad();
+        let shape = tensor.shape();
+        let kept = tensor
+            .inner()
+            .mask_where(drop.reshape(shape.clone()), old.reshape(shape));
+        let mut tensor = Tensor::from_inner(kept);
+        if require_grad {
+            tensor = tensor.require_grad();
+        }
+        Param::from_mapped_value(id, tensor, mapper)
+    }
+}
+
+struct MergeDevices<B> {
+    multi: MultiGradientsParams,
+    merged: GradientsParams,
+    marker: PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for MergeDevices<B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some((grad, _device)) = self.multi.remove::<B::InnerBackend, D>(param.id) {
+            self.merged.register(param.id, grad);
+        }
+    }
+}
