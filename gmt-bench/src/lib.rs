@@ -1,1 +1,119 @@
-//! placeholder
+//! Shared pieces of gmt's criterion benchmarks (`benches/`): model-shaped parameter sets and
+//! reproducible gradients.
+
+use burn::module::{Module, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Parameter shapes of SmolLM2-135M (HF names, Linear weights as [out, in]):
+/// 30 layers of q/o 576×576, k/v 192×576, gate/up 1536×576, down 576×1536, two RMSNorms of
+/// 576, the final norm, and the tied 49152×576 embedding. About 134.5M entries.
+pub fn smollm2_135m_shapes() -> Vec<(String, Vec<usize>)> {
+    let mut shapes = vec![("model.embed_tokens.weight".to_string(), vec![49152, 576])];
+    for layer in 0..30 {
+        let p = format!("model.layers.{layer}");
+        for (name, dims) in [
+            ("self_attn.q_proj.weight", vec![576, 576]),
+            ("self_attn.k_proj.weight", vec![192, 576]),
+            ("self_attn.v_proj.weight", vec![192, 576]),
+            ("self_attn.o_proj.weight", vec![576, 576]),
+            ("mlp.gate_proj.weight", vec![1536, 576]),
+            ("mlp.up_proj.weight", vec![1536, 576]),
+            ("mlp.down_proj.weight", vec![576, 1536]),
+            ("input_layernorm.weight", vec![576]),
+            ("post_attention_layernorm.weight", vec![576]),
+        ] {
+            shapes.push((format!("{p}.{name}"), dims));
+        }
+    }
+    shapes.push(("model.norm.weight".to_string(), vec![576]));
+    shapes
+}
+
+/// A module holding one parameter per shape: enough for optimizer benchmarks, which never
+/// run a forward pass. Matrices and vectors are kept apart because burn parameters have a
+/// static rank.
+#[derive(Module, Debug)]
+pub struct ShapedParams<B: Backend> {
+    /// Rank-2 parameters.
+    pub matrices: Vec<Param<Tensor<B, 2>>>,
+    /// Rank-1 parameters.
+    pub vectors: Vec<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> ShapedParams<B> {
+    /// Parameters with the given shapes, filled with small random values.
+    pub fn new(shapes: &[(String, Vec<usize>)], device: &B::Device, seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut matrices = Vec::new();
+        let mut vectors = Vec::new();
+        for (_, dims) in shapes {
+            match dims.as_slice() {
+                [r, c] => matrices.push(Param::from_tensor(random_tensor(&mut rng, [*r, *c], 0.02, device))),
+                [n] => vectors.push(Param::from_tensor(random_tensor(&mut rng, [*n], 1.0, device))),
+                other => panic!("unsupported rank {}", other.len()),
+            }
+        }
+        Self { matrices, vectors }
+    }
+}
+
+/// Uniform values in (−scale, scale).
+pub fn random_values(rng: &mut impl Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect()
+}
+
+/// A tensor of [`random_values`].
+pub fn random_tensor<B: Backend, const D: usize>(
+    rng: &mut impl Rng,
+    dims: [usize; D],
+    scale: f32,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    let n = dims.iter().product();
+    Tensor::from_data(TensorData::new(random_values(rng, n, scale), dims), device)
+}
+
+/// Random gradients for every parameter of `model`, kept as tensors so each benchmark
+/// iteration can hand out fresh `GradientsParams` cheaply.
+pub struct FixedGradients<B: AutodiffBackend> {
+    matrices: Vec<Tensor<B::InnerBackend, 2>>,
+    vectors: Vec<Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> FixedGradients<B> {
+    /// Gradients shaped like `model`'s parameters, values ~ U(−1e-3, 1e-3).
+    pub fn new(model: &ShapedParams<B>, seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let device = model.devices()[0].clone();
+        let matrices = model
+            .matrices
+            .iter()
+            .map(|p| {
+                let [r, c] = p.shape().dims();
+                random_tensor(&mut rng, [r, c], 1e-3, &device)
+            })
+            .collect();
+        let vectors = model
+            .vectors
+            .iter()
+            .map(|p| random_tensor(&mut rng, [p.shape().dims::<1>()[0]], 1e-3, &device))
+            .collect();
+        Self { matrices, vectors }
+    }
+
+    /// `GradientsParams` for one step.
+    pub fn params(&self, model: &ShapedParams<B>) -> GradientsParams {
+        let mut grads = GradientsParams::new();
+        for (p, g) in model.matrices.iter().zip(&self.matrices) {
+            grads.register(p.id, g.clone());
+        }
+        for (p, g) in model.vectors.iter().zip(&self.vectors) {
+            grads.register(p.id, g.clone());
+        }
+        grads
+    }
+}

@@ -20,7 +20,7 @@
 //! - [`GmtConfig`] and its vocabulary ([`MaskScope`], [`MaskTarget`], [`MaskStrategy`],
 //!   [`Selection`], [`SelectionEngine`], [`NonFinitePolicy`]) — `config.rs`
 //! - [`GmtOptimizer`], its record [`GmtRecord`] — `optimizer.rs`
-//! - [`GradientMask`]: one step's mask from Γ — `mask.rs`
+//! - [`mask_gradients`]: one step's Γ·mask and statistics — `mask.rs`
 //! - [`selection`]: exact and sampled threshold selection, host and device — `selection/`
 //! - [`GradientMean`]: Γ from micro-batches, plain or token-weighted — `accumulate.rs`
 //! - [`MaskStats`], [`StepReport`]: what a step kept — `stats.rs`
@@ -41,7 +41,7 @@ pub use accumulate::GradientMean;
 pub use config::{GmtConfig, MaskScope, MaskStrategy, MaskTarget, NonFinitePolicy, Selection, SelectionEngine};
 pub use error::GmtError;
 pub use filter::ParamFilter;
-pub use mask::{GradientMask, MaskInput};
+pub use mask::{MaskInput, MaskedGradients, mask_gradients};
 pub use optimizer::{GmtOptimizer, GmtRecord, GmtRecordItem, GmtState, StepFailure};
 pub use params::{ParamInfo, list_params};
 pub use stats::{MaskStats, ParamMaskStats, StepReport};

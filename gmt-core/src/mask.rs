@@ -1,6 +1,6 @@
-//! The gradient mask of one optimizer step: which entries of Γ reach the optimizer.
+//! Masking one optimizer step's gradients: which entries of Γ reach the optimizer.
 
-use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData, backend::Backend};
 use rand::Rng;
 
 use crate::selection::{device_kth_largest_abs, kept_count, kth_largest_abs, sampled_kth_largest_abs};
@@ -17,251 +17,335 @@ pub struct MaskInput<B: Backend> {
     pub grad: Tensor<B, 1>,
 }
 
-/// The mask of one step: per input, the entries to drop (`true` = masked), or `None` when the
-/// whole parameter is kept, plus the step's statistics.
+/// The result of [`mask_gradients`].
 #[derive(Clone, Debug)]
-pub struct GradientMask<B: Backend> {
-    /// Drop masks, one per input, in input order.
+pub struct MaskedGradients<B: Backend> {
+    /// Γ·mask, one per input, in input order.
+    pub grads: Vec<Tensor<B, 1>>,
+    /// Per input, the dropped entries (`true` = masked), when asked for and when any entry
+    /// of that input was dropped; `None` otherwise.
     pub drops: Vec<Option<Tensor<B, 1, Bool>>>,
     /// What the mask kept.
     pub stats: MaskStats,
 }
 
-impl<B: Backend> GradientMask<B> {
-    /// Computes the mask of `inputs` under `config` (whose ratio must be valid). `rng` drives
-    /// the random strategy and sampled selection; it is not touched otherwise.
-    ///
-    /// ```
-    /// use burn::backend::NdArray;
-    /// use burn::tensor::Tensor;
-    /// use gmt_core::{GmtConfig, GradientMask, MaskInput};
-    /// use rand::SeedableRng;
-    ///
-    /// let grad = Tensor::<NdArray, 1>::from_floats([0.1, -0.4, 0.3, 0.0], &Default::default());
-    /// let input = MaskInput { path: "w".into(), masked: true, grad };
-    /// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    /// let mask = GradientMask::compute(&GmtConfig::new(0.5), &[input], &mut rng);
-    /// // floor(0.5·4) = 2 masked; threshold = 2nd largest |Γ| = 0.3.
-    /// assert_eq!(mask.stats.params[0].threshold, Some(0.3));
-    /// assert_eq!(mask.stats.kept(), 2);
-    /// ```
-    pub fn compute(config: &GmtConfig, inputs: &[MaskInput<B>], rng: &mut impl Rng) -> Self {
-        let mut drops: Vec<Option<Tensor<B, 1, Bool>>> = vec![None; inputs.len()];
-        let mut thresholds: Vec<Option<f32>> = vec![None; inputs.len()];
-        let mut host_stats: Vec<Option<(usize, f64, f64)>> = vec![None; inputs.len()];
+/// How the kept entries of one group are decided.
+enum Rule {
+    /// Keep |Γ| ≥ threshold.
+    Threshold(f32),
+    /// Keep exactly these entries (the random strategy), over the whole group.
+    Chosen(Vec<bool>),
+}
 
-        if !config.is_identity() {
-            let groups = groups(config.scope, inputs);
-            let active: Vec<(Vec<usize>, usize)> = groups
-                .into_iter()
-                .filter_map(|group| {
-                    let n: usize = group.iter().map(|&i| numel(&inputs[i])).sum();
-                    let keep = kept_count(n, config.mask_ratio);
-                    (keep < n).then_some((group, keep))
-                })
-                .collect();
-            match config.strategy {
-                MaskStrategy::None => {}
-                MaskStrategy::Random => {
-                    for (group, keep) in &active {
-                        random_drops(inputs, group, *keep, rng, &mut drops);
-                    }
-                }
-                MaskStrategy::Magnitude => {
-                    let group_thresholds = match (config.selection, resolve_engine(config, inputs)) {
-                        (Selection::Sampled { sample_size }, _) => active
-                            .iter()
-                            .map(|(group, keep)| {
-                                let abs: Vec<_> = group.iter().map(|&i| inputs[i].grad.clone().abs()).collect();
-                                sampled_kth_largest_abs(&abs, *keep, sample_size, rng)
-                            })
-                            .collect(),
-                        (Selection::Exact, SelectionEngine::Device) => {
-                            let abs: Vec<Vec<_>> = active
-                                .iter()
-                                .map(|(group, _)| group.iter().map(|&i| inputs[i].grad.clone().abs()).collect())
-                                .collect();
-                            let keeps: Vec<usize> = active.iter().map(|(_, keep)| *keep).collect();
-                            device_kth_largest_abs(&abs, &keeps)
-                        }
-                        (Selection::Exact, _) => {
-                            host_thresholds(inputs, &active, &mut host_stats)
-                        }
-                    };
-                    for ((group, _), threshold) in active.iter().zip(group_thresholds) {
-                        for &i in group {
-                            thresholds[i] = Some(threshold);
-                            drops[i] = Some(inputs[i].grad.clone().abs().lower_elem(threshold));
-                        }
-                    }
-                }
-            }
+/// Masks `inputs` under `config` (whose ratio must be valid) and returns Γ·mask with the
+/// step's statistics. `rng` drives the random strategy and sampled selection only.
+///
+/// Inputs are taken by value: on CPU backends a gradient held only here is read and masked in
+/// place in host memory, without a copy.
+///
+/// ```
+/// use burn::backend::NdArray;
+/// use burn::tensor::Tensor;
+/// use gmt_core::{GmtConfig, MaskInput, mask_gradients};
+/// use rand::SeedableRng;
+///
+/// let grad = Tensor::<NdArray, 1>::from_floats([0.1, -0.4, 0.3, 0.0], &Default::default());
+/// let input = MaskInput { path: "w".into(), masked: true, grad };
+/// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+/// let out = mask_gradients(&GmtConfig::new(0.5), vec![input], false, &mut rng);
+/// // floor(0.5·4) = 2 masked; threshold = 2nd largest |Γ| = 0.3.
+/// assert_eq!(out.stats.params[0].threshold, Some(0.3));
+/// assert_eq!(out.grads[0].clone().into_data().to_vec::<f32>().unwrap(), vec![0.0, -0.4, 0.3, 0.0]);
+/// ```
+pub fn mask_gradients<B: Backend>(
+    config: &GmtConfig,
+    inputs: Vec<MaskInput<B>>,
+    with_drops: bool,
+    rng: &mut impl Rng,
+) -> MaskedGradients<B> {
+    let host = resolve_engine(config, &inputs) == SelectionEngine::Host;
+    let groups = if config.is_identity() { Vec::new() } else { active_groups(config, &inputs) };
+    let mut rules = decide_rules(config, &inputs, &groups, host, rng);
+
+    let (paths, flags): (Vec<String>, Vec<bool>) = inputs.iter().map(|i| (i.path.clone(), i.masked)).unzip();
+    let mut pending: Vec<Option<Tensor<B, 1>>> = inputs.into_iter().map(|i| Some(i.grad)).collect();
+    let mut outputs: Vec<Option<Masked<B>>> = (0..pending.len()).map(|_| None).collect();
+    for ((group, keep), rule) in groups.iter().zip(rules.iter_mut()) {
+        let members: Vec<Tensor<B, 1>> = group.iter().map(|&i| pending[i].take().expect("one group per input")).collect();
+        let masked = if host {
+            // Read each member once; an exact threshold comes from the same copies.
+            let device = members[0].device();
+            let mut data: Vec<Vec<f32>> = members.into_iter().map(host_values).collect();
+            let rule = rule.take().unwrap_or_else(|| {
+                let slices: Vec<&[f32]> = data.iter().map(Vec::as_slice).collect();
+                Rule::Threshold(kth_largest_abs(&slices, *keep))
+            });
+            apply_on_host::<B>(&mut data, &rule, with_drops, &device)
+        } else {
+            apply_on_device(members, rule.as_ref().expect("device rules are decided up front"))
+        };
+        for (&i, out) in group.iter().zip(masked) {
+            outputs[i] = Some(out);
         }
+    }
+    // Inputs in no active group (excluded, identity config, floor(r·n) = 0) pass through.
+    let outputs: Vec<Masked<B>> = outputs
+        .into_iter()
+        .zip(pending)
+        .map(|(out, grad)| match (out, grad) {
+            (Some(out), None) => out,
+            (None, Some(grad)) => Masked::unchanged(grad),
+            _ => unreachable!("each input is either grouped or passed through"),
+        })
+        .collect();
 
-        let stats = collect_stats(inputs, &drops, &thresholds, host_stats);
-        Self { drops, stats }
+    let stats = collect_stats(&paths, &flags, &outputs);
+    let (grads, drops) = outputs
+        .into_iter()
+        .map(|out| (out.grad, if with_drops { out.drop } else { None }))
+        .unzip();
+    MaskedGradients { grads, drops, stats }
+}
+
+/// The rule of each active group, where it can be decided before masking. `None` marks an
+/// exact threshold that the host engine finds while it reads the group anyway.
+fn decide_rules<B: Backend>(
+    config: &GmtConfig,
+    inputs: &[MaskInput<B>],
+    groups: &[(Vec<usize>, usize)],
+    host: bool,
+    rng: &mut impl Rng,
+) -> Vec<Option<Rule>> {
+    let abs = |group: &[usize]| -> Vec<Tensor<B, 1>> { group.iter().map(|&i| inputs[i].grad.clone().abs()).collect() };
+    match (config.strategy, config.selection) {
+        (MaskStrategy::None, _) => groups.iter().map(|_| None).collect(),
+        (MaskStrategy::Random, _) => groups
+            .iter()
+            .map(|(group, keep)| {
+                let mut chosen = vec![false; group_size(inputs, group)];
+                for index in rand::seq::index::sample(rng, chosen.len(), *keep) {
+                    chosen[index] = true;
+                }
+                Some(Rule::Chosen(chosen))
+            })
+            .collect(),
+        (MaskStrategy::Magnitude, Selection::Sampled { sample_size }) => groups
+            .iter()
+            .map(|(group, keep)| Some(Rule::Threshold(sampled_kth_largest_abs(&abs(group), *keep, sample_size, rng))))
+            .collect(),
+        (MaskStrategy::Magnitude, Selection::Exact) if host => groups.iter().map(|_| None).collect(),
+        (MaskStrategy::Magnitude, Selection::Exact) => {
+            let abs: Vec<Vec<Tensor<B, 1>>> = groups.iter().map(|(group, _)| abs(group)).collect();
+            let keeps: Vec<usize> = groups.iter().map(|(_, keep)| *keep).collect();
+            device_kth_largest_abs(&abs, &keeps).into_iter().map(|t| Some(Rule::Threshold(t))).collect()
+        }
     }
 }
 
-fn numel<B: Backend>(input: &MaskInput<B>) -> usize {
-    input.grad.dims()[0]
+fn group_size<B: Backend>(inputs: &[MaskInput<B>], group: &[usize]) -> usize {
+    group.iter().map(|&i| inputs[i].grad.dims()[0]).sum()
 }
 
-/// Indices of the masked inputs, grouped by scope.
-fn groups<B: Backend>(scope: MaskScope, inputs: &[MaskInput<B>]) -> Vec<Vec<usize>> {
+/// The masked inputs grouped by scope, with the number of entries each group keeps; groups
+/// that keep everything (floor(r·n) = 0) are left out.
+fn active_groups<B: Backend>(config: &GmtConfig, inputs: &[MaskInput<B>]) -> Vec<(Vec<usize>, usize)> {
     let masked = (0..inputs.len()).filter(|&i| inputs[i].masked);
-    match scope {
+    let groups: Vec<Vec<usize>> = match config.scope {
         MaskScope::Tensor => masked.map(|i| vec![i]).collect(),
-        MaskScope::Global => {
-            let all: Vec<usize> = masked.collect();
-            if all.is_empty() { Vec::new() } else { vec![all] }
-        }
-    }
+        MaskScope::Global => vec![masked.collect()],
+    };
+    groups
+        .into_iter()
+        .filter_map(|group| {
+            let n = group_size(inputs, &group);
+            let keep = kept_count(n, config.mask_ratio);
+            (keep < n).then_some((group, keep))
+        })
+        .collect()
 }
 
 fn resolve_engine<B: Backend>(config: &GmtConfig, inputs: &[MaskInput<B>]) -> SelectionEngine {
     match config.engine {
         SelectionEngine::Auto => match inputs.first() {
-            Some(input) if is_host_backend::<B>(&input.grad.device()) => SelectionEngine::Host,
-            Some(_) => SelectionEngine::Device,
-            None => SelectionEngine::Host,
+            Some(input) if !is_host_backend::<B>(&input.grad.device()) => SelectionEngine::Device,
+            _ => SelectionEngine::Host,
         },
         engine => engine,
     }
 }
 
-/// Whether tensors of this backend already live in host memory, so copying them out is cheap.
+/// Whether tensors of this backend already live in host memory, so reading them is cheap.
 fn is_host_backend<B: Backend>(device: &B::Device) -> bool {
     let name = B::name(device).to_lowercase();
     ["ndarray", "flex", "cpu"].iter().any(|cpu| name.contains(cpu))
 }
 
-/// Exact thresholds on host copies of Γ; also fills each input's (kept, ‖Γ‖², ‖Γ·mask‖²) from
-/// the same copies so no further pass over the device is needed.
-fn host_thresholds<B: Backend>(
-    inputs: &[MaskInput<B>],
-    active: &[(Vec<usize>, usize)],
-    host_stats: &mut [Option<(usize, f64, f64)>],
-) -> Vec<f32> {
-    active
-        .iter()
-        .map(|(group, keep)| {
-            let data: Vec<Vec<f32>> = group.iter().map(|&i| host_values(&inputs[i].grad)).collect();
-            let slices: Vec<&[f32]> = data.iter().map(Vec::as_slice).collect();
-            let threshold = kth_largest_abs(&slices, *keep);
-            for (&i, values) in group.iter().zip(&slices) {
-                host_stats[i] = Some(kept_stats(values, threshold));
+/// Γ as host `f32`s. On ndarray a tensor held only here converts without a copy.
+fn host_values<B: Backend>(tensor: Tensor<B, 1>) -> Vec<f32> {
+    let data = tensor.into_data();
+    if data.dtype == DType::F32 {
+        data.into_vec::<f32>().expect("dtype checked")
+    } else {
+        data.iter::<f32>().collect() // half-precision backends: widen once
+    }
+}
+
+/// One input after masking.
+struct Masked<B: Backend> {
+    grad: Tensor<B, 1>,
+    drop: Option<Tensor<B, 1, Bool>>,
+    threshold: Option<f32>,
+    norms: Norms<B>,
+}
+
+/// Kept count and squared norms: computed on the host, or still to be read from the device.
+enum Norms<B: Backend> {
+    Host { kept: usize, total: f64, kept_sq: f64 },
+    /// ‖Γ‖² as a pending device scalar; kept count and ‖Γ·mask‖² follow from `grad`/`drop`.
+    Device { total: Tensor<B, 1> },
+}
+
+impl<B: Backend> Masked<B> {
+    fn unchanged(grad: Tensor<B, 1>) -> Self {
+        let total = grad.clone().square().sum();
+        Self {
+            grad,
+            drop: None,
+            threshold: None,
+            norms: Norms::Device { total },
+        }
+    }
+}
+
+/// Masks host copies in place, counting kept entries and norms in the same pass.
+fn apply_on_host<B: Backend>(data: &mut [Vec<f32>], rule: &Rule, with_drops: bool, device: &B::Device) -> Vec<Masked<B>> {
+    let mut offset = 0;
+    data.iter_mut()
+        .map(|values| {
+            let len = values.len();
+            let (mut kept, mut total, mut kept_sq) = (0usize, 0f64, 0f64);
+            let mut drop = with_drops.then(|| Vec::with_capacity(len));
+            for (j, x) in values.iter_mut().enumerate() {
+                let sq = (*x as f64) * (*x as f64);
+                total += sq;
+                let keep = match rule {
+                    Rule::Threshold(t) => x.abs() >= *t,
+                    Rule::Chosen(chosen) => chosen[offset + j],
+                };
+                if keep {
+                    kept += 1;
+                    kept_sq += sq;
+                } else {
+                    *x = 0.0;
+                }
+                if let Some(drop) = drop.as_mut() {
+                    drop.push(!keep);
+                }
             }
-            threshold
+            offset += len;
+            Masked {
+                grad: Tensor::from_data(TensorData::new(std::mem::take(values), [len]), device),
+                drop: drop.map(|d| Tensor::from_data(TensorData::new(d, [len]), device)),
+                threshold: threshold_of(rule),
+                norms: Norms::Host { kept, total, kept_sq },
+            }
         })
         .collect()
 }
 
-fn host_values<B: Backend>(tensor: &Tensor<B, 1>) -> Vec<f32> {
-    let data = tensor.clone().into_data();
-    match data.clone().into_vec::<f32>() {
-        Ok(values) => values,
-        // Half-precision backends: widen once.
-        Err(_) => data.iter::<f32>().collect(),
+/// Masks on the device; statistics are reduced later in one batch.
+fn apply_on_device<B: Backend>(members: Vec<Tensor<B, 1>>, rule: &Rule) -> Vec<Masked<B>> {
+    let mut offset = 0;
+    members
+        .into_iter()
+        .map(|grad| {
+            let len = grad.dims()[0];
+            let drop = match rule {
+                Rule::Threshold(t) => grad.clone().abs().lower_elem(*t),
+                Rule::Chosen(chosen) => {
+                    let part: Vec<bool> = chosen[offset..offset + len].iter().map(|c| !c).collect();
+                    Tensor::from_data(TensorData::new(part, [len]), &grad.device())
+                }
+            };
+            offset += len;
+            Masked {
+                norms: Norms::Device { total: grad.clone().square().sum() },
+                grad: grad.mask_fill(drop.clone(), 0.0),
+                drop: Some(drop),
+                threshold: threshold_of(rule),
+            }
+        })
+        .collect()
+}
+
+fn threshold_of(rule: &Rule) -> Option<f32> {
+    match rule {
+        Rule::Threshold(t) => Some(*t),
+        Rule::Chosen(_) => None,
     }
 }
 
-fn kept_stats(values: &[f32], threshold: f32) -> (usize, f64, f64) {
-    let (mut kept, mut total, mut kept_sq) = (0usize, 0f64, 0f64);
-    for &x in values {
-        let sq = (x as f64) * (x as f64);
-        total += sq;
-        if x.abs() >= threshold {
-            kept += 1;
-            kept_sq += sq;
-        }
-    }
-    (kept, total, kept_sq)
-}
-
-/// Keeps exactly `keep` entries of the group, chosen uniformly at random.
-fn random_drops<B: Backend>(
-    inputs: &[MaskInput<B>],
-    group: &[usize],
-    keep: usize,
-    rng: &mut impl Rng,
-    drops: &mut [Option<Tensor<B, 1, Bool>>],
-) {
-    let n: usize = group.iter().map(|&i| numel(&inputs[i])).sum();
-    let mut drop = vec![true; n];
-    for index in rand::seq::index::sample(rng, n, keep) {
-        drop[index] = false;
-    }
-    let mut start = 0;
-    for &i in group {
-        let len = numel(&inputs[i]);
-        let part = drop[start..start + len].to_vec();
-        start += len;
-        let device = inputs[i].grad.device();
-        drops[i] = Some(Tensor::from_data(TensorData::new(part, [len]), &device));
-    }
-}
-
-/// Per-input statistics; values not already computed on the host are reduced on the device
-/// and read back in one transfer.
-fn collect_stats<B: Backend>(
-    inputs: &[MaskInput<B>],
-    drops: &[Option<Tensor<B, 1, Bool>>],
-    thresholds: &[Option<f32>],
-    host_stats: Vec<Option<(usize, f64, f64)>>,
-) -> MaskStats {
-    let pending: Vec<usize> = (0..inputs.len()).filter(|&i| host_stats[i].is_none()).collect();
-    let mut norms = Vec::new();
+/// Per-input statistics; what the host pass did not compute is reduced on the device and read
+/// back in three transfers for the whole step.
+fn collect_stats<B: Backend>(paths: &[String], flags: &[bool], outputs: &[Masked<B>]) -> MaskStats {
+    let mut totals = Vec::new();
+    let mut kept_sqs = Vec::new();
     let mut dropped = Vec::new();
-    for &i in &pending {
-        let sq = inputs[i].grad.clone().square();
-        norms.push(sq.clone().sum());
-        match &drops[i] {
-            Some(drop) => {
-                norms.push(sq.mask_fill(drop.clone(), 0.0).sum());
+    for out in outputs {
+        if let Norms::Device { total } = &out.norms {
+            totals.push(total.clone());
+            if let Some(drop) = &out.drop {
+                kept_sqs.push(out.grad.clone().square().sum());
                 dropped.push(drop.clone().int().sum());
             }
-            None => norms.push(norms.last().cloned().expect("pushed above")),
         }
     }
-    let norms: Vec<f64> = if norms.is_empty() {
-        Vec::new()
-    } else {
-        Tensor::cat(norms, 0).into_data().iter::<f64>().collect()
-    };
-    let mut dropped: std::vec::IntoIter<i64> = if dropped.is_empty() {
-        Vec::new().into_iter()
-    } else {
-        Tensor::<B, 1, Int>::cat(dropped, 0).into_data().iter::<i64>().collect::<Vec<_>>().into_iter()
-    };
-
-    let mut device_values = pending.iter().zip(norms.chunks(2));
-    let params = inputs
+    let mut totals = read_floats(totals).into_iter();
+    let mut kept_sqs = read_floats(kept_sqs).into_iter();
+    let mut dropped = read_ints(dropped).into_iter();
+    let params = outputs
         .iter()
         .enumerate()
-        .map(|(i, input)| {
-            let n = numel(input);
-            let (kept, grad_sq_norm, kept_sq_norm) = match host_stats[i] {
-                Some(stats) => stats,
-                None => {
-                    let (_, pair) = device_values.next().expect("one pair per pending input");
-                    let kept = match drops[i] {
-                        Some(_) => n - dropped.next().expect("one count per drop") as usize,
-                        None => n,
-                    };
-                    (kept, pair[0], pair[1])
+        .map(|(i, out)| {
+            let numel = out.grad.dims()[0];
+            let (kept, grad_sq_norm, kept_sq_norm) = match out.norms {
+                Norms::Host { kept, total, kept_sq } => (kept, total, kept_sq),
+                Norms::Device { .. } => {
+                    let total = totals.next().expect("one total per device input");
+                    match out.drop {
+                        Some(_) => (
+                            numel - dropped.next().expect("one count per drop") as usize,
+                            total,
+                            kept_sqs.next().expect("one kept norm per drop"),
+                        ),
+                        None => (numel, total, total),
+                    }
                 }
             };
             ParamMaskStats {
-                path: input.path.clone(),
-                numel: n,
+                path: paths[i].clone(),
+                numel,
                 kept,
-                threshold: thresholds[i],
+                threshold: out.threshold,
                 grad_sq_norm,
                 kept_sq_norm,
-                masked: input.masked,
+                masked: flags[i],
             }
         })
         .collect();
     MaskStats { params }
+}
+
+fn read_floats<B: Backend>(scalars: Vec<Tensor<B, 1>>) -> Vec<f64> {
+    if scalars.is_empty() {
+        return Vec::new();
+    }
+    Tensor::cat(scalars, 0).into_data().iter::<f64>().collect()
+}
+
+fn read_ints<B: Backend>(scalars: Vec<Tensor<B, 1, Int>>) -> Vec<i64> {
+    if scalars.is_empty() {
+        return Vec::new();
+    }
+    Tensor::cat(scalars, 0).into_data().iter::<i64>().collect()
 }

@@ -14,12 +14,12 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::params::{ParamInfo, list_params};
-use crate::{GmtConfig, GmtError, GradientMask, MaskInput, MaskTarget, NonFinitePolicy, ParamFilter, StepReport};
+use crate::{GmtConfig, GmtError, MaskInput, mask_gradients, MaskTarget, NonFinitePolicy, ParamFilter, StepReport};
 
 /// Gradient-Mask Tuning around any burn optimizer (AdamW, Adam, SGD, …).
 ///
 /// Each step takes Γ (the step's mean gradient, see [`GradientMean`](crate::GradientMean)),
-/// checks it is finite, computes a [`GradientMask`], hands Γ·mask to the inner optimizer and,
+/// checks it is finite, masks it with [`mask_gradients`](crate::mask_gradients), hands Γ·mask to the inner optimizer and,
 /// for [`MaskTarget::Update`], puts masked entries back to their previous values.
 ///
 /// ```
@@ -237,29 +237,32 @@ where
             };
         }
 
+        let mut ids = Vec::with_capacity(entries.len());
+        let mut values = Vec::with_capacity(entries.len());
         let inputs: Vec<MaskInput<B::InnerBackend>> = entries
-            .iter()
-            .map(|e| MaskInput {
-                path: self.params[e.param].path.clone(),
-                masked: self.params[e.param].masked,
-                grad: e.grad.clone(),
+            .into_iter()
+            .map(|e| {
+                ids.push(e.id);
+                values.push(e.value);
+                let param = &self.params[e.param];
+                MaskInput {
+                    path: param.path.clone(),
+                    masked: param.masked,
+                    grad: e.grad, // moved: CPU backends then mask it in place
+                }
             })
             .collect();
         let mut rng = ChaCha8Rng::seed_from_u64(self.state.rng_seed);
         rng.set_stream(step);
-        let mask = GradientMask::compute(&self.config, &inputs, &mut rng);
-        drop(inputs);
+        let restore_masked = self.config.target == MaskTarget::Update;
+        let out = mask_gradients(&self.config, inputs, restore_masked, &mut rng);
 
-        let mut masked = HashMap::new();
+        let mut masked = HashMap::with_capacity(ids.len());
         let mut restore = HashMap::new();
-        for (entry, drop) in entries.into_iter().zip(mask.drops) {
-            let grad = match &drop {
-                Some(drop) => entry.grad.mask_fill(drop.clone(), 0.0),
-                None => entry.grad,
-            };
-            masked.insert(entry.id, grad);
-            if let (Some(drop), Some(old)) = (drop, entry.value) {
-                restore.insert(entry.id, (drop, old));
+        for (((id, grad), drop), value) in ids.into_iter().zip(out.grads).zip(out.drops).zip(values) {
+            masked.insert(id, grad);
+            if let (Some(drop), Some(old)) = (drop, value) {
+                restore.insert(id, (drop, old));
             }
         }
         module.visit(&mut PutGradients::<B> {
@@ -278,7 +281,7 @@ where
         self.state.step += 1;
         self.last_report = Some(StepReport::Applied {
             step,
-            stats: mask.stats,
+            stats: out.stats,
         });
         Ok(module)
     }

@@ -10,7 +10,7 @@ use burn::module::{Module, Param};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use gmt_core::{GmtConfig, GradientMask, GradientMean, MaskInput, MaskScope, MaskTarget};
+use gmt_core::{GmtConfig, GradientMean, MaskInput, MaskScope, MaskTarget, mask_gradients};
 use rand::SeedableRng;
 
 type B = Autodiff<NdArray>;
@@ -118,7 +118,7 @@ fn run(scope: MaskScope, target: MaskTarget) {
         }
         let gamma = mean.finish(&model).unwrap();
 
-        // The mask on its own, through the public GradientMask API.
+        // The mask on its own, through the public mask_gradients API.
         let inputs = [("w", model.w.id), ("b", model.b.id)].map(|(name, id)| {
             let grad = match name {
                 "w" => gamma.get::<Inner, 2>(id).unwrap().flatten::<1>(0, 1),
@@ -127,7 +127,7 @@ fn run(scope: MaskScope, target: MaskTarget) {
             MaskInput { path: name.to_string(), masked: true, grad }
         });
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        let mask = GradientMask::compute(&config, &inputs, &mut rng);
+        let mask = mask_gradients(&config, inputs.to_vec(), true, &mut rng);
         for (input, drop) in inputs.iter().zip(&mask.drops) {
             let key = format!("{scope_name}.{target_name}.mask.step{step}.{}", input.path);
             let expected: Vec<bool> = fx.values(&key).iter().map(|&m| m > 0.5).collect();

@@ -1,0 +1,88 @@
+//! Grouped-query self-attention with rotary embeddings and an optional KV cache.
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::{Bool, Tensor, activation::softmax, backend::Backend};
+
+use crate::rope::apply_rotary;
+
+/// Multi-head attention where `num_key_value_heads` may be smaller than `num_heads`
+/// (grouped-query; 1 = multi-query).
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// `q_proj`.
+    pub q_proj: Linear<B>,
+    /// `k_proj`.
+    pub k_proj: Linear<B>,
+    /// `v_proj`.
+    pub v_proj: Linear<B>,
+    /// `o_proj`.
+    pub o_proj: Linear<B>,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads.
+    pub num_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+}
+
+/// Keys and values of the tokens seen so far, per layer, `[batch, kv_heads, len, head_dim]`.
+#[derive(Clone, Debug)]
+pub struct LayerCache<B: Backend> {
+    keys: Tensor<B, 4>,
+    values: Tensor<B, 4>,
+}
+
+impl<B: Backend> Attention<B> {
+    /// `x: [batch, seq, hidden]`; `cos`/`sin`: `[batch, 1, seq, head_dim]`; `masked`:
+    /// `[batch, 1, seq, keys]`, `true` where a query may not attend to a key. With a `cache`,
+    /// the new keys/values are appended and attention covers all cached tokens.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        masked: &Tensor<B, 4, Bool>,
+        cache: Option<&mut Option<LayerCache<B>>>,
+    ) -> Tensor<B, 3> {
+        let [batch, seq, _] = x.dims();
+        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
+        let q = apply_rotary(heads(self.q_proj.forward(x.clone()), self.num_heads), cos, sin);
+        let mut k = apply_rotary(heads(self.k_proj.forward(x.clone()), self.num_kv_heads), cos, sin);
+        let mut v = heads(self.v_proj.forward(x), self.num_kv_heads);
+
+        if let Some(cache) = cache {
+            if let Some(past) = cache.take() {
+                k = Tensor::cat(vec![past.keys, k], 2);
+                v = Tensor::cat(vec![past.values, v], 2);
+            }
+            *cache = Some(LayerCache {
+                keys: k.clone(),
+                values: v.clone(),
+            });
+        }
+        let k = self.repeat_kv(k);
+        let v = self.repeat_kv(v);
+        let keys = k.dims()[2];
+
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
+        // Replace rather than add: a fully masked row (padding) then softmaxes to uniform
+        // weights instead of NaN, as with Transformers' finfo.min.
+        let masked = masked.clone().expand([batch, self.num_heads, seq, keys]);
+        let probs = softmax(scores.mask_fill(masked, f32::MIN), 3);
+        let out = probs.matmul(v).swap_dims(1, 2).reshape([batch, seq, self.num_heads * self.head_dim]);
+        self.o_proj.forward(out)
+    }
+
+    /// `[b, kv_heads, t, d]` → `[b, heads, t, d]`, each kv head serving `heads / kv_heads`
+    /// consecutive query heads (Transformers' `repeat_kv`).
+    fn repeat_kv(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let groups = self.num_heads / self.num_kv_heads;
+        if groups == 1 {
+            return x;
+        }
+        let [b, kv, t, d] = x.dims();
+        x.unsqueeze_dim::<5>(2).expand([b, kv, groups, t, d]).reshape([b, kv * groups, t, d])
+    }
+}

@@ -1,0 +1,227 @@
+//! Llama and Mistral causal language models (one architecture: Mistral adds a sliding
+//! attention window). Names follow Hugging Face Transformers' `modeling_llama.py`.
+
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, Linear};
+use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
+
+use crate::attention::{Attention, LayerCache};
+use crate::loss::causal_lm_loss;
+use crate::{HostTensor, LlamaConfig, Mlp, ModelError, RmsNorm, RotaryEmbedding, TokenBatch, WeightMap};
+
+/// One pre-norm transformer block.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    /// `self_attn`.
+    pub self_attn: Attention<B>,
+    /// `mlp`.
+    pub mlp: Mlp<B>,
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm<B>,
+    /// Norm before the MLP.
+    pub post_attention_layernorm: RmsNorm<B>,
+}
+
+/// A Llama or Mistral causal LM. Module paths equal Hugging Face names without the `model.`
+/// prefix (`layers.3.self_attn.q_proj.weight`), so GMT filters read naturally; see
+/// [`hf_name`].
+#[derive(Module, Debug)]
+pub struct LlamaForCausalLm<B: Backend> {
+    /// Token embeddings `[vocab, hidden]`.
+    pub embed_tokens: Embedding<B>,
+    /// Decoder blocks.
+    pub layers: Vec<DecoderLayer<B>>,
+    /// Final norm.
+    pub norm: RmsNorm<B>,
+    /// Output projection; `None` when tied to `embed_tokens`.
+    pub lm_head: Option<Linear<B>>,
+    #[module(skip)]
+    config: LlamaConfig,
+    #[module(skip)]
+    rope: RotaryEmbedding,
+}
+
+/// Logits, and with labels the loss and the number of tokens it averages over.
+#[derive(Debug)]
+pub struct CausalLmOutput<B: Backend> {
+    /// `[batch, seq, vocab]`.
+    pub logits: Tensor<B, 3>,
+    /// Mean next-token cross-entropy over counted tokens (0 when none count).
+    pub loss: Option<Tensor<B, 1>>,
+    /// Tokens the loss averages over, for token-weighted gradient accumulation.
+    pub tokens: usize,
+}
+
+/// The per-layer caches of incremental decoding and the number of tokens they hold.
+#[derive(Clone, Debug)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<Option<LayerCache<B>>>,
+    len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// Tokens cached so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The Hugging Face name of a module path (`layers.0.mlp.up_proj.weight` →
+/// `model.layers.0.mlp.up_proj.weight`; `lm_head.weight` stays).
+pub fn hf_name(path: &str) -> String {
+    if path.starts_with("lm_head.") { path.to_string() } else { format!("model.{path}") }
+}
+
+impl<B: Backend> LlamaForCausalLm<B> {
+    /// Builds the model from Hugging Face-named weights, consuming them; any missing,
+    /// misshapen or unused tensor is an error listing them all.
+    pub fn from_weights(config: &LlamaConfig, mut weights: WeightMap, device: &B::Device) -> Result<Self, ModelError> {
+        let c = config;
+        let (h, q_out, kv_out) = (c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+        let w = &mut weights;
+        let linear = |w: &mut WeightMap, name: &str, d_in: usize, d_out: usize, bias: bool| Linear {
+            // HF stores [out, in]; burn's Linear multiplies by [in, out].
+            weight: Param::from_tensor(w.take::<B, 2>(&format!("{name}.weight"), [d_out, d_in], device).transpose()),
+            bias: bias.then(|| Param::from_tensor(w.take::<B, 1>(&format!("{name}.bias"), [d_out], device))),
+        };
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let self_attn = Attention {
+                q_proj: linear(w, &format!("{p}.self_attn.q_proj"), h, q_out, c.attention_bias),
+                k_proj: linear(w, &format!("{p}.self_attn.k_proj"), h, kv_out, c.attention_bias),
+                v_proj: linear(w, &format!("{p}.self_attn.v_proj"), h, kv_out, c.attention_bias),
+                o_proj: linear(w, &format!("{p}.self_attn.o_proj"), q_out, h, c.attention_bias),
+                num_heads: c.num_attention_heads,
+                num_kv_heads: c.num_key_value_heads,
+                head_dim: c.head_dim,
+            };
+            let mlp = Mlp {
+                gate_proj: linear(w, &format!("{p}.mlp.gate_proj"), h, c.intermediate_size, c.mlp_bias),
+                up_proj: linear(w, &format!("{p}.mlp.up_proj"), h, c.intermediate_size, c.mlp_bias),
+                down_proj: linear(w, &format!("{p}.mlp.down_proj"), c.intermediate_size, h, c.mlp_bias),
+            };
+            let norm = |w: &mut WeightMap, name: &str| RmsNorm::new(w.take(&format!("{p}.{name}.weight"), [h], device), c.rms_norm_eps);
+            layers.push(DecoderLayer {
+                self_attn,
+                mlp,
+                input_layernorm: norm(w, "input_layernorm"),
+                post_attention_layernorm: norm(w, "post_attention_layernorm"),
+            });
+        }
+        let embed_tokens = Embedding {
+            weight: Param::from_tensor(w.take("model.embed_tokens.weight", [c.vocab_size, h], device)),
+        };
+        let norm = RmsNorm::new(w.take("model.norm.weight", [h], device), c.rms_norm_eps);
+        let lm_head = (!c.tie_word_embeddings).then(|| linear(w, "lm_head", h, c.vocab_size, false));
+        weights.finish()?;
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            config: config.clone(),
+            rope: RotaryEmbedding::new(config),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// Every weight under its Hugging Face name and layout (Linear weights `[out, in]`); tied
+    /// models have no `lm_head.weight`.
+    pub fn hf_weights(&self) -> Vec<(String, HostTensor)> {
+        crate::named::named_weights(self)
+    }
+
+    /// Training forward (no cache): logits, and the loss when the batch has labels.
+    pub fn forward(&self, batch: &TokenBatch) -> Result<CausalLmOutput<B>, ModelError> {
+        batch.validate(self.config().vocab_size)?;
+        let device = self.devices()[0].clone();
+        let (b, s) = (batch.batch, batch.seq_len);
+        let (cos, sin) = self.rope.tables(&batch.positions(), b, s, &device);
+        let blocked = bool_tensor(batch.blocked(self.config().sliding_window), [b, 1, s, s], &device);
+        let logits = self.run(ids_tensor(&batch.input_ids, b, s, &device), &cos, &sin, &blocked, None);
+        let (loss, tokens) = match &batch.labels {
+            Some(labels) => {
+                let (loss, tokens) = causal_lm_loss(logits.clone(), labels);
+                (Some(loss), tokens)
+            }
+            None => (None, 0),
+        };
+        Ok(CausalLmOutput { logits, loss, tokens })
+    }
+
+    /// An empty cache for [`forward_cached`](Self::forward_cached).
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache {
+            layers: vec![None; self.layers.len()],
+            len: 0,
+        }
+    }
+
+    /// Incremental decoding of one sequence: feeds `ids` after the cached tokens and returns
+    /// their logits `[1, ids.len(), vocab]`.
+    pub fn forward_cached(&self, ids: &[u32], cache: &mut KvCache<B>) -> Result<Tensor<B, 3>, ModelError> {
+        TokenBatch::new(ids.to_vec(), 1, ids.len()).validate(self.config().vocab_size)?;
+        let device = self.devices()[0].clone();
+        let (s, past) = (ids.len(), cache.len);
+        let total = past + s;
+        let positions: Vec<usize> = (past..total).collect();
+        let (cos, sin) = self.rope.tables(&positions, 1, s, &device);
+        let window = self.config().sliding_window;
+        let blocked: Vec<bool> = (0..s)
+            .flat_map(|i| {
+                let query = past + i;
+                (0..total).map(move |key| key > query || window.is_some_and(|w| query - key >= w))
+            })
+            .collect();
+        let blocked = bool_tensor(blocked, [1, 1, s, total], &device);
+        let logits = self.run(ids_tensor(ids, 1, s, &device), &cos, &sin, &blocked, Some(&mut cache.layers));
+        cache.len = total;
+        Ok(logits)
+    }
+
+    fn run(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        blocked: &Tensor<B, 4, Bool>,
+        mut caches: Option<&mut Vec<Option<LayerCache<B>>>>,
+    ) -> Tensor<B, 3> {
+        let mut x = self.embed_tokens.forward(ids);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let cache = caches.as_deref_mut().map(|c| &mut c[i]);
+            let attn = layer.self_attn.forward(layer.input_layernorm.forward(x.clone()), cos, sin, blocked, cache);
+            let h = x + attn;
+            x = h.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(h));
+        }
+        let x = self.norm.forward(x);
+        match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => {
+                let [b, s, h] = x.dims();
+                let weight = self.embed_tokens.weight.val(); // [vocab, hidden]
+                let vocab = weight.dims()[0];
+                x.reshape([b * s, h]).matmul(weight.transpose()).reshape([b, s, vocab])
+            }
+        }
+    }
+}
+
+fn ids_tensor<B: Backend>(ids: &[u32], batch: usize, seq: usize, device: &B::Device) -> Tensor<B, 2, Int> {
+    let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+    Tensor::from_data(TensorData::new(ids, [batch, seq]), device)
+}
+
+fn bool_tensor<B: Backend>(values: Vec<bool>, shape: [usize; 4], device: &B::Device) -> Tensor<B, 4, Bool> {
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
