@@ -77,42 +77,41 @@ pub fn random_tensor<B: Backend, const D: usize>(
     Tensor::from_data(TensorData::new(random_values(rng, n, scale), dims), device)
 }
 
-/// Random gradients for every parameter of `model`, kept as tensors so each benchmark
-/// iteration can hand out fresh `GradientsParams` cheaply.
-pub struct FixedGradients<B: AutodiffBackend> {
-    matrices: Vec<Tensor<B::InnerBackend, 2>>,
-    vectors: Vec<Tensor<B::InnerBackend, 1>>,
+/// Random gradients for every parameter of `model`, kept on the host so each benchmark
+/// iteration hands out fresh, uniquely owned tensors, as a backward pass does (a shared
+/// tensor would force CPU backends to copy where they could work in place).
+pub struct FixedGradients {
+    data: Vec<TensorData>,
 }
 
-impl<B: AutodiffBackend> FixedGradients<B> {
-    /// Gradients shaped like `model`'s parameters, values ~ U(−1e-3, 1e-3).
-    pub fn new(model: &ShapedParams<B>, seed: u64) -> Self {
+impl FixedGradients {
+    /// Gradients shaped like `model`'s parameters (matrices, then vectors), values
+    /// ~ U(−1e-3, 1e-3).
+    pub fn new<B: Backend>(model: &ShapedParams<B>, seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let device = model.devices()[0].clone();
-        let matrices = model
+        let dims = model
             .matrices
             .iter()
-            .map(|p| {
-                let [r, c] = p.shape().dims();
-                random_tensor(&mut rng, [r, c], 1e-3, &device)
-            })
+            .map(|p| p.shape().dims::<2>().to_vec())
+            .chain(model.vectors.iter().map(|p| p.shape().dims::<1>().to_vec()));
+        let data = dims
+            .map(|d| TensorData::new(random_values(&mut rng, d.iter().product(), 1e-3), d))
             .collect();
-        let vectors = model
-            .vectors
-            .iter()
-            .map(|p| random_tensor(&mut rng, [p.shape().dims::<1>()[0]], 1e-3, &device))
-            .collect();
-        Self { matrices, vectors }
+        Self { data }
     }
 
-    /// `GradientsParams` for one step.
-    pub fn params(&self, model: &ShapedParams<B>) -> GradientsParams {
+    /// `GradientsParams` for one step (copies the host data into new tensors).
+    pub fn params<B: AutodiffBackend>(&self, model: &ShapedParams<B>) -> GradientsParams {
+        let device = model.devices()[0].clone();
         let mut grads = GradientsParams::new();
-        for (p, g) in model.matrices.iter().zip(&self.matrices) {
-            grads.register(p.id, g.clone());
+        let mut data = self.data.iter().cloned();
+        for p in &model.matrices {
+            let g: Tensor<B::InnerBackend, 2> = Tensor::from_data(data.next().expect("one per matrix"), &device);
+            grads.register(p.id, g);
         }
-        for (p, g) in model.vectors.iter().zip(&self.vectors) {
-            grads.register(p.id, g.clone());
+        for p in &model.vectors {
+            let g: Tensor<B::InnerBackend, 1> = Tensor::from_data(data.next().expect("one per vector"), &device);
+            grads.register(p.id, g);
         }
         grads
     }

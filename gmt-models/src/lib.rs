@@ -14,12 +14,17 @@
 //! - Hugging Face directories: [`load_hf_dir`], [`save_hf_dir`] — `hf_checkpoint.rs`
 //! - [`WeightMap`], [`HostTensor`]: named weights with mismatch reporting — `weights.rs`
 //! - [`named_weights`], [`named_gradients`]: tensors under Hugging Face names — `named.rs`
+//! - [`gguf`]: GGUF files — container, dequantization, config, tokenizer — `gguf/`
+//! - [`generate`]: greedy and sampled decoding with a KV cache — `generate.rs`
+//! - [`smollm2_gguf_path`]: where the reference model is cached — `smollm2.rs`
 //! - [`ModelError`] — `error.rs`
 
 mod attention;
 mod batch;
 mod config;
 mod error;
+mod generate;
+pub mod gguf;
 mod hf_checkpoint;
 mod llama;
 mod loss;
@@ -27,12 +32,14 @@ mod mlp;
 mod named;
 mod rms_norm;
 mod rope;
+mod smollm2;
 mod weights;
 
 pub use attention::{Attention, LayerCache};
 pub use batch::TokenBatch;
 pub use config::{Architecture, Llama3RopeScaling, LlamaConfig};
 pub use error::ModelError;
+pub use generate::{Generation, GenerationConfig, generate};
 pub use hf_checkpoint::{ExportDtype, load_hf_dir, read_hf_weights, read_safetensors, save_hf_dir, write_atomic, write_safetensors};
 pub use llama::{CausalLmOutput, DecoderLayer, KvCache, LlamaForCausalLm, hf_name};
 pub use loss::{IGNORE_INDEX, causal_lm_loss};
@@ -40,4 +47,5 @@ pub use mlp::Mlp;
 pub use named::{named_gradients, named_weights};
 pub use rms_norm::RmsNorm;
 pub use rope::{RotaryEmbedding, apply_rotary};
+pub use smollm2::{SMOLLM2_SHA256, smollm2_gguf_path};
 pub use weights::{HostTensor, WeightMap};
