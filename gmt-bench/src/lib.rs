@@ -1,12 +1,16 @@
 //! Shared pieces of gmt's criterion benchmarks (`benches/`): model-shaped parameter sets and
 //! reproducible gradients.
 
+use std::collections::BTreeMap;
+
 use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use gmt_models::{Architecture, HostTensor, LlamaConfig, LlamaForCausalLm, WeightMap};
 
 /// Parameter shapes of SmolLM2-135M (HF names, Linear weights as [out, in]):
 /// 30 layers of q/o 576×576, k/v 192×576, gate/up 1536×576, down 576×1536, two RMSNorms of
@@ -115,4 +119,86 @@ impl FixedGradients {
         }
         grads
     }
+}
+
+/// SmolLM2-135M-Instruct's configuration (as its GGUF metadata gives it).
+pub fn smollm2_135m_config() -> LlamaConfig {
+    LlamaConfig {
+        architecture: Architecture::Llama,
+        vocab_size: 49152,
+        hidden_size: 576,
+        intermediate_size: 1536,
+        num_hidden_layers: 30,
+        num_attention_heads: 9,
+        num_key_value_heads: 3,
+        head_dim: 64,
+        rms_norm_eps: 1e-5,
+        rope_theta: 100_000.0,
+        rope_scaling: None,
+        max_position_embeddings: 8192,
+        tie_word_embeddings: true,
+        attention_bias: false,
+        mlp_bias: false,
+        sliding_window: None,
+        bos_token_id: Some(1),
+        eos_token_ids: vec![2],
+        pad_token_id: Some(2),
+    }
+}
+
+/// A model with `config` and small random weights, built through the same loader as real
+/// checkpoints.
+pub fn random_model<B: Backend>(config: &LlamaConfig, device: &B::Device, seed: u64) -> LlamaForCausalLm<B> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let shapes = smollm2_like_shapes(config);
+    let tensors: BTreeMap<String, HostTensor> = shapes
+        .into_iter()
+        .map(|(name, shape)| {
+            let n = shape.iter().product();
+            let scale = if name.ends_with("norm.weight") { 0.0 } else { 0.02 };
+            let mut data = random_values(&mut rng, n, scale);
+            if scale == 0.0 {
+                data.iter_mut().for_each(|v| *v = 1.0);
+            }
+            (name, HostTensor { shape, data })
+        })
+        .collect();
+    LlamaForCausalLm::from_weights(config, WeightMap::new("random", tensors), device).expect("shapes from the config")
+}
+
+/// Hugging Face parameter shapes of a Llama config.
+fn smollm2_like_shapes(c: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, q, kv, i) = (c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, c.intermediate_size);
+    let mut shapes = vec![
+        ("model.embed_tokens.weight".to_string(), vec![c.vocab_size, h]),
+        ("model.norm.weight".to_string(), vec![h]),
+    ];
+    if !c.tie_word_embeddings {
+        shapes.push(("lm_head.weight".to_string(), vec![c.vocab_size, h]));
+    }
+    for l in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        for (name, shape) in [
+            ("self_attn.q_proj.weight", vec![q, h]),
+            ("self_attn.k_proj.weight", vec![kv, h]),
+            ("self_attn.v_proj.weight", vec![kv, h]),
+            ("self_attn.o_proj.weight", vec![h, q]),
+            ("mlp.gate_proj.weight", vec![i, h]),
+            ("mlp.up_proj.weight", vec![i, h]),
+            ("mlp.down_proj.weight", vec![h, i]),
+            ("input_layernorm.weight", vec![h]),
+            ("post_attention_layernorm.weight", vec![h]),
+        ] {
+            shapes.push((format!("{p}.{name}"), shape));
+        }
+    }
+    shapes
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

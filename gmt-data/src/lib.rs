@@ -1,1 +1,35 @@
-//! placeholder
+//! # gmt-data: instruction datasets → token batches
+//!
+//! Streams JSONL (plain or gzip) and JSON-array datasets — one file or a directory of
+//! shards — through a record format (Alpaca, chat messages, ShareGPT, prompt/completion,
+//! plain text or a field mapping), renders conversations with the model's own chat template
+//! (Jinja, Hugging Face semantics, via `minijinja`), tokenizes with a Hugging Face
+//! `tokenizers::Tokenizer`, puts the loss on assistant turns only, and batches with padding
+//! or packing. A seeded shuffle buffer makes the order deterministic, and the stream position
+//! can be saved and restored exactly. Every bad record is an error naming file, line and
+//! field — or, with `skip_bad_records`, is skipped and counted; nothing is dropped silently.
+//!
+//! ## Map
+//! - [`DataSource`], [`SourcePosition`], [`RawRecord`] — `source.rs`
+//! - [`RecordFormat`], [`FieldMapping`], [`Example`], [`Message`] — `format.rs`
+//! - [`ChatTemplate`], [`BUILTIN_TEMPLATES`] — `template.rs`
+//! - [`Encoder`], [`Encoded`]: rendering, tokenization, response-only labels — `encode.rs`
+//! - [`BatchConfig`], [`Batches`], [`Truncation`]: padding and packing into `TokenBatch` — `batcher.rs`
+//! - [`DataStream`], [`StreamConfig`], [`StreamState`], [`Split`], [`DataReport`] — `stream.rs`
+//! - [`DataError`], [`RecordLocation`] — `error.rs`
+
+mod batcher;
+mod encode;
+mod error;
+mod format;
+mod source;
+mod stream;
+mod template;
+
+pub use batcher::{BatchConfig, Batches, FitReport, Truncation};
+pub use encode::{Encoded, Encoder, IGNORE};
+pub use error::{DataError, RecordLocation};
+pub use format::{Example, FieldError, FieldMapping, Message, RecordFormat};
+pub use source::{DataSource, RawRecord, RecordIter, SourcePosition};
+pub use stream::{DataReport, DataStream, Split, StreamConfig, StreamState};
+pub use template::{BUILTIN_TEMPLATES, ChatTemplate};

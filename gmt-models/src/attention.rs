@@ -4,6 +4,7 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::{Bool, Tensor, activation::softmax, backend::Backend};
 
+use crate::mlp::linear3;
 use crate::rope::apply_rotary;
 
 /// Multi-head attention where `num_key_value_heads` may be smaller than `num_heads`
@@ -47,9 +48,9 @@ impl<B: Backend> Attention<B> {
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
         let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
-        let q = apply_rotary(heads(self.q_proj.forward(x.clone()), self.num_heads), cos, sin);
-        let mut k = apply_rotary(heads(self.k_proj.forward(x.clone()), self.num_kv_heads), cos, sin);
-        let mut v = heads(self.v_proj.forward(x), self.num_kv_heads);
+        let q = apply_rotary(heads(linear3(&self.q_proj, x.clone()), self.num_heads), cos, sin);
+        let mut k = apply_rotary(heads(linear3(&self.k_proj, x.clone()), self.num_kv_heads), cos, sin);
+        let mut v = heads(linear3(&self.v_proj, x), self.num_kv_heads);
 
         if let Some(cache) = cache {
             if let Some(past) = cache.take() {
@@ -72,7 +73,7 @@ impl<B: Backend> Attention<B> {
         let masked = masked.clone().expand([batch, self.num_heads, seq, keys]);
         let probs = softmax(scores.mask_fill(masked, f32::MIN), 3);
         let out = probs.matmul(v).swap_dims(1, 2).reshape([batch, seq, self.num_heads * self.head_dim]);
-        self.o_proj.forward(out)
+        linear3(&self.o_proj, out)
     }
 
     /// `[b, kv_heads, t, d]` → `[b, heads, t, d]`, each kv head serving `heads / kv_heads`

@@ -206,7 +206,7 @@ impl<B: Backend> LlamaForCausalLm<B> {
         }
         let x = self.norm.forward(x);
         match &self.lm_head {
-            Some(head) => head.forward(x),
+            Some(head) => crate::mlp::linear3(head, x),
             None => {
                 let [b, s, h] = x.dims();
                 let weight = self.embed_tokens.weight.val(); // [vocab, hidden]

@@ -1,0 +1,216 @@
+//! Encoded examples → padded or packed [`TokenBatch`]es.
+
+use gmt_models::TokenBatch;
+
+use crate::{DataError, Encoded, IGNORE};
+
+/// What to do with an example longer than `max_seq_len`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Truncation {
+    /// Keep the first `max_seq_len` tokens.
+    #[default]
+    Truncate,
+    /// Leave the example out (counted in the report).
+    Drop,
+}
+
+/// How batches are built.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BatchConfig {
+    /// Rows per batch.
+    pub batch_size: usize,
+    /// Longest row, in tokens.
+    pub max_seq_len: usize,
+    /// Long examples are truncated or dropped.
+    pub truncation: Truncation,
+    /// Pack several examples into each row (block-diagonal attention, per-example positions)
+    /// instead of one padded example per row.
+    pub packing: bool,
+    /// Token used for padding (never attended to, never trained on).
+    pub pad_id: u32,
+}
+
+impl BatchConfig {
+    /// Checks the sizes.
+    pub fn validate(&self) -> Result<(), DataError> {
+        if self.batch_size == 0 {
+            return Err(DataError::InvalidConfig { key: "batch_size", reason: "must be at least 1".into() });
+        }
+        if self.max_seq_len < 2 {
+            return Err(DataError::InvalidConfig { key: "max_seq_len", reason: "must be at least 2 tokens".into() });
+        }
+        Ok(())
+    }
+
+    /// Applies the truncation policy: `None` when the example is dropped.
+    pub fn fit(&self, mut example: Encoded) -> Option<Encoded> {
+        if example.ids.len() <= self.max_seq_len {
+            return Some(example);
+        }
+        match self.truncation {
+            Truncation::Drop => None,
+            Truncation::Truncate => {
+                example.ids.truncate(self.max_seq_len);
+                example.labels.truncate(self.max_seq_len);
+                Some(example)
+            }
+        }
+    }
+
+    /// One batch from examples that already fit. Without packing, each example is a row,
+    /// right-padded to the longest; with packing, examples fill rows greedily in order
+    /// (the caller passes what fits in `batch_size` rows, see [`BatchConfig::rows_needed`]).
+    pub fn collate(&self, examples: &[Encoded]) -> TokenBatch {
+        let rows: Vec<Vec<(usize, &Encoded)>> = if self.packing {
+            self.pack(examples)
+        } else {
+            examples.iter().map(|e| vec![(0, e)]).collect()
+        };
+        let seq_len = if self.packing {
+            self.max_seq_len
+        } else {
+            examples.iter().map(|e| e.ids.len()).max().unwrap_or(1).max(1)
+        };
+        let n = rows.len() * seq_len;
+        let mut batch = TokenBatch {
+            batch: rows.len(),
+            seq_len,
+            input_ids: Vec::with_capacity(n),
+            attention_mask: Some(Vec::with_capacity(n)),
+            position_ids: self.packing.then(|| Vec::with_capacity(n)),
+            segment_ids: self.packing.then(|| Vec::with_capacity(n)),
+            labels: Some(Vec::with_capacity(n)),
+        };
+        for row in rows {
+            let mut used = 0;
+            for (segment, example) in row {
+                batch.input_ids.extend(&example.ids);
+                batch.labels.as_mut().expect("set").extend(&example.labels);
+                batch.attention_mask.as_mut().expect("set").extend(std::iter::repeat_n(true, example.ids.len()));
+                if let Some(p) = batch.position_ids.as_mut() {
+                    p.extend(0..example.ids.len());
+                }
+                if let Some(s) = batch.segment_ids.as_mut() {
+                    s.extend(std::iter::repeat_n(segment as u32, example.ids.len()));
+                }
+                used += example.ids.len();
+            }
+            let pad = seq_len - used;
+            batch.input_ids.extend(std::iter::repeat_n(self.pad_id, pad));
+            batch.labels.as_mut().expect("set").extend(std::iter::repeat_n(IGNORE, pad));
+            batch.attention_mask.as_mut().expect("set").extend(std::iter::repeat_n(false, pad));
+            if let Some(p) = batch.position_ids.as_mut() {
+                p.extend(0..pad);
+            }
+            if let Some(s) = batch.segment_ids.as_mut() {
+                s.extend(std::iter::repeat_n(u32::MAX, pad));
+            }
+        }
+        batch
+    }
+
+    fn pack<'a>(&self, examples: &'a [Encoded]) -> Vec<Vec<(usize, &'a Encoded)>> {
+        let mut rows: Vec<Vec<(usize, &Encoded)>> = Vec::new();
+        let mut used = 0;
+        for example in examples {
+            if rows.is_empty() || used + example.ids.len() > self.max_seq_len {
+                rows.push(Vec::new());
+                used = 0;
+            }
+            let row = rows.last_mut().expect("pushed above");
+            row.push((row.len(), example));
+            used += example.ids.len();
+        }
+        rows
+    }
+
+    /// Rows that `examples` take when packed.
+    pub fn rows_needed(&self, examples: &[Encoded]) -> usize {
+        if self.packing { self.pack(examples).len() } else { examples.len() }
+    }
+}
+
+/// Counts of examples that did not fit `max_seq_len`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FitReport {
+    /// Examples cut to `max_seq_len`.
+    pub truncated: u64,
+    /// Examples left out ([`Truncation::Drop`]).
+    pub dropped: u64,
+}
+
+/// Groups a stream of examples into batches.
+pub struct Batches<I> {
+    examples: I,
+    config: BatchConfig,
+    pending: Option<Encoded>,
+    report: FitReport,
+}
+
+impl<I: Iterator<Item = Result<Encoded, DataError>>> Batches<I> {
+    /// Batches of `config` over `examples`.
+    pub fn new(examples: I, config: BatchConfig) -> Result<Self, DataError> {
+        config.validate()?;
+        Ok(Self { examples, config, pending: None, report: FitReport::default() })
+    }
+
+    /// Truncated and dropped counts so far.
+    pub fn report(&self) -> FitReport {
+        self.report
+    }
+
+    /// The underlying example stream (e.g. to save its state between batches). With
+    /// packing, one example may be held back for the next batch; see [`Batches::pending`].
+    pub fn examples(&self) -> &I {
+        &self.examples
+    }
+
+    /// An example read but not yet batched (packing only).
+    pub fn pending(&self) -> Option<&Encoded> {
+        self.pending.as_ref()
+    }
+
+    fn next_fitting(&mut self) -> Option<Result<Encoded, DataError>> {
+        if let Some(e) = self.pending.take() {
+            return Some(Ok(e));
+        }
+        loop {
+            let example = match self.examples.next()? {
+                Ok(e) => e,
+                Err(e) => return Some(Err(e)),
+            };
+            let long = example.ids.len() > self.config.max_seq_len;
+            match self.config.fit(example) {
+                Some(e) => {
+                    self.report.truncated += long as u64;
+                    return Some(Ok(e));
+                }
+                None => self.report.dropped += 1,
+            }
+        }
+    }
+}
+
+impl<I: Iterator<Item = Result<Encoded, DataError>>> Iterator for Batches<I> {
+    type Item = Result<TokenBatch, DataError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut chosen: Vec<Encoded> = Vec::new();
+        while let Some(next) = self.next_fitting() {
+            let example = match next {
+                Ok(e) => e,
+                Err(e) => return Some(Err(e)),
+            };
+            chosen.push(example);
+            if self.config.rows_needed(&chosen) > self.config.batch_size {
+                self.pending = chosen.pop();
+                break;
+            }
+            if !self.config.packing && chosen.len() == self.config.batch_size {
+                break;
+            }
+        }
+        (!chosen.is_empty()).then(|| Ok(self.config.collate(&chosen)))
+    }
+}

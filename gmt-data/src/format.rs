@@ -1,0 +1,213 @@
+//! Record formats: how a JSON record becomes a conversation or a plain text.
+
+use serde_json::Value;
+
+/// One turn of a conversation. Roles are `system`, `user` or `assistant`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+impl Message {
+    /// A message.
+    pub fn new(role: &str, content: impl Into<String>) -> Self {
+        Self { role: role.into(), content: content.into() }
+    }
+}
+
+/// What a record holds once interpreted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Example {
+    /// Rendered with the chat template; loss on assistant turns by default.
+    Chat(Vec<Message>),
+    /// Plain language-model text; loss on every token.
+    Text(String),
+}
+
+/// Maps fields of any record shape to a user turn and an assistant turn, e.g. GSM8K's
+/// `question` → user, `answer` → assistant.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FieldMapping {
+    /// Field holding the system prompt, if any.
+    pub system: Option<String>,
+    /// Field holding the user turn.
+    pub user: String,
+    /// Field holding the assistant turn.
+    pub assistant: String,
+}
+
+/// The record shapes gmt reads.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordFormat {
+    /// `instruction`, optional `input`, `output` (optional `system`).
+    Alpaca,
+    /// `messages`: a list of `{role, content}`.
+    Messages,
+    /// `conversations`: a list of `{from, value}` (`human`/`gpt`/`system`).
+    Sharegpt,
+    /// `prompt`, `completion`.
+    PromptCompletion,
+    /// `text`: plain language-model text.
+    Text,
+    /// Any other shape, through a field mapping.
+    Fields(FieldMapping),
+}
+
+/// A problem with one field of a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field (with a path into lists, e.g. `messages[2].role`).
+    pub field: Option<String>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn field_error(field: &str, reason: impl Into<String>) -> FieldError {
+    FieldError { field: Some(field.into()), reason: reason.into() }
+}
+
+fn string<'a>(record: &'a Value, field: &str) -> Result<&'a str, FieldError> {
+    match record.get(field) {
+        None | Some(Value::Null) => Err(field_error(field, "missing")),
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(field_error(field, format!("expected a string, found {}", kind(other)))),
+    }
+}
+
+fn optional_string<'a>(record: &'a Value, field: &str) -> Result<Option<&'a str>, FieldError> {
+    match record.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => string(record, field).map(Some),
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl RecordFormat {
+    /// A short name for messages (`alpaca`, `messages`, …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Alpaca => "alpaca",
+            Self::Messages => "messages",
+            Self::Sharegpt => "sharegpt",
+            Self::PromptCompletion => "prompt_completion",
+            Self::Text => "text",
+            Self::Fields(_) => "fields",
+        }
+    }
+
+    /// Guesses the format from a record's keys.
+    pub fn detect(record: &Value) -> Option<Self> {
+        let has = |k: &str| record.get(k).is_some();
+        Some(if has("messages") {
+            Self::Messages
+        } else if has("conversations") {
+            Self::Sharegpt
+        } else if has("instruction") && has("output") {
+            Self::Alpaca
+        } else if has("prompt") && has("completion") {
+            Self::PromptCompletion
+        } else if has("text") {
+            Self::Text
+        } else {
+            return None;
+        })
+    }
+
+    /// Interprets one record.
+    pub fn parse(&self, record: &Value) -> Result<Example, FieldError> {
+        if !record.is_object() {
+            return Err(FieldError { field: None, reason: format!("a record must be a JSON object, found {}", kind(record)) });
+        }
+        let chat = |system: Option<&str>, user: &str, assistant: &str| {
+            let mut messages = Vec::new();
+            if let Some(system) = system.filter(|s| !s.is_empty()) {
+                messages.push(Message::new("system", system));
+            }
+            messages.push(Message::new("user", user));
+            messages.push(Message::new("assistant", assistant));
+            Example::Chat(messages)
+        };
+        match self {
+            Self::Alpaca => {
+                let instruction = string(record, "instruction")?;
+                let user = match optional_string(record, "input")? {
+                    Some(input) if !input.is_empty() => format!("{instruction}\n\n{input}"),
+                    _ => instruction.to_string(),
+                };
+                Ok(chat(optional_string(record, "system")?, &user, string(record, "output")?))
+            }
+            Self::PromptCompletion => Ok(chat(None, string(record, "prompt")?, string(record, "completion")?)),
+            Self::Text => Ok(Example::Text(string(record, "text")?.to_string())),
+            Self::Fields(map) => {
+                let system = match &map.system {
+                    Some(field) => optional_string(record, field)?,
+                    None => None,
+                };
+                Ok(chat(system, string(record, &map.user)?, string(record, &map.assistant)?))
+            }
+            Self::Messages => turns(record, "messages", "role", "content", |role| match role {
+                "system" => Some("system"),
+                "user" => Some("user"),
+                "assistant" => Some("assistant"),
+                _ => None,
+            }),
+            Self::Sharegpt => turns(record, "conversations", "from", "value", |from| match from {
+                "system" => Some("system"),
+                "human" | "user" => Some("user"),
+                "gpt" | "assistant" => Some("assistant"),
+                _ => None,
+            }),
+        }
+    }
+}
+
+fn turns(
+    record: &Value,
+    list: &str,
+    role_key: &str,
+    content_key: &str,
+    role_of: impl Fn(&str) -> Option<&'static str>,
+) -> Result<Example, FieldError> {
+    let items = match record.get(list) {
+        None | Some(Value::Null) => return Err(field_error(list, "missing")),
+        Some(Value::Array(items)) => items,
+        Some(other) => return Err(field_error(list, format!("expected a list, found {}", kind(other)))),
+    };
+    if items.is_empty() {
+        return Err(field_error(list, "empty conversation"));
+    }
+    let mut messages = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let at = |key: &str| format!("{list}[{i}].{key}");
+        let role = match item.get(role_key) {
+            Some(Value::String(r)) => r.as_str(),
+            Some(other) => return Err(field_error(&at(role_key), format!("expected a string, found {}", kind(other)))),
+            None => return Err(field_error(&at(role_key), "missing")),
+        };
+        let role = role_of(role).ok_or_else(|| field_error(&at(role_key), format!("unknown role \"{role}\"")))?;
+        let content = match item.get(content_key) {
+            Some(Value::String(c)) => c.clone(),
+            Some(other) => return Err(field_error(&at(content_key), format!("expected a string, found {}", kind(other)))),
+            None => return Err(field_error(&at(content_key), "missing")),
+        };
+        messages.push(Message::new(role, content));
+    }
+    if !messages.iter().any(|m| m.role == "assistant") {
+        return Err(field_error(list, "no assistant turn to train on"));
+    }
+    Ok(Example::Chat(messages))
+}

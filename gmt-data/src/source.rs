@@ -1,0 +1,222 @@
+//! Raw JSON records from files: JSONL (plain or gzip) and JSON arrays, one file or a
+//! directory of shards, read lazily one record at a time.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::{DataError, RecordLocation};
+
+/// The files of a dataset, in a fixed (sorted) order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DataSource {
+    files: Vec<PathBuf>,
+}
+
+impl DataSource {
+    /// A file, or a directory whose `.jsonl`, `.jsonl.gz` and `.json` files are its shards.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, DataError> {
+        let path = path.as_ref();
+        let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
+        let mut files = Vec::new();
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path).map_err(|e| DataError::io(path, e))? {
+                let file = entry.map_err(|e| DataError::io(path, e))?.path();
+                let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                if [".jsonl", ".jsonl.gz", ".json"].iter().any(|ext| name.ends_with(ext)) {
+                    files.push(file);
+                }
+            }
+            files.sort();
+            if files.is_empty() {
+                return Err(DataError::io(
+                    path,
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "no .jsonl, .jsonl.gz or .json files in this directory"),
+                ));
+            }
+        } else {
+            files.push(path.to_path_buf());
+        }
+        Ok(Self { files })
+    }
+
+    /// The shard files.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// Records from `position` on.
+    pub fn records(&self, position: SourcePosition) -> Result<RecordIter, DataError> {
+        let mut iter = RecordIter {
+            files: self.files.clone(),
+            file: position.file,
+            reader: None,
+            line: 0,
+        };
+        iter.skip_to(position)?;
+        Ok(iter)
+    }
+}
+
+/// A place in a [`DataSource`]: the file index and the number of lines already consumed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourcePosition {
+    /// Index into [`DataSource::files`].
+    pub file: usize,
+    /// Lines (or array elements) of that file already read.
+    pub line: u64,
+}
+
+/// One record as read, before any interpretation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawRecord {
+    /// Where it came from.
+    pub location: RecordLocation,
+    /// The JSON value, or why the line is not JSON.
+    pub value: Result<Value, String>,
+    /// The position just after this record.
+    pub next: SourcePosition,
+}
+
+enum Lines {
+    Jsonl(Box<dyn BufRead + Send>),
+    /// JSON arrays are parsed whole; their elements are then handed out one by one.
+    Array(std::vec::IntoIter<Value>),
+}
+
+/// Iterator over [`RawRecord`]s; blank lines are skipped (but counted).
+pub struct RecordIter {
+    files: Vec<PathBuf>,
+    file: usize,
+    reader: Option<Lines>,
+    line: u64,
+}
+
+impl RecordIter {
+    fn open(&self) -> Result<Lines, DataError> {
+        let path = &self.files[self.file];
+        let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+        let name = path.to_string_lossy();
+        let reader: Box<dyn Read + Send> = if name.ends_with(".gz") {
+            Box::new(flate2::read::MultiGzDecoder::new(file))
+        } else {
+            Box::new(file)
+        };
+        if name.ends_with(".json") {
+            let values: Value = serde_json::from_reader(BufReader::new(reader)).map_err(|e| DataError::BadRecord {
+                location: RecordLocation { file: path.clone(), line: e.line() as u64 },
+                field: None,
+                reason: format!("invalid JSON: {e}"),
+            })?;
+            match values {
+                Value::Array(items) => Ok(Lines::Array(items.into_iter())),
+                _ => Err(DataError::BadRecord {
+                    location: RecordLocation { file: path.clone(), line: 1 },
+                    field: None,
+                    reason: "a .json dataset must be an array of records (use .jsonl for one record per line)".into(),
+                }),
+            }
+        } else {
+            Ok(Lines::Jsonl(Box::new(BufReader::with_capacity(1 << 16, reader))))
+        }
+    }
+
+    fn skip_to(&mut self, position: SourcePosition) -> Result<(), DataError> {
+        if position.file > self.files.len() || (position.file == self.files.len() && position.line > 0) {
+            return Err(DataError::Resume(format!(
+                "position is in file {} but the dataset has {} files",
+                position.file,
+                self.files.len()
+            )));
+        }
+        if position.file == self.files.len() {
+            return Ok(());
+        }
+        let mut reader = self.open()?;
+        let mut buf = Vec::new();
+        for _ in 0..position.line {
+            let more = match &mut reader {
+                Lines::Jsonl(r) => {
+                    buf.clear();
+                    r.read_until(b'\n', &mut buf).map_err(|e| DataError::io(&self.files[self.file], e))? > 0
+                }
+                Lines::Array(items) => items.next().is_some(),
+            };
+            if !more {
+                return Err(DataError::Resume(format!(
+                    "{} has fewer than {} records",
+                    self.files[self.file].display(),
+                    position.line
+                )));
+            }
+        }
+        self.reader = Some(reader);
+        self.line = position.line;
+        Ok(())
+    }
+}
+
+impl Iterator for RecordIter {
+    type Item = Result<RawRecord, DataError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut buf = Vec::new();
+        loop {
+            if self.file >= self.files.len() {
+                return None;
+            }
+            if self.reader.is_none() {
+                match self.open() {
+                    Ok(r) => self.reader = Some(r),
+                    Err(e) => {
+                        self.file = self.files.len();
+                        return Some(Err(e));
+                    }
+                }
+            }
+            let path = self.files[self.file].clone();
+            let item = match self.reader.as_mut().expect("opened above") {
+                Lines::Array(items) => items.next().map(Ok),
+                Lines::Jsonl(reader) => {
+                    buf.clear();
+                    match reader.read_until(b'\n', &mut buf) {
+                        Err(e) => return Some(Err(DataError::io(&path, e))),
+                        Ok(0) => None,
+                        Ok(_) => Some(Err(())),
+                    }
+                }
+            };
+            match item {
+                None => {
+                    self.file += 1;
+                    self.line = 0;
+                    self.reader = None;
+                }
+                Some(parsed) => {
+                    self.line += 1;
+                    let location = RecordLocation { file: path, line: self.line };
+                    let next = SourcePosition { file: self.file, line: self.line };
+                    let value = match parsed {
+                        Ok(value) => Ok(value),
+                        Err(()) => {
+                            let text = match std::str::from_utf8(&buf) {
+                                Ok(text) => text.trim(),
+                                Err(e) => {
+                                    let reason = format!("invalid UTF-8 at byte {} of the line", e.valid_up_to());
+                                    return Some(Ok(RawRecord { location, value: Err(reason), next }));
+                                }
+                            };
+                            if text.is_empty() {
+                                continue;
+                            }
+                            serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))
+                        }
+                    };
+                    return Some(Ok(RawRecord { location, value, next }));
+                }
+            }
+        }
+    }
+}

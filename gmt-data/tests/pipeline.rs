@@ -1,0 +1,265 @@
+//! gmt-data end to end on small files the tests write, on the SmolLM2 tokenizer fixture and
+//! on GSM8K.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use gmt_data::{
+    BatchConfig, Batches, ChatTemplate, DataError, DataSource, DataStream, Encoded, Encoder, Example, FieldMapping,
+    IGNORE, Message, RecordFormat, Split, StreamConfig, Truncation,
+};
+use serde_json::{Value, json};
+use tokenizers::Tokenizer;
+
+fn shared(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared").join(rel)
+}
+
+fn tokenizer() -> Tokenizer {
+    Tokenizer::from_file(shared("fixtures/smollm2-tokenizer/tokenizer.json")).unwrap()
+}
+
+fn encoder(train_on_prompt: bool) -> Encoder {
+    let template = ChatTemplate::from_hf_dir(&shared("fixtures/smollm2-tokenizer")).unwrap().unwrap();
+    Encoder::new(tokenizer(), template, train_on_prompt)
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gmt-data-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn write_jsonl(name: &str, records: &[Value]) -> PathBuf {
+    let path = temp(name);
+    let mut f = std::fs::File::create(&path).unwrap();
+    for r in records {
+        writeln!(f, "{r}").unwrap();
+    }
+    path
+}
+
+fn collect(path: &Path, config: StreamConfig) -> Result<Vec<Encoded>, DataError> {
+    let enc = encoder(false);
+    let stream = DataStream::new(DataSource::open(path)?, &enc, config)?;
+    stream.collect()
+}
+
+fn ordered() -> StreamConfig {
+    StreamConfig { shuffle_buffer: 1, ..StreamConfig::default() }
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn tokenizer_and_template_reproduce_transformers() {
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(shared("fixtures/smollm2-tokenizer/encodings.json")).unwrap()).unwrap();
+    let tok = tokenizer();
+    for case in reference["texts"].as_array().unwrap() {
+        let got = tok.encode(case["text"].as_str().unwrap(), false).unwrap();
+        assert_eq!(got.get_ids(), ids(&case["ids"]).as_slice());
+    }
+    let enc = encoder(false);
+    for chat in reference["chats"].as_array().unwrap() {
+        let messages: Vec<Message> = serde_json::from_value(chat["messages"].clone()).unwrap();
+        let rendered = enc.template().render(&messages, chat["add_generation_prompt"].as_bool().unwrap()).unwrap();
+        assert_eq!(rendered, chat["rendered"].as_str().unwrap());
+        assert_eq!(tok.encode(rendered.as_str(), false).unwrap().get_ids(), ids(&chat["ids"]).as_slice());
+    }
+}
+
+#[test]
+fn labels_cover_every_assistant_turn_and_pieces_rebuild_the_rendering() {
+    let enc = encoder(false);
+    let messages = vec![
+        Message::new("system", "You are terse."),
+        Message::new("user", "Name a prime."),
+        Message::new("assistant", "7"),
+        Message::new("user", "Another."),
+        Message::new("assistant", "11"),
+    ];
+    let encoded = enc.encode(&Example::Chat(messages.clone())).unwrap();
+    let (full, _) = enc.render_with_spans(&messages).unwrap();
+    let tok = enc.tokenizer();
+    let encoding = tok.encode(full.as_str(), false).unwrap();
+    assert_eq!(encoding.get_ids(), encoded.ids.as_slice());
+    let (mut trained, mut all) = (String::new(), String::new());
+    for (i, &(a, b)) in encoding.get_offsets().iter().enumerate() {
+        all.push_str(&full[a..b]);
+        if encoded.labels[i] != IGNORE {
+            assert_eq!(encoded.labels[i], encoded.ids[i] as i64);
+            trained.push_str(&full[a..b]);
+        }
+    }
+    assert_eq!(all, full, "masked and unmasked pieces put together are the full rendering");
+    assert_eq!(trained, "7<|im_end|>\n11<|im_end|>\n", "both assistant turns, end-of-turn included");
+
+    let everything = encoder(true).encode(&Example::Chat(messages)).unwrap();
+    assert!(everything.labels.iter().all(|&l| l != IGNORE));
+}
+
+#[test]
+fn every_format_is_read_and_detected() {
+    let cases = [
+        ("alpaca", json!({"instruction": "Add.", "input": "2 and 3", "output": "5"}), "Add.\n\n2 and 3", "5"),
+        ("messages", json!({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}), "Hi", "Hello"),
+        ("sharegpt", json!({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]}), "Hi", "Yo"),
+        ("prompt_completion", json!({"prompt": "1+1=", "completion": "2"}), "1+1=", "2"),
+    ];
+    for (name, record, user, assistant) in cases {
+        let format = RecordFormat::detect(&record).unwrap();
+        assert_eq!(format.name(), name);
+        let Example::Chat(messages) = format.parse(&record).unwrap() else { panic!("{name}: chat") };
+        let last = messages.len() - 1;
+        assert_eq!((messages[last - 1].content.as_str(), messages[last].content.as_str()), (user, assistant), "{name}");
+
+        let path = write_jsonl(&format!("{name}.jsonl"), &[record.clone(), record]);
+        let enc = encoder(false);
+        let mut stream = DataStream::new(DataSource::open(&path).unwrap(), &enc, ordered()).unwrap();
+        let first = stream.next().unwrap().unwrap();
+        let trained: Vec<u32> = first.ids.iter().zip(&first.labels).filter(|(_, l)| **l != IGNORE).map(|(i, _)| *i).collect();
+        assert_eq!(enc.tokenizer().decode(&trained, false).unwrap(), format!("{assistant}<|im_end|>\n"), "{name}");
+        assert!(stream.report().format.as_ref().unwrap().starts_with(&format!("{name} (detected from")), "{name}");
+    }
+    // Plain text: loss on every token, only the tokenizer's own special tokens.
+    let path = write_jsonl("text.jsonl", &[json!({"text": "Hello, world!"})]);
+    let out = collect(&path, ordered()).unwrap();
+    assert_eq!(out[0].ids, vec![19556, 28, 905, 17]);
+    assert_eq!(out[0].labels, vec![19556, 28, 905, 17]);
+}
+
+#[test]
+fn gsm8k_through_a_field_mapping_trains_on_the_answer_only() {
+    let mapping = RecordFormat::Fields(FieldMapping { system: None, user: "question".into(), assistant: "answer".into() });
+    let path = shared("data/gsm8k/test.jsonl");
+    let enc = encoder(false);
+    let config = StreamConfig { format: Some(mapping), ..ordered() };
+    let mut stream = DataStream::new(DataSource::open(&path).unwrap(), &enc, config).unwrap();
+    let first_record: Value = serde_json::from_str(std::fs::read_to_string(&path).unwrap().lines().next().unwrap()).unwrap();
+    let first = stream.next().unwrap().unwrap();
+    let trained: Vec<u32> = first.ids.iter().zip(&first.labels).filter(|(_, l)| **l != IGNORE).map(|(i, _)| *i).collect();
+    let answer = first_record["answer"].as_str().unwrap();
+    assert_eq!(enc.tokenizer().decode(&trained, false).unwrap(), format!("{answer}<|im_end|>\n"));
+    let rest = stream.count();
+    assert_eq!(rest + 1, 1319, "every GSM8K test record");
+}
+
+#[test]
+fn bad_records_name_file_line_and_field() {
+    let good = json!({"prompt": "a", "completion": "b"});
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"{\"prompt\": \"a\", \"completion\": \"b\"\n".to_vec(), ":2: invalid JSON"),
+        (json!({"prompt": "a"}).to_string().into_bytes(), ":2: field `completion`: missing"),
+        (json!({"prompt": "a", "completion": 3}).to_string().into_bytes(), ":2: field `completion`: expected a string, found a number"),
+        (b"{\"prompt\": \"\xff\", \"completion\": \"b\"}".to_vec(), ":2: invalid UTF-8"),
+    ];
+    for (i, (bad, expected)) in cases.into_iter().enumerate() {
+        let path = temp(&format!("bad{i}.jsonl"));
+        let mut bytes = format!("{good}\n").into_bytes();
+        bytes.extend(bad);
+        bytes.extend(format!("\n{good}\n").into_bytes());
+        std::fs::write(&path, bytes).unwrap();
+        let config = StreamConfig { format: Some(RecordFormat::PromptCompletion), ..ordered() };
+        let err = collect(&path, config.clone()).unwrap_err().to_string();
+        assert!(err.starts_with(&path.display().to_string()) && err.contains(expected), "{err} / {expected}");
+
+        let skipping = StreamConfig { skip_bad_records: true, ..config };
+        let enc = encoder(false);
+        let mut stream = DataStream::new(DataSource::open(&path).unwrap(), &enc, skipping).unwrap();
+        assert_eq!(stream.by_ref().count(), 2);
+        assert_eq!(stream.report().skipped, 1);
+        assert!(stream.report().skipped_errors[0].contains(expected));
+    }
+    let path = write_jsonl("empty.jsonl", &[json!({"messages": []})]);
+    let err = collect(&path, ordered()).unwrap_err().to_string();
+    assert!(err.ends_with(":1: field `messages`: empty conversation"), "{err}");
+    let path = write_jsonl("role.jsonl", &[json!({"messages": [{"role": "robot", "content": "x"}]})]);
+    let err = collect(&path, ordered()).unwrap_err().to_string();
+    assert!(err.contains("field `messages[0].role`: unknown role \"robot\""), "{err}");
+
+    // A template error is reported at the record that triggered it.
+    let template = ChatTemplate::new("{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system prompts') }}{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}", "", "").unwrap();
+    let enc = Encoder::new(tokenizer(), template, false);
+    let path = write_jsonl("tmpl.jsonl", &[json!({"instruction": "x", "output": "y", "system": "s"})]);
+    let err = DataStream::new(DataSource::open(&path).unwrap(), &enc, ordered()).unwrap().next().unwrap().unwrap_err().to_string();
+    assert!(err.contains("tmpl.jsonl:1") && err.contains("no system prompts"), "{err}");
+}
+
+#[test]
+fn gzip_shards_and_json_arrays_stream_in_order() {
+    let dir = temp("shards");
+    std::fs::create_dir_all(&dir).unwrap();
+    let gz = std::fs::File::create(dir.join("a.jsonl.gz")).unwrap();
+    let mut enc = flate2::write::GzEncoder::new(gz, flate2::Compression::fast());
+    writeln!(enc, "{}", json!({"text": "one"})).unwrap();
+    enc.finish().unwrap();
+    std::fs::write(dir.join("b.json"), json!([{"text": "two"}, {"text": "three"}]).to_string()).unwrap();
+    let out = collect(&dir, ordered()).unwrap();
+    let texts: Vec<String> = out.iter().map(|e| tokenizer().decode(&e.ids, false).unwrap()).collect();
+    assert_eq!(texts, ["one", "two", "three"]);
+}
+
+#[test]
+fn a_resumed_stream_sees_exactly_what_the_uninterrupted_one_would() {
+    let records: Vec<Value> = (0..300).map(|i| json!({"prompt": format!("q{i}"), "completion": format!("a{i}")})).collect();
+    let path = write_jsonl("resume.jsonl", &records);
+    let config = StreamConfig { seed: 9, shuffle_buffer: 37, split: Split::Train { eval_fraction: 0.1 }, ..StreamConfig::default() };
+    let enc = encoder(false);
+    let whole: Vec<Encoded> = DataStream::new(DataSource::open(&path).unwrap(), &enc, config.clone()).unwrap().map(Result::unwrap).collect();
+
+    let mut first = DataStream::new(DataSource::open(&path).unwrap(), &enc, config.clone()).unwrap();
+    let mut seen: Vec<Encoded> = first.by_ref().take(100).map(Result::unwrap).collect();
+    let saved = serde_json::to_string(&first.state()).unwrap();
+    drop(first);
+    let state = serde_json::from_str(&saved).unwrap();
+    let resumed = DataStream::resume(DataSource::open(&path).unwrap(), &enc, config.clone(), state).unwrap();
+    seen.extend(resumed.map(Result::unwrap));
+    assert_eq!(seen, whole);
+
+    // The eval split is the complement, and shuffling is seeded.
+    let eval = StreamConfig { split: Split::Eval { eval_fraction: 0.1 }, ..config.clone() };
+    let held: Vec<Encoded> = DataStream::new(DataSource::open(&path).unwrap(), &enc, eval).unwrap().map(Result::unwrap).collect();
+    assert_eq!(held.len() + whole.len(), 300);
+    assert!(held.len() > 10 && held.len() < 60, "about 10% held out: {}", held.len());
+    let reseeded: Vec<Encoded> = DataStream::new(DataSource::open(&path).unwrap(), &enc, StreamConfig { seed: 10, ..config })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_ne!(reseeded, whole);
+}
+
+#[test]
+fn batches_pad_pack_truncate_and_drop() {
+    let example = |n: usize| Encoded { ids: (1..=n as u32).collect(), labels: (1..=n as i64).collect() };
+    let examples = vec![example(3), example(5), example(9), example(2)];
+    let config = BatchConfig { batch_size: 2, max_seq_len: 6, truncation: Truncation::Truncate, packing: false, pad_id: 0 };
+    let mut batches = Batches::new(examples.clone().into_iter().map(Ok), config.clone()).unwrap();
+    let first = batches.next().unwrap().unwrap();
+    assert_eq!((first.batch, first.seq_len), (2, 5));
+    assert_eq!(first.input_ids, vec![1, 2, 3, 0, 0, 1, 2, 3, 4, 5]);
+    assert_eq!(first.labels.as_ref().unwrap()[3..5], [IGNORE, IGNORE]);
+    assert_eq!(first.attention_mask.as_ref().unwrap()[..5], [true, true, true, false, false]);
+    let second = batches.next().unwrap().unwrap();
+    assert_eq!(second.seq_len, 6, "9 tokens truncated to 6");
+    assert!(batches.next().is_none());
+    assert_eq!(batches.report().truncated, 1);
+
+    let dropping = BatchConfig { truncation: Truncation::Drop, ..config.clone() };
+    let mut batches = Batches::new(examples.clone().into_iter().map(Ok), dropping).unwrap();
+    let rows: usize = batches.by_ref().map(|b| b.unwrap().batch).sum();
+    assert_eq!((rows, batches.report().dropped), (3, 1));
+
+    let packing = BatchConfig { packing: true, batch_size: 2, ..config };
+    let mut batches = Batches::new(examples.into_iter().map(Ok), packing).unwrap();
+    let packed = batches.next().unwrap().unwrap();
+    assert_eq!((packed.batch, packed.seq_len), (2, 6));
+    // Row 0: [3 tokens][pad ×3] (5 does not fit after 3); row 1: [5 tokens][pad].
+    assert_eq!(packed.segment_ids.as_ref().unwrap()[..4], [0, 0, 0, u32::MAX]);
+    assert_eq!(packed.position_ids.as_ref().unwrap()[6..11], [0, 1, 2, 3, 4]);
+    let rest: Vec<_> = batches.map(Result::unwrap).collect();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].segment_ids.as_ref().unwrap()[..6], [0, 0, 0, 0, 0, 0], "truncated 9 → 6 fills a row");
+    assert_eq!(rest[0].segment_ids.as_ref().unwrap()[6..8], [0, 0], "the 2-token example starts the next row");
+}
