@@ -5,7 +5,10 @@
 use std::path::PathBuf;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use gmt_data::{BatchConfig, Batches, ChatTemplate, DataSource, DataStream, Encoder, FieldMapping, RecordFormat, StreamConfig, Truncation};
+use gmt_data::{
+    BatchConfig, Batches, ChatTemplate, DataSource, DataStream, Encoder, FieldMapping,
+    RecordFormat, StreamConfig, Truncation,
+};
 use tokenizers::Tokenizer;
 
 fn pipeline(c: &mut Criterion) {
@@ -16,21 +19,41 @@ fn pipeline(c: &mut Criterion) {
     let encoder = Encoder::new(tokenizer, template, false);
     let data = shared.join("data/gsm8k/train.jsonl");
     let config = StreamConfig {
-        format: Some(RecordFormat::Fields(FieldMapping { system: None, user: "question".into(), assistant: "answer".into() })),
+        format: Some(RecordFormat::Fields(FieldMapping {
+            system: None,
+            user: "question".into(),
+            assistant: "answer".into(),
+        })),
         seed: 1,
         ..StreamConfig::default()
     };
-    let batch = BatchConfig { batch_size: 8, max_seq_len: 512, truncation: Truncation::Truncate, packing: false, pad_id: 2 };
+    let batch = BatchConfig {
+        batch_size: 8,
+        max_seq_len: 512,
+        truncation: Truncation::Truncate,
+        packing: false,
+        pad_id: 2,
+    };
     let run = || {
-        let stream = DataStream::new(DataSource::open(&data).unwrap(), &encoder, config.clone()).unwrap();
+        let stream =
+            DataStream::new(DataSource::open(&data).unwrap(), &encoder, config.clone()).unwrap();
         Batches::new(stream, batch.clone())
             .unwrap()
-            .map(|b| b.unwrap().attention_mask.unwrap().iter().filter(|m| **m).count())
+            .map(|b| {
+                b.unwrap()
+                    .attention_mask
+                    .unwrap()
+                    .iter()
+                    .filter(|m| **m)
+                    .count()
+            })
             .sum::<usize>()
     };
     let tokens = run();
     let mut group = c.benchmark_group("data_pipeline_gsm8k_train");
-    group.sample_size(10).throughput(Throughput::Elements(tokens as u64));
+    group
+        .sample_size(10)
+        .throughput(Throughput::Elements(tokens as u64));
     group.bench_function("tokens", |b| b.iter(run));
     group.finish();
     eprintln!("GSM8K train: {tokens} real tokens per pass (7,473 examples)");

@@ -38,26 +38,42 @@ fn optimizer_step(c: &mut Criterion) {
     let device = Default::default();
     let shapes = smollm2_135m_shapes();
     let mut group = c.benchmark_group("optimizer_step_smollm2_135m");
-    group.sample_size(10).measurement_time(Duration::from_secs(30));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(30));
 
     {
         let mut model = Some(ShapedParams::<B>::new(&shapes, &device, 0));
         let grads = FixedGradients::new(model.as_ref().unwrap(), 1);
         let mut optim = adamw().init::<B, ShapedParams<B>>();
         time_steps(1, &mut optim, &mut model, &grads); // moments allocated before timing
-        group.bench_function("adamw", |b| b.iter_custom(|iters| time_steps(iters, &mut optim, &mut model, &grads)));
+        group.bench_function("adamw", |b| {
+            b.iter_custom(|iters| time_steps(iters, &mut optim, &mut model, &grads))
+        });
     }
     for (name, scope, target) in [
-        ("gmt_tensor_gradient", MaskScope::Tensor, MaskTarget::Gradient),
-        ("gmt_global_gradient", MaskScope::Global, MaskTarget::Gradient),
+        (
+            "gmt_tensor_gradient",
+            MaskScope::Tensor,
+            MaskTarget::Gradient,
+        ),
+        (
+            "gmt_global_gradient",
+            MaskScope::Global,
+            MaskTarget::Gradient,
+        ),
         ("gmt_tensor_update", MaskScope::Tensor, MaskTarget::Update),
     ] {
         let mut model = Some(ShapedParams::<B>::new(&shapes, &device, 0));
         let grads = FixedGradients::new(model.as_ref().unwrap(), 1);
         let config = GmtConfig::new(0.3).with_scope(scope).with_target(target);
-        let mut optim = config.init(adamw().init(), model.as_ref().unwrap()).unwrap();
+        let mut optim = config
+            .init(adamw().init(), model.as_ref().unwrap())
+            .unwrap();
         time_steps(1, &mut optim, &mut model, &grads);
-        group.bench_function(name, |b| b.iter_custom(|iters| time_steps(iters, &mut optim, &mut model, &grads)));
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| time_steps(iters, &mut optim, &mut model, &grads))
+        });
     }
     group.finish();
 }

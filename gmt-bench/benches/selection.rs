@@ -10,7 +10,8 @@ use burn::tensor::{Tensor, TensorData};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use gmt_bench::random_values;
 use gmt_core::selection::{
-    device_kth_largest_abs, kept_count, kth_largest_abs, kth_largest_abs_by_sort, sampled_kth_largest_abs,
+    device_kth_largest_abs, kept_count, kth_largest_abs, kth_largest_abs_by_sort,
+    sampled_kth_largest_abs,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -31,7 +32,10 @@ fn selection(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("host_exact", &label), |b| {
             b.iter(|| kth_largest_abs(&[&values], keep))
         });
-        let tensor = Tensor::<NdArray, 1>::from_data(TensorData::new(values.clone(), [n]), &Default::default());
+        let tensor = Tensor::<NdArray, 1>::from_data(
+            TensorData::new(values.clone(), [n]),
+            &Default::default(),
+        );
         let abs = vec![vec![tensor.clone().abs()]];
         // The device bisection is meant for GPUs; on ndarray it is shown for scale only, and
         // skipped at 64M where one run takes tens of seconds.

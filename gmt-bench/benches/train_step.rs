@@ -22,12 +22,18 @@ const SEQ: usize = 128;
 
 fn batch(vocab: usize) -> TokenBatch {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let ids: Vec<u32> = (0..BATCH * SEQ).map(|_| rng.random_range(0..vocab as u32)).collect();
+    let ids: Vec<u32> = (0..BATCH * SEQ)
+        .map(|_| rng.random_range(0..vocab as u32))
+        .collect();
     let labels = ids.iter().map(|&i| i as i64).collect();
     TokenBatch::new(ids, BATCH, SEQ).with_labels(labels)
 }
 
-fn step<O: Optimizer<LlamaForCausalLm<B>, B>>(model: LlamaForCausalLm<B>, optim: &mut O, batch: &TokenBatch) -> LlamaForCausalLm<B> {
+fn step<O: Optimizer<LlamaForCausalLm<B>, B>>(
+    model: LlamaForCausalLm<B>,
+    optim: &mut O,
+    batch: &TokenBatch,
+) -> LlamaForCausalLm<B> {
     let loss = model.forward(batch).unwrap().loss.unwrap();
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     optim.step(1e-5, model, grads)
@@ -38,7 +44,9 @@ fn train_step(c: &mut Criterion) {
     let device = Default::default();
     let batch = batch(config.vocab_size);
     let mut group = c.benchmark_group("smollm2_135m_train_b4x128");
-    group.sample_size(10).measurement_time(Duration::from_secs(60));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(60));
     group.throughput(Throughput::Elements((BATCH * SEQ) as u64));
 
     let model: LlamaForCausalLm<B> = random_model(&config, &device, 0);
@@ -56,13 +64,18 @@ fn train_step(c: &mut Criterion) {
         b.iter(|| sft_model = Some(step(sft_model.take().unwrap(), &mut sft, &batch)))
     });
     let mut gmt_model = Some(random_model::<B>(&config, &device, 0));
-    let mut gmt = GmtConfig::new(0.3).init(adamw().init(), gmt_model.as_ref().unwrap()).unwrap();
+    let mut gmt = GmtConfig::new(0.3)
+        .init(adamw().init(), gmt_model.as_ref().unwrap())
+        .unwrap();
     group.bench_function("gmt_step", |b| {
         b.iter(|| gmt_model = Some(step(gmt_model.take().unwrap(), &mut gmt, &batch)))
     });
     group.finish();
     if let Some(bytes) = peak_rss_bytes() {
-        eprintln!("peak RSS of the whole benchmark run: {:.2} GiB", bytes as f64 / (1u64 << 30) as f64);
+        eprintln!(
+            "peak RSS of the whole benchmark run: {:.2} GiB",
+            bytes as f64 / (1u64 << 30) as f64
+        );
     }
 }
 

@@ -56,8 +56,18 @@ impl<B: Backend> ShapedParams<B> {
         let mut vectors = Vec::new();
         for (_, dims) in shapes {
             match dims.as_slice() {
-                [r, c] => matrices.push(Param::from_tensor(random_tensor(&mut rng, [*r, *c], 0.02, device))),
-                [n] => vectors.push(Param::from_tensor(random_tensor(&mut rng, [*n], 1.0, device))),
+                [r, c] => matrices.push(Param::from_tensor(random_tensor(
+                    &mut rng,
+                    [*r, *c],
+                    0.02,
+                    device,
+                ))),
+                [n] => vectors.push(Param::from_tensor(random_tensor(
+                    &mut rng,
+                    [*n],
+                    1.0,
+                    device,
+                ))),
                 other => panic!("unsupported rank {}", other.len()),
             }
         }
@@ -67,7 +77,9 @@ impl<B: Backend> ShapedParams<B> {
 
 /// Uniform values in (−scale, scale).
 pub fn random_values(rng: &mut impl Rng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect()
+    (0..n)
+        .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale)
+        .collect()
 }
 
 /// A tensor of [`random_values`].
@@ -110,11 +122,13 @@ impl FixedGradients {
         let mut grads = GradientsParams::new();
         let mut data = self.data.iter().cloned();
         for p in &model.matrices {
-            let g: Tensor<B::InnerBackend, 2> = Tensor::from_data(data.next().expect("one per matrix"), &device);
+            let g: Tensor<B::InnerBackend, 2> =
+                Tensor::from_data(data.next().expect("one per matrix"), &device);
             grads.register(p.id, g);
         }
         for p in &model.vectors {
-            let g: Tensor<B::InnerBackend, 1> = Tensor::from_data(data.next().expect("one per vector"), &device);
+            let g: Tensor<B::InnerBackend, 1> =
+                Tensor::from_data(data.next().expect("one per vector"), &device);
             grads.register(p.id, g);
         }
         grads
@@ -148,14 +162,22 @@ pub fn smollm2_135m_config() -> LlamaConfig {
 
 /// A model with `config` and small random weights, built through the same loader as real
 /// checkpoints.
-pub fn random_model<B: Backend>(config: &LlamaConfig, device: &B::Device, seed: u64) -> LlamaForCausalLm<B> {
+pub fn random_model<B: Backend>(
+    config: &LlamaConfig,
+    device: &B::Device,
+    seed: u64,
+) -> LlamaForCausalLm<B> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let shapes = smollm2_like_shapes(config);
     let tensors: BTreeMap<String, HostTensor> = shapes
         .into_iter()
         .map(|(name, shape)| {
             let n = shape.iter().product();
-            let scale = if name.ends_with("norm.weight") { 0.0 } else { 0.02 };
+            let scale = if name.ends_with("norm.weight") {
+                0.0
+            } else {
+                0.02
+            };
             let mut data = random_values(&mut rng, n, scale);
             if scale == 0.0 {
                 data.iter_mut().for_each(|v| *v = 1.0);
@@ -163,14 +185,23 @@ pub fn random_model<B: Backend>(config: &LlamaConfig, device: &B::Device, seed: 
             (name, HostTensor { shape, data })
         })
         .collect();
-    LlamaForCausalLm::from_weights(config, WeightMap::new("random", tensors), device).expect("shapes from the config")
+    LlamaForCausalLm::from_weights(config, WeightMap::new("random", tensors), device)
+        .expect("shapes from the config")
 }
 
 /// Hugging Face parameter shapes of a Llama config.
 fn smollm2_like_shapes(c: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
-    let (h, q, kv, i) = (c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, c.intermediate_size);
+    let (h, q, kv, i) = (
+        c.hidden_size,
+        c.num_attention_heads * c.head_dim,
+        c.num_key_value_heads * c.head_dim,
+        c.intermediate_size,
+    );
     let mut shapes = vec![
-        ("model.embed_tokens.weight".to_string(), vec![c.vocab_size, h]),
+        (
+            "model.embed_tokens.weight".to_string(),
+            vec![c.vocab_size, h],
+        ),
         ("model.norm.weight".to_string(), vec![h]),
     ];
     if !c.tie_word_embeddings {

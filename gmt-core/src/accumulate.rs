@@ -83,7 +83,12 @@ impl<M> GradientMean<M> {
     }
 
     /// Adds one micro-batch's gradients with `weight` (e.g. its counted tokens).
-    pub fn add_weighted<B>(&mut self, module: &M, grads: GradientsParams, weight: f64) -> Result<(), GmtError>
+    pub fn add_weighted<B>(
+        &mut self,
+        module: &M,
+        grads: GradientsParams,
+        weight: f64,
+    ) -> Result<(), GmtError>
     where
         B: AutodiffBackend,
         M: AutodiffModule<B>,

@@ -44,10 +44,11 @@ pub enum MaskStrategy {
 }
 
 /// How the magnitude threshold is found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Selection {
     /// The exact (n − m)-th largest |Γ| of the group.
+    #[default]
     Exact,
     /// An estimate from `sample_size` entries drawn uniformly (with replacement) from the
     /// group: the threshold is the matching quantile of the sample. The kept fraction is then
@@ -56,12 +57,6 @@ pub enum Selection {
         /// Number of entries drawn per group.
         sample_size: usize,
     },
-}
-
-impl Default for Selection {
-    fn default() -> Self {
-        Self::Exact
-    }
 }
 
 /// Where exact thresholds are computed.
@@ -141,7 +136,9 @@ impl GmtConfig {
         if !(0.0..1.0).contains(&ratio) {
             return Err(GmtError::InvalidConfig {
                 key: "mask_ratio",
-                reason: format!("{ratio} is outside [0, 1): it is the fraction of entries set to zero"),
+                reason: format!(
+                    "{ratio} is outside [0, 1): it is the fraction of entries set to zero"
+                ),
             });
         }
         if let Selection::Sampled { sample_size: 0 } = self.selection {

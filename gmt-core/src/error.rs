@@ -33,7 +33,9 @@ pub enum GmtError {
     #[error("the model has no float parameters to optimize")]
     NoParameters,
     /// A gradient holds NaN or ±∞.
-    #[error("non-finite gradient (NaN or infinity) in parameter `{param}` at optimizer step {step}")]
+    #[error(
+        "non-finite gradient (NaN or infinity) in parameter `{param}` at optimizer step {step}"
+    )]
     NonFiniteGradient {
         /// Module path of the parameter.
         param: String,

@@ -38,7 +38,9 @@ pub mod selection;
 mod stats;
 
 pub use accumulate::GradientMean;
-pub use config::{GmtConfig, MaskScope, MaskStrategy, MaskTarget, NonFinitePolicy, Selection, SelectionEngine};
+pub use config::{
+    GmtConfig, MaskScope, MaskStrategy, MaskTarget, NonFinitePolicy, Selection, SelectionEngine,
+};
 pub use error::GmtError;
 pub use filter::ParamFilter;
 pub use mask::{MaskInput, MaskedGradients, mask_gradients};

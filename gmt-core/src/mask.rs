@@ -2,9 +2,14 @@
 
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData, backend::Backend};
 use rand::Rng;
+use rayon::prelude::*;
 
-use crate::selection::{device_kth_largest_abs, kept_count, kth_largest_abs, sampled_kth_largest_abs};
-use crate::{GmtConfig, MaskScope, MaskStats, MaskStrategy, ParamMaskStats, Selection, SelectionEngine};
+use crate::selection::{
+    device_kth_largest_abs, kept_count, kth_largest_abs, sampled_kth_largest_abs,
+};
+use crate::{
+    GmtConfig, MaskScope, MaskStats, MaskStrategy, ParamMaskStats, Selection, SelectionEngine,
+};
 
 /// One parameter's accumulated gradient Γ, flattened, with what GMT needs to know about it.
 #[derive(Clone, Debug)]
@@ -64,27 +69,46 @@ pub fn mask_gradients<B: Backend>(
     rng: &mut impl Rng,
 ) -> MaskedGradients<B> {
     let host = resolve_engine(config, &inputs) == SelectionEngine::Host;
-    let groups = if config.is_identity() { Vec::new() } else { active_groups(config, &inputs) };
-    let mut rules = decide_rules(config, &inputs, &groups, host, rng);
+    let groups = if config.is_identity() {
+        Vec::new()
+    } else {
+        active_groups(config, &inputs)
+    };
+    let rules = decide_rules(config, &inputs, &groups, host, rng);
 
-    let (paths, flags): (Vec<String>, Vec<bool>) = inputs.iter().map(|i| (i.path.clone(), i.masked)).unzip();
+    let (paths, flags): (Vec<String>, Vec<bool>) =
+        inputs.iter().map(|i| (i.path.clone(), i.masked)).unzip();
     let mut pending: Vec<Option<Tensor<B, 1>>> = inputs.into_iter().map(|i| Some(i.grad)).collect();
     let mut outputs: Vec<Option<Masked<B>>> = (0..pending.len()).map(|_| None).collect();
-    for ((group, keep), rule) in groups.iter().zip(rules.iter_mut()) {
-        let members: Vec<Tensor<B, 1>> = group.iter().map(|&i| pending[i].take().expect("one group per input")).collect();
-        let masked = if host {
-            // Read each member once; an exact threshold comes from the same copies.
-            let device = members[0].device();
-            let mut data: Vec<Vec<f32>> = members.into_iter().map(host_values).collect();
-            let rule = rule.take().unwrap_or_else(|| {
-                let slices: Vec<&[f32]> = data.iter().map(Vec::as_slice).collect();
-                Rule::Threshold(kth_largest_abs(&slices, *keep))
-            });
-            apply_on_host::<B>(&mut data, &rule, with_drops, &device)
-        } else {
-            apply_on_device(members, rule.as_ref().expect("device rules are decided up front"))
-        };
-        for (&i, out) in group.iter().zip(masked) {
+    let work: Vec<GroupWork<B>> = groups
+        .iter()
+        .zip(rules)
+        .map(|((group, keep), rule)| {
+            let members = group
+                .iter()
+                .map(|&i| pending[i].take().expect("one group per input"))
+                .collect();
+            (group, *keep, rule, members)
+        })
+        .collect();
+    let masked: Vec<Vec<Masked<B>>> = if host {
+        // Groups are independent: spread them over the cores (tensor scope has one per
+        // parameter; global scope's single group parallelizes over its members inside).
+        work.into_par_iter()
+            .map(|(_, keep, rule, members)| mask_group_on_host(members, keep, rule, with_drops))
+            .collect()
+    } else {
+        work.into_iter()
+            .map(|(_, _, rule, members)| {
+                apply_on_device(
+                    members,
+                    rule.as_ref().expect("device rules are decided up front"),
+                )
+            })
+            .collect()
+    };
+    for ((group, _), group_masked) in groups.iter().zip(masked) {
+        for (&i, out) in group.iter().zip(group_masked) {
             outputs[i] = Some(out);
         }
     }
@@ -104,7 +128,11 @@ pub fn mask_gradients<B: Backend>(
         .into_iter()
         .map(|out| (out.grad, if with_drops { out.drop } else { None }))
         .unzip();
-    MaskedGradients { grads, drops, stats }
+    MaskedGradients {
+        grads,
+        drops,
+        stats,
+    }
 }
 
 /// The rule of each active group, where it can be decided before masking. `None` marks an
@@ -116,7 +144,12 @@ fn decide_rules<B: Backend>(
     host: bool,
     rng: &mut impl Rng,
 ) -> Vec<Option<Rule>> {
-    let abs = |group: &[usize]| -> Vec<Tensor<B, 1>> { group.iter().map(|&i| inputs[i].grad.clone().abs()).collect() };
+    let abs = |group: &[usize]| -> Vec<Tensor<B, 1>> {
+        group
+            .iter()
+            .map(|&i| inputs[i].grad.clone().abs())
+            .collect()
+    };
     match (config.strategy, config.selection) {
         (MaskStrategy::None, _) => groups.iter().map(|_| None).collect(),
         (MaskStrategy::Random, _) => groups
@@ -131,13 +164,25 @@ fn decide_rules<B: Backend>(
             .collect(),
         (MaskStrategy::Magnitude, Selection::Sampled { sample_size }) => groups
             .iter()
-            .map(|(group, keep)| Some(Rule::Threshold(sampled_kth_largest_abs(&abs(group), *keep, sample_size, rng))))
+            .map(|(group, keep)| {
+                Some(Rule::Threshold(sampled_kth_largest_abs(
+                    &abs(group),
+                    *keep,
+                    sample_size,
+                    rng,
+                )))
+            })
             .collect(),
-        (MaskStrategy::Magnitude, Selection::Exact) if host => groups.iter().map(|_| None).collect(),
+        (MaskStrategy::Magnitude, Selection::Exact) if host => {
+            groups.iter().map(|_| None).collect()
+        }
         (MaskStrategy::Magnitude, Selection::Exact) => {
             let abs: Vec<Vec<Tensor<B, 1>>> = groups.iter().map(|(group, _)| abs(group)).collect();
             let keeps: Vec<usize> = groups.iter().map(|(_, keep)| *keep).collect();
-            device_kth_largest_abs(&abs, &keeps).into_iter().map(|t| Some(Rule::Threshold(t))).collect()
+            device_kth_largest_abs(&abs, &keeps)
+                .into_iter()
+                .map(|t| Some(Rule::Threshold(t)))
+                .collect()
         }
     }
 }
@@ -148,7 +193,10 @@ fn group_size<B: Backend>(inputs: &[MaskInput<B>], group: &[usize]) -> usize {
 
 /// The masked inputs grouped by scope, with the number of entries each group keeps; groups
 /// that keep everything (floor(r·n) = 0) are left out.
-fn active_groups<B: Backend>(config: &GmtConfig, inputs: &[MaskInput<B>]) -> Vec<(Vec<usize>, usize)> {
+fn active_groups<B: Backend>(
+    config: &GmtConfig,
+    inputs: &[MaskInput<B>],
+) -> Vec<(Vec<usize>, usize)> {
     let masked = (0..inputs.len()).filter(|&i| inputs[i].masked);
     let groups: Vec<Vec<usize>> = match config.scope {
         MaskScope::Tensor => masked.map(|i| vec![i]).collect(),
@@ -177,7 +225,9 @@ fn resolve_engine<B: Backend>(config: &GmtConfig, inputs: &[MaskInput<B>]) -> Se
 /// Whether tensors of this backend already live in host memory, so reading them is cheap.
 fn is_host_backend<B: Backend>(device: &B::Device) -> bool {
     let name = B::name(device).to_lowercase();
-    ["ndarray", "flex", "cpu"].iter().any(|cpu| name.contains(cpu))
+    ["ndarray", "flex", "cpu"]
+        .iter()
+        .any(|cpu| name.contains(cpu))
 }
 
 /// Γ as host `f32`s. On ndarray a tensor held only here converts without a copy.
@@ -190,6 +240,10 @@ fn host_values<B: Backend>(tensor: Tensor<B, 1>) -> Vec<f32> {
     }
 }
 
+/// A group to mask: its members' gradients, how many entries it keeps, and its rule when
+/// already decided.
+type GroupWork<'a, B> = (&'a Vec<usize>, usize, Option<Rule>, Vec<Tensor<B, 1>>);
+
 /// One input after masking.
 struct Masked<B: Backend> {
     grad: Tensor<B, 1>,
@@ -200,7 +254,11 @@ struct Masked<B: Backend> {
 
 /// Kept count and squared norms: computed on the host, or still to be read from the device.
 enum Norms<B: Backend> {
-    Host { kept: usize, total: f64, kept_sq: f64 },
+    Host {
+        kept: usize,
+        total: f64,
+        kept_sq: f64,
+    },
     /// ‖Γ‖² as a pending device scalar; kept count and ‖Γ·mask‖² follow from `grad`/`drop`.
     Device { total: Tensor<B, 1> },
 }
@@ -217,11 +275,42 @@ impl<B: Backend> Masked<B> {
     }
 }
 
-/// Masks host copies in place, counting kept entries and norms in the same pass.
-fn apply_on_host<B: Backend>(data: &mut [Vec<f32>], rule: &Rule, with_drops: bool, device: &B::Device) -> Vec<Masked<B>> {
-    let mut offset = 0;
-    data.iter_mut()
-        .map(|values| {
+/// Reads a group's members to the host once, finds the exact threshold there if the rule is
+/// not decided yet, and masks the copies in place.
+fn mask_group_on_host<B: Backend>(
+    members: Vec<Tensor<B, 1>>,
+    keep: usize,
+    rule: Option<Rule>,
+    with_drops: bool,
+) -> Vec<Masked<B>> {
+    let device = members[0].device();
+    let mut data: Vec<Vec<f32>> = members.into_par_iter().map(host_values).collect();
+    let rule = rule.unwrap_or_else(|| {
+        let slices: Vec<&[f32]> = data.iter().map(Vec::as_slice).collect();
+        Rule::Threshold(kth_largest_abs(&slices, keep))
+    });
+    apply_on_host::<B>(&mut data, &rule, with_drops, &device)
+}
+
+/// Masks host copies in place, counting kept entries and norms in the same pass; members
+/// in parallel.
+fn apply_on_host<B: Backend>(
+    data: &mut [Vec<f32>],
+    rule: &Rule,
+    with_drops: bool,
+    device: &B::Device,
+) -> Vec<Masked<B>> {
+    let offsets: Vec<usize> = data
+        .iter()
+        .scan(0, |acc, v| {
+            let start = *acc;
+            *acc += v.len();
+            Some(start)
+        })
+        .collect();
+    data.par_iter_mut()
+        .zip(offsets)
+        .map(|(values, offset)| {
             let len = values.len();
             let (mut kept, mut total, mut kept_sq) = (0usize, 0f64, 0f64);
             let mut drop = with_drops.then(|| Vec::with_capacity(len));
@@ -242,12 +331,15 @@ fn apply_on_host<B: Backend>(data: &mut [Vec<f32>], rule: &Rule, with_drops: boo
                     drop.push(!keep);
                 }
             }
-            offset += len;
             Masked {
                 grad: Tensor::from_data(TensorData::new(std::mem::take(values), [len]), device),
                 drop: drop.map(|d| Tensor::from_data(TensorData::new(d, [len]), device)),
                 threshold: threshold_of(rule),
-                norms: Norms::Host { kept, total, kept_sq },
+                norms: Norms::Host {
+                    kept,
+                    total,
+                    kept_sq,
+                },
             }
         })
         .collect()
@@ -269,7 +361,9 @@ fn apply_on_device<B: Backend>(members: Vec<Tensor<B, 1>>, rule: &Rule) -> Vec<M
             };
             offset += len;
             Masked {
-                norms: Norms::Device { total: grad.clone().square().sum() },
+                norms: Norms::Device {
+                    total: grad.clone().square().sum(),
+                },
                 grad: grad.mask_fill(drop.clone(), 0.0),
                 drop: Some(drop),
                 threshold: threshold_of(rule),
@@ -309,7 +403,11 @@ fn collect_stats<B: Backend>(paths: &[String], flags: &[bool], outputs: &[Masked
         .map(|(i, out)| {
             let numel = out.grad.dims()[0];
             let (kept, grad_sq_norm, kept_sq_norm) = match out.norms {
-                Norms::Host { kept, total, kept_sq } => (kept, total, kept_sq),
+                Norms::Host {
+                    kept,
+                    total,
+                    kept_sq,
+                } => (kept, total, kept_sq),
                 Norms::Device { .. } => {
                     let total = totals.next().expect("one total per device input");
                     match out.drop {

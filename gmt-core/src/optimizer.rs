@@ -3,8 +3,8 @@
 use core::marker::PhantomData;
 use std::collections::HashMap;
 
-use burn::optim::LearningRate;
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::LearningRate;
 use burn::optim::{GradientsParams, MultiGradientsParams, Optimizer};
 use burn::record::{PrecisionSettings, Record};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -14,7 +14,10 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::params::{ParamInfo, list_params};
-use crate::{GmtConfig, GmtError, MaskInput, mask_gradients, MaskTarget, NonFinitePolicy, ParamFilter, StepReport};
+use crate::{
+    GmtConfig, GmtError, MaskInput, MaskTarget, NonFinitePolicy, ParamFilter, StepReport,
+    mask_gradients,
+};
 
 /// Gradient-Mask Tuning around any burn optimizer (AdamW, Adam, SGD, …).
 ///
@@ -259,7 +262,8 @@ where
 
         let mut masked = HashMap::with_capacity(ids.len());
         let mut restore = HashMap::new();
-        for (((id, grad), drop), value) in ids.into_iter().zip(out.grads).zip(out.drops).zip(values) {
+        for (((id, grad), drop), value) in ids.into_iter().zip(out.grads).zip(out.drops).zip(values)
+        {
             masked.insert(id, grad);
             if let (Some(drop), Some(old)) = (drop, value) {
                 restore.insert(id, (drop, old));
@@ -404,8 +408,11 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for PutGradients<'_, B> {
     }
 }
 
+/// A parameter's drop mask and its value before the step, flattened.
+type Restore<B> = (Tensor<B, 1, Bool>, Tensor<B, 1>);
+
 struct RestoreMasked<B: AutodiffBackend> {
-    restore: HashMap<ParamId, (Tensor<B::InnerBackend, 1, Bool>, Tensor<B::InnerBackend, 1>)>,
+    restore: HashMap<ParamId, Restore<B::InnerBackend>>,
     marker: PhantomData<B>,
 }
 

@@ -51,12 +51,19 @@ impl Fixture {
     }
 
     fn values(&self, name: &str) -> &[f32] {
-        &self.tensors.get(name).unwrap_or_else(|| panic!("fixture has no `{name}`")).1
+        &self
+            .tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("fixture has no `{name}`"))
+            .1
     }
 
     fn tensor<const D: usize>(&self, name: &str) -> Tensor<Inner, D> {
         let (shape, values) = &self.tensors[name];
-        Tensor::from_data(TensorData::new(values.clone(), shape.clone()), &Default::default())
+        Tensor::from_data(
+            TensorData::new(values.clone(), shape.clone()),
+            &Default::default(),
+        )
     }
 
     fn meta_f64(&self, key: &str) -> f64 {
@@ -73,8 +80,14 @@ fn model(fx: &Fixture) -> Vector<B> {
 
 fn micro_grads(fx: &Fixture, model: &Vector<B>, step: usize, micro: usize) -> GradientsParams {
     let mut grads = GradientsParams::new();
-    grads.register(model.w.id, fx.tensor::<2>(&format!("grad.step{step}.micro{micro}.w")));
-    grads.register(model.b.id, fx.tensor::<1>(&format!("grad.step{step}.micro{micro}.b")));
+    grads.register(
+        model.w.id,
+        fx.tensor::<2>(&format!("grad.step{step}.micro{micro}.w")),
+    );
+    grads.register(
+        model.b.id,
+        fx.tensor::<1>(&format!("grad.step{step}.micro{micro}.b")),
+    );
     grads
 }
 
@@ -84,7 +97,11 @@ fn assert_close(actual: &[f32], expected: &[f32], what: &str) {
         // 1e-5 relative; the floor keeps entries that pass near zero from demanding more
         // precision than f32 arithmetic on values of order one can give.
         let tolerance = 1e-5 * e.abs().max(1e-2);
-        assert!((a - e).abs() <= tolerance, "{what}[{i}]: got {a}, expected {e} (|diff| {})", (a - e).abs());
+        assert!(
+            (a - e).abs() <= tolerance,
+            "{what}[{i}]: got {a}, expected {e} (|diff| {})",
+            (a - e).abs()
+        );
     }
 }
 
@@ -100,7 +117,9 @@ fn run(scope: MaskScope, target: MaskTarget) {
     };
     let steps: usize = fx.meta["steps"].parse().unwrap();
     let accum: usize = fx.meta["accum"].parse().unwrap();
-    let config = GmtConfig::new(fx.meta_f64("mask_ratio")).with_scope(scope).with_target(target);
+    let config = GmtConfig::new(fx.meta_f64("mask_ratio"))
+        .with_scope(scope)
+        .with_target(target);
     // burn's AdamW defaults (eps 1e-5, weight decay 1e-4) differ from PyTorch's: set all four.
     let adamw = AdamWConfig::new()
         .with_beta_1(fx.meta_f64("beta1") as f32)
@@ -124,7 +143,11 @@ fn run(scope: MaskScope, target: MaskTarget) {
                 "w" => gamma.get::<Inner, 2>(id).unwrap().flatten::<1>(0, 1),
                 _ => gamma.get::<Inner, 1>(id).unwrap(),
             };
-            MaskInput { path: name.to_string(), masked: true, grad }
+            MaskInput {
+                path: name.to_string(),
+                masked: true,
+                grad,
+            }
         });
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
         let mask = mask_gradients(&config, inputs.to_vec(), true, &mut rng);
@@ -132,7 +155,12 @@ fn run(scope: MaskScope, target: MaskTarget) {
             let key = format!("{scope_name}.{target_name}.mask.step{step}.{}", input.path);
             let expected: Vec<bool> = fx.values(&key).iter().map(|&m| m > 0.5).collect();
             let kept: Vec<bool> = match drop {
-                Some(drop) => drop.clone().into_data().iter::<bool>().map(|d| !d).collect(),
+                Some(drop) => drop
+                    .clone()
+                    .into_data()
+                    .iter::<bool>()
+                    .map(|d| !d)
+                    .collect(),
                 None => vec![true; expected.len()],
             };
             assert_eq!(kept, expected, "{key}");
@@ -147,7 +175,11 @@ fn run(scope: MaskScope, target: MaskTarget) {
         ] {
             let mask_key = format!("{scope_name}.{target_name}.mask.step{step}.{name}");
             let expected_kept = fx.values(&mask_key).iter().filter(|&&m| m > 0.5).count();
-            assert_eq!(stats.get(name).unwrap().kept, expected_kept, "{mask_key} kept count");
+            assert_eq!(
+                stats.get(name).unwrap().kept,
+                expected_kept,
+                "{mask_key} kept count"
+            );
             let key = format!("{scope_name}.{target_name}.param.step{step}.{name}");
             assert_close(&value, fx.values(&key), &key);
         }

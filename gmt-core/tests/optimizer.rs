@@ -7,8 +7,8 @@ use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use gmt_core::{
-    GmtConfig, GmtError, GradientMean, MaskScope, MaskStrategy, MaskTarget, NonFinitePolicy, Selection,
-    SelectionEngine, StepReport,
+    GmtConfig, GmtError, GradientMean, MaskScope, MaskStrategy, MaskTarget, NonFinitePolicy,
+    Selection, SelectionEngine, StepReport,
 };
 
 type B = Autodiff<NdArray>;
@@ -31,7 +31,9 @@ fn param<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Param<Tensor<B,
 
 /// Deterministic pseudo-random values (no RNG crate needed in the test's data).
 fn wave(n: usize, phase: f32) -> Vec<f32> {
-    (0..n).map(|i| ((i as f32 + 1.0) * 0.731 + phase).sin() * (1.0 + (i % 7) as f32)).collect()
+    (0..n)
+        .map(|i| ((i as f32 + 1.0) * 0.731 + phase).sin() * (1.0 + (i % 7) as f32))
+        .collect()
 }
 
 fn net() -> Net<B> {
@@ -64,17 +66,26 @@ fn adamw() -> AdamWConfig {
 }
 
 fn bits(values: Vec<Vec<f32>>) -> Vec<Vec<u32>> {
-    values.into_iter().map(|v| v.into_iter().map(f32::to_bits).collect()).collect()
+    values
+        .into_iter()
+        .map(|v| v.into_iter().map(f32::to_bits).collect())
+        .collect()
 }
 
 #[test]
 fn ratio_zero_is_bit_identical_to_the_inner_optimizer() {
-    for strategy in [MaskStrategy::Magnitude, MaskStrategy::Random, MaskStrategy::None] {
+    for strategy in [
+        MaskStrategy::Magnitude,
+        MaskStrategy::Random,
+        MaskStrategy::None,
+    ] {
         for target in [MaskTarget::Gradient, MaskTarget::Update] {
             let mut plain_model = net();
             let mut plain = adamw().init::<B, Net<B>>();
             let mut gmt_model = net();
-            let config = GmtConfig::new(0.0).with_strategy(strategy).with_target(target);
+            let config = GmtConfig::new(0.0)
+                .with_strategy(strategy)
+                .with_target(target);
             let mut gmt = config.init(adamw().init(), &gmt_model).unwrap();
             for step in 0..5 {
                 let g = grads(&plain_model, step);
@@ -82,7 +93,11 @@ fn ratio_zero_is_bit_identical_to_the_inner_optimizer() {
                 let g = grads(&gmt_model, step);
                 gmt_model = gmt.try_step(1e-2, gmt_model, g).unwrap();
             }
-            assert_eq!(bits(values(&plain_model)), bits(values(&gmt_model)), "{strategy:?} {target:?}");
+            assert_eq!(
+                bits(values(&plain_model)),
+                bits(values(&gmt_model)),
+                "{strategy:?} {target:?}"
+            );
         }
     }
 }
@@ -92,10 +107,15 @@ fn strategy_none_is_plain_fine_tuning_at_any_ratio() {
     let mut plain_model = net();
     let mut plain = adamw().init::<B, Net<B>>();
     let mut gmt_model = net();
-    let mut gmt = GmtConfig::new(0.7).with_strategy(MaskStrategy::None).init(adamw().init(), &gmt_model).unwrap();
+    let mut gmt = GmtConfig::new(0.7)
+        .with_strategy(MaskStrategy::None)
+        .init(adamw().init(), &gmt_model)
+        .unwrap();
     for step in 0..3 {
         plain_model = plain.step(1e-2, plain_model.clone(), grads(&plain_model, step));
-        gmt_model = gmt.try_step(1e-2, gmt_model.clone(), grads(&gmt_model, step)).unwrap();
+        gmt_model = gmt
+            .try_step(1e-2, gmt_model.clone(), grads(&gmt_model, step))
+            .unwrap();
     }
     assert_eq!(bits(values(&plain_model)), bits(values(&gmt_model)));
 }
@@ -121,7 +141,11 @@ fn one_entry_tensor_and_floor_zero_are_never_masked() {
     let _ = gmt.try_step(1e-2, model, g).unwrap();
     let stats = gmt.last_report().unwrap().stats().unwrap();
     assert_eq!(stats.get("scale").unwrap().kept, 1, "floor(0.99·1) = 0");
-    assert_eq!(stats.get("weight").unwrap().kept, 1, "48 − floor(47.52) = 1");
+    assert_eq!(
+        stats.get("weight").unwrap().kept,
+        1,
+        "48 − floor(47.52) = 1"
+    );
 }
 
 #[test]
@@ -157,7 +181,14 @@ fn all_zero_gradients_keep_everything_with_threshold_zero() {
     grads.register(model.weight.id, tensor(vec![0.0; 48], [6, 8]));
     let mut gmt = GmtConfig::new(0.5).init(adamw().init(), &model).unwrap();
     let _ = gmt.try_step(1e-2, model, grads).unwrap();
-    let weight = gmt.last_report().unwrap().stats().unwrap().get("weight").unwrap().clone();
+    let weight = gmt
+        .last_report()
+        .unwrap()
+        .stats()
+        .unwrap()
+        .get("weight")
+        .unwrap()
+        .clone();
     assert_eq!((weight.kept, weight.threshold), (48, Some(0.0)));
     assert_eq!(weight.kept_norm_fraction(), 1.0);
 }
@@ -167,7 +198,10 @@ fn frozen_parameters_are_untouched() {
     let model = net();
     let before = values(&model);
     for target in [MaskTarget::Gradient, MaskTarget::Update] {
-        let mut gmt = GmtConfig::new(0.3).with_target(target).init(adamw().init(), &model).unwrap();
+        let mut gmt = GmtConfig::new(0.3)
+            .with_target(target)
+            .init(adamw().init(), &model)
+            .unwrap();
         let g = grads(&model, 0);
         let mut g2 = GradientsParams::new();
         g2.register(model.bias.id, g.get::<Inner, 1>(model.bias.id).unwrap());
@@ -183,13 +217,26 @@ fn update_target_keeps_masked_entries_exactly_despite_weight_decay() {
     let model = net();
     let before = values(&model);
     let g = grads(&model, 0);
-    let gamma: Vec<f32> = g.get::<Inner, 2>(model.weight.id).unwrap().into_data().to_vec().unwrap();
+    let gamma: Vec<f32> = g
+        .get::<Inner, 2>(model.weight.id)
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap();
     let mut gmt = GmtConfig::new(0.4)
         .with_target(MaskTarget::Update)
         .init(AdamWConfig::new().with_weight_decay(0.5).init(), &model)
         .unwrap();
     let model = gmt.try_step(0.1, model, g).unwrap();
-    let threshold = gmt.last_report().unwrap().stats().unwrap().get("weight").unwrap().threshold.unwrap();
+    let threshold = gmt
+        .last_report()
+        .unwrap()
+        .stats()
+        .unwrap()
+        .get("weight")
+        .unwrap()
+        .threshold
+        .unwrap();
     let after = values(&model);
     let mut kept = 0;
     for i in 0..48 {
@@ -197,7 +244,11 @@ fn update_target_keeps_masked_entries_exactly_despite_weight_decay() {
             kept += 1;
             assert_ne!(after[0][i], before[0][i], "kept entry {i} did not move");
         } else {
-            assert_eq!(after[0][i].to_bits(), before[0][i].to_bits(), "masked entry {i} moved");
+            assert_eq!(
+                after[0][i].to_bits(),
+                before[0][i].to_bits(),
+                "masked entry {i} moved"
+            );
         }
     }
     assert_eq!(kept, 48 - 19);
@@ -208,10 +259,25 @@ fn gradient_target_still_decays_masked_entries() {
     let model = net();
     let before = values(&model);
     let g = grads(&model, 0);
-    let gamma: Vec<f32> = g.get::<Inner, 2>(model.weight.id).unwrap().into_data().to_vec().unwrap();
-    let mut gmt = GmtConfig::new(0.4).init(AdamWConfig::new().with_weight_decay(0.5).init(), &model).unwrap();
+    let gamma: Vec<f32> = g
+        .get::<Inner, 2>(model.weight.id)
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let mut gmt = GmtConfig::new(0.4)
+        .init(AdamWConfig::new().with_weight_decay(0.5).init(), &model)
+        .unwrap();
     let model = gmt.try_step(0.1, model, g).unwrap();
-    let threshold = gmt.last_report().unwrap().stats().unwrap().get("weight").unwrap().threshold.unwrap();
+    let threshold = gmt
+        .last_report()
+        .unwrap()
+        .stats()
+        .unwrap()
+        .get("weight")
+        .unwrap()
+        .threshold
+        .unwrap();
     let after = values(&model);
     for i in (0..48).filter(|&i| gamma[i].abs() < threshold) {
         // Zero gradient: AdamW moves nothing but decays by (1 − lr·wd).
@@ -223,12 +289,19 @@ fn gradient_target_still_decays_masked_entries() {
 #[test]
 fn global_scope_shares_one_threshold() {
     let model = net();
-    let mut gmt = GmtConfig::new(0.5).with_scope(MaskScope::Global).init(adamw().init(), &model).unwrap();
+    let mut gmt = GmtConfig::new(0.5)
+        .with_scope(MaskScope::Global)
+        .init(adamw().init(), &model)
+        .unwrap();
     let g = grads(&model, 1);
     let _ = gmt.try_step(1e-2, model, g).unwrap();
     let stats = gmt.last_report().unwrap().stats().unwrap();
     let thresholds: Vec<_> = stats.params.iter().map(|p| p.threshold).collect();
-    assert!(thresholds.iter().all(|t| *t == thresholds[0] && t.is_some()));
+    assert!(
+        thresholds
+            .iter()
+            .all(|t| *t == thresholds[0] && t.is_some())
+    );
     // 57 entries, floor(28.5) = 28 masked (no ties in this data).
     assert_eq!(stats.kept(), 57 - 28);
 }
@@ -237,7 +310,10 @@ fn global_scope_shares_one_threshold() {
 fn random_strategy_keeps_exact_counts_and_follows_its_seed() {
     let run = |seed: u64, scope: MaskScope| {
         let mut model = net();
-        let config = GmtConfig::new(0.5).with_strategy(MaskStrategy::Random).with_scope(scope).with_seed(seed);
+        let config = GmtConfig::new(0.5)
+            .with_strategy(MaskStrategy::Random)
+            .with_scope(scope)
+            .with_seed(seed);
         let mut gmt = config.init(SgdConfig::new().init(), &model).unwrap();
         let mut kept = Vec::new();
         for step in 0..3 {
@@ -265,7 +341,10 @@ fn random_strategy_keeps_exact_counts_and_follows_its_seed() {
 #[test]
 fn save_load_continue_equals_an_uninterrupted_run() {
     for strategy in [MaskStrategy::Magnitude, MaskStrategy::Random] {
-        let config = GmtConfig::new(0.3).with_strategy(strategy).with_seed(3).with_target(MaskTarget::Update);
+        let config = GmtConfig::new(0.3)
+            .with_strategy(strategy)
+            .with_seed(3)
+            .with_target(MaskTarget::Update);
         let mut model = net();
         let mut gmt = config.init(adamw().init(), &model).unwrap();
         for step in 0..4 {
@@ -288,7 +367,11 @@ fn save_load_continue_equals_an_uninterrupted_run() {
         let device = Default::default();
         let mut model = net().load_record(recorder.load(model_bytes, &device).unwrap());
         // A fresh optimizer with another seed: the record's RNG state must win.
-        let mut gmt = config.clone().with_seed(99).init(adamw().init(), &model).unwrap();
+        let mut gmt = config
+            .clone()
+            .with_seed(99)
+            .init(adamw().init(), &model)
+            .unwrap();
         gmt = gmt.load_record(recorder.load(bytes, &device).unwrap());
         assert_eq!(gmt.state().step, 2);
         for step in 2..4 {
@@ -303,8 +386,20 @@ fn save_load_continue_equals_an_uninterrupted_run() {
 fn invalid_configs_are_errors_at_construction() {
     let model = net();
     for ratio in [1.0, 1.5, -0.1, f64::NAN] {
-        let err = GmtConfig::new(ratio).init(adamw().init(), &model).err().unwrap();
-        assert!(matches!(err, GmtError::InvalidConfig { key: "mask_ratio", .. }), "{ratio}: {err}");
+        let err = GmtConfig::new(ratio)
+            .init(adamw().init(), &model)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                err,
+                GmtError::InvalidConfig {
+                    key: "mask_ratio",
+                    ..
+                }
+            ),
+            "{ratio}: {err}"
+        );
     }
     let err = GmtConfig::new(0.3)
         .with_exclude(vec!["bias".into(), "*norm*".into()])
@@ -315,7 +410,11 @@ fn invalid_configs_are_errors_at_construction() {
         err.to_string(),
         "exclude pattern `*norm*` matches no parameter of the model; parameters look like `weight`"
     );
-    let err = GmtConfig::new(0.3).with_exclude(vec!["[".into()]).init(adamw().init(), &model).err().unwrap();
+    let err = GmtConfig::new(0.3)
+        .with_exclude(vec!["[".into()])
+        .init(adamw().init(), &model)
+        .err()
+        .unwrap();
     assert!(matches!(err, GmtError::InvalidPattern { .. }), "{err}");
     let err = GmtConfig::new(0.3)
         .with_selection(Selection::Sampled { sample_size: 0 })
@@ -353,8 +452,18 @@ fn non_finite_gradients_fail_or_skip_naming_the_parameter() {
     let mut gmt = GmtConfig::new(0.3).init(adamw().init(), &model).unwrap();
     let g = bad(&model);
     let failure = gmt.try_step(1e-2, model, g).err().unwrap();
-    assert_eq!(failure.error, GmtError::NonFiniteGradient { param: "bias".into(), step: 0 });
-    assert_eq!(bits(values(&failure.module)), before, "module handed back unchanged");
+    assert_eq!(
+        failure.error,
+        GmtError::NonFiniteGradient {
+            param: "bias".into(),
+            step: 0
+        }
+    );
+    assert_eq!(
+        bits(values(&failure.module)),
+        before,
+        "module handed back unchanged"
+    );
 
     // Even at ratio 0 a NaN is reported, not passed on.
     let model = net();
@@ -363,18 +472,29 @@ fn non_finite_gradients_fail_or_skip_naming_the_parameter() {
     assert!(gmt.try_step(1e-2, model, g).is_err());
 
     let model = net();
-    let mut gmt = GmtConfig::new(0.3).with_non_finite(NonFinitePolicy::Skip).init(adamw().init(), &model).unwrap();
+    let mut gmt = GmtConfig::new(0.3)
+        .with_non_finite(NonFinitePolicy::Skip)
+        .init(adamw().init(), &model)
+        .unwrap();
     let g = bad(&model);
     let model = gmt.try_step(1e-2, model, g).unwrap();
     assert_eq!(bits(values(&model)), before);
-    assert_eq!(gmt.last_report(), Some(&StepReport::Skipped { step: 0, param: "bias".into() }));
+    assert_eq!(
+        gmt.last_report(),
+        Some(&StepReport::Skipped {
+            step: 0,
+            param: "bias".into()
+        })
+    );
     assert_eq!((gmt.state().step, gmt.state().skipped_steps), (0, 1));
 
     // Large but finite values whose sum overflows are not mistaken for NaN.
     let model = net();
     let mut g = GradientsParams::new();
     g.register(model.bias.id, tensor(vec![3.0e38; 8], [8]));
-    let mut gmt = GmtConfig::new(0.3).init(SgdConfig::new().init(), &model).unwrap();
+    let mut gmt = GmtConfig::new(0.3)
+        .init(SgdConfig::new().init(), &model)
+        .unwrap();
     assert!(gmt.try_step(1e-40, model, g).is_ok());
 }
 
@@ -383,7 +503,11 @@ fn device_engine_and_host_engine_agree() {
     for scope in [MaskScope::Tensor, MaskScope::Global] {
         let thresholds = |engine| {
             let model = net();
-            let mut gmt = GmtConfig::new(0.37).with_scope(scope).with_engine(engine).init(adamw().init(), &model).unwrap();
+            let mut gmt = GmtConfig::new(0.37)
+                .with_scope(scope)
+                .with_engine(engine)
+                .init(adamw().init(), &model)
+                .unwrap();
             let g = grads(&model, 2);
             let _ = gmt.try_step(1e-2, model, g).unwrap();
             gmt.last_report().unwrap().stats().unwrap().clone()
@@ -391,7 +515,12 @@ fn device_engine_and_host_engine_agree() {
         let host = thresholds(SelectionEngine::Host);
         let device = thresholds(SelectionEngine::Device);
         for (h, d) in host.params.iter().zip(&device.params) {
-            assert_eq!((h.kept, h.threshold.map(f32::to_bits)), (d.kept, d.threshold.map(f32::to_bits)), "{}", h.path);
+            assert_eq!(
+                (h.kept, h.threshold.map(f32::to_bits)),
+                (d.kept, d.threshold.map(f32::to_bits)),
+                "{}",
+                h.path
+            );
             assert!((h.kept_sq_norm - d.kept_sq_norm).abs() <= 1e-5 * h.grad_sq_norm);
         }
     }
@@ -404,10 +533,14 @@ fn sampled_selection_keeps_about_the_requested_fraction() {
         w: Param<Tensor<B, 1>>,
     }
     let n = 200_000;
-    let model = Big::<B> { w: param(vec![0.0; n], [n]) };
+    let model = Big::<B> {
+        w: param(vec![0.0; n], [n]),
+    };
     let mut g = GradientsParams::new();
     g.register(model.w.id, tensor(wave(n, 0.3), [n]));
-    let config = GmtConfig::new(0.3).with_selection(Selection::Sampled { sample_size: 20_000 });
+    let config = GmtConfig::new(0.3).with_selection(Selection::Sampled {
+        sample_size: 20_000,
+    });
     let mut gmt = config.init(SgdConfig::new().init(), &model).unwrap();
     let _ = gmt.try_step(1e-3, model, g).unwrap();
     let kept = gmt.last_report().unwrap().stats().unwrap().kept_fraction();
@@ -421,17 +554,35 @@ fn token_weighted_mean_matches_one_big_batch() {
     let g0 = grads(&model, 0);
     let g1 = grads(&model, 1);
     let (a, b): (Vec<f32>, Vec<f32>) = (
-        g0.get::<Inner, 1>(model.bias.id).unwrap().into_data().to_vec().unwrap(),
-        g1.get::<Inner, 1>(model.bias.id).unwrap().into_data().to_vec().unwrap(),
+        g0.get::<Inner, 1>(model.bias.id)
+            .unwrap()
+            .into_data()
+            .to_vec()
+            .unwrap(),
+        g1.get::<Inner, 1>(model.bias.id)
+            .unwrap()
+            .into_data()
+            .to_vec()
+            .unwrap(),
     );
     mean.add_weighted(&model, g0, 3.0).unwrap();
     mean.add_weighted(&model, g1, 1.0).unwrap();
     assert_eq!((mean.micro_batches(), mean.total_weight()), (2, 4.0));
-    let gamma: Vec<f32> = mean.finish(&model).unwrap().get::<Inner, 1>(model.bias.id).unwrap().into_data().to_vec().unwrap();
+    let gamma: Vec<f32> = mean
+        .finish(&model)
+        .unwrap()
+        .get::<Inner, 1>(model.bias.id)
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap();
     for i in 0..8 {
         assert!((gamma[i] - (3.0 * a[i] + b[i]) / 4.0).abs() < 1e-6);
     }
-    assert!(matches!(mean.finish(&model), Err(GmtError::EmptyAccumulation { .. })));
+    assert!(matches!(
+        mean.finish(&model),
+        Err(GmtError::EmptyAccumulation { .. })
+    ));
     assert!(matches!(
         mean.add_weighted(&model, grads(&model, 0), 0.0),
         Err(GmtError::InvalidWeight { .. })

@@ -35,10 +35,16 @@ impl BatchConfig {
     /// Checks the sizes.
     pub fn validate(&self) -> Result<(), DataError> {
         if self.batch_size == 0 {
-            return Err(DataError::InvalidConfig { key: "batch_size", reason: "must be at least 1".into() });
+            return Err(DataError::InvalidConfig {
+                key: "batch_size",
+                reason: "must be at least 1".into(),
+            });
         }
         if self.max_seq_len < 2 {
-            return Err(DataError::InvalidConfig { key: "max_seq_len", reason: "must be at least 2 tokens".into() });
+            return Err(DataError::InvalidConfig {
+                key: "max_seq_len",
+                reason: "must be at least 2 tokens".into(),
+            });
         }
         Ok(())
     }
@@ -70,7 +76,12 @@ impl BatchConfig {
         let seq_len = if self.packing {
             self.max_seq_len
         } else {
-            examples.iter().map(|e| e.ids.len()).max().unwrap_or(1).max(1)
+            examples
+                .iter()
+                .map(|e| e.ids.len())
+                .max()
+                .unwrap_or(1)
+                .max(1)
         };
         let n = rows.len() * seq_len;
         let mut batch = TokenBatch {
@@ -87,7 +98,11 @@ impl BatchConfig {
             for (segment, example) in row {
                 batch.input_ids.extend(&example.ids);
                 batch.labels.as_mut().expect("set").extend(&example.labels);
-                batch.attention_mask.as_mut().expect("set").extend(std::iter::repeat_n(true, example.ids.len()));
+                batch
+                    .attention_mask
+                    .as_mut()
+                    .expect("set")
+                    .extend(std::iter::repeat_n(true, example.ids.len()));
                 if let Some(p) = batch.position_ids.as_mut() {
                     p.extend(0..example.ids.len());
                 }
@@ -97,9 +112,19 @@ impl BatchConfig {
                 used += example.ids.len();
             }
             let pad = seq_len - used;
-            batch.input_ids.extend(std::iter::repeat_n(self.pad_id, pad));
-            batch.labels.as_mut().expect("set").extend(std::iter::repeat_n(IGNORE, pad));
-            batch.attention_mask.as_mut().expect("set").extend(std::iter::repeat_n(false, pad));
+            batch
+                .input_ids
+                .extend(std::iter::repeat_n(self.pad_id, pad));
+            batch
+                .labels
+                .as_mut()
+                .expect("set")
+                .extend(std::iter::repeat_n(IGNORE, pad));
+            batch
+                .attention_mask
+                .as_mut()
+                .expect("set")
+                .extend(std::iter::repeat_n(false, pad));
             if let Some(p) = batch.position_ids.as_mut() {
                 p.extend(0..pad);
             }
@@ -127,7 +152,11 @@ impl BatchConfig {
 
     /// Rows that `examples` take when packed.
     pub fn rows_needed(&self, examples: &[Encoded]) -> usize {
-        if self.packing { self.pack(examples).len() } else { examples.len() }
+        if self.packing {
+            self.pack(examples).len()
+        } else {
+            examples.len()
+        }
     }
 }
 
@@ -152,7 +181,12 @@ impl<I: Iterator<Item = Result<Encoded, DataError>>> Batches<I> {
     /// Batches of `config` over `examples`.
     pub fn new(examples: I, config: BatchConfig) -> Result<Self, DataError> {
         config.validate()?;
-        Ok(Self { examples, config, pending: None, report: FitReport::default() })
+        Ok(Self {
+            examples,
+            config,
+            pending: None,
+            report: FitReport::default(),
+        })
     }
 
     /// Truncated and dropped counts so far.

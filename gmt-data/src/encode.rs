@@ -28,7 +28,11 @@ impl Encoder {
     /// `train_on_prompt = false` puts the loss on assistant turns only (every assistant turn
     /// of multi-turn data).
     pub fn new(tokenizer: Tokenizer, template: ChatTemplate, train_on_prompt: bool) -> Self {
-        Self { tokenizer, template, train_on_prompt }
+        Self {
+            tokenizer,
+            template,
+            train_on_prompt,
+        }
     }
 
     /// The tokenizer.
@@ -46,20 +50,27 @@ impl Encoder {
         match example {
             Example::Text(text) => {
                 // Plain text gets the special tokens the tokenizer itself adds, nothing more.
-                let encoding = self.tokenizer.encode(text.as_str(), true).map_err(|e| DataError::Tokenizer(e.to_string()))?;
+                let encoding = self
+                    .tokenizer
+                    .encode(text.as_str(), true)
+                    .map_err(|e| DataError::Tokenizer(e.to_string()))?;
                 let ids = encoding.get_ids().to_vec();
                 let labels = ids.iter().map(|&i| i as i64).collect();
                 Ok(Encoded { ids, labels })
             }
             Example::Chat(messages) => {
                 let (text, spans) = self.render_with_spans(messages)?;
-                let encoding = self.tokenizer.encode(text.as_str(), false).map_err(|e| DataError::Tokenizer(e.to_string()))?;
+                let encoding = self
+                    .tokenizer
+                    .encode(text.as_str(), false)
+                    .map_err(|e| DataError::Tokenizer(e.to_string()))?;
                 let ids = encoding.get_ids().to_vec();
                 let labels = ids
                     .iter()
                     .zip(encoding.get_offsets())
                     .map(|(&id, &(start, _))| {
-                        let trained = self.train_on_prompt || spans.iter().any(|&(a, b)| start >= a && start < b);
+                        let trained = self.train_on_prompt
+                            || spans.iter().any(|&(a, b)| start >= a && start < b);
                         if trained { id as i64 } else { IGNORE }
                     })
                     .collect();
@@ -72,7 +83,10 @@ impl Encoder {
     /// turn spans from the end of the prompt that asks for it (rendered with
     /// `add_generation_prompt`) to the end of the conversation rendered through it, so the
     /// end-of-turn tokens are trained on too.
-    pub fn render_with_spans(&self, messages: &[Message]) -> Result<(String, Vec<(usize, usize)>), DataError> {
+    pub fn render_with_spans(
+        &self,
+        messages: &[Message],
+    ) -> Result<(String, Vec<(usize, usize)>), DataError> {
         let full = self.template.render(messages, false)?;
         let mut spans = Vec::new();
         for (i, message) in messages.iter().enumerate() {

@@ -14,7 +14,10 @@ pub struct Message {
 impl Message {
     /// A message.
     pub fn new(role: &str, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -67,14 +70,20 @@ pub struct FieldError {
 }
 
 fn field_error(field: &str, reason: impl Into<String>) -> FieldError {
-    FieldError { field: Some(field.into()), reason: reason.into() }
+    FieldError {
+        field: Some(field.into()),
+        reason: reason.into(),
+    }
 }
 
 fn string<'a>(record: &'a Value, field: &str) -> Result<&'a str, FieldError> {
     match record.get(field) {
         None | Some(Value::Null) => Err(field_error(field, "missing")),
         Some(Value::String(s)) => Ok(s),
-        Some(other) => Err(field_error(field, format!("expected a string, found {}", kind(other)))),
+        Some(other) => Err(field_error(
+            field,
+            format!("expected a string, found {}", kind(other)),
+        )),
     }
 }
 
@@ -130,7 +139,10 @@ impl RecordFormat {
     /// Interprets one record.
     pub fn parse(&self, record: &Value) -> Result<Example, FieldError> {
         if !record.is_object() {
-            return Err(FieldError { field: None, reason: format!("a record must be a JSON object, found {}", kind(record)) });
+            return Err(FieldError {
+                field: None,
+                reason: format!("a record must be a JSON object, found {}", kind(record)),
+            });
         }
         let chat = |system: Option<&str>, user: &str, assistant: &str| {
             let mut messages = Vec::new();
@@ -148,16 +160,28 @@ impl RecordFormat {
                     Some(input) if !input.is_empty() => format!("{instruction}\n\n{input}"),
                     _ => instruction.to_string(),
                 };
-                Ok(chat(optional_string(record, "system")?, &user, string(record, "output")?))
+                Ok(chat(
+                    optional_string(record, "system")?,
+                    &user,
+                    string(record, "output")?,
+                ))
             }
-            Self::PromptCompletion => Ok(chat(None, string(record, "prompt")?, string(record, "completion")?)),
+            Self::PromptCompletion => Ok(chat(
+                None,
+                string(record, "prompt")?,
+                string(record, "completion")?,
+            )),
             Self::Text => Ok(Example::Text(string(record, "text")?.to_string())),
             Self::Fields(map) => {
                 let system = match &map.system {
                     Some(field) => optional_string(record, field)?,
                     None => None,
                 };
-                Ok(chat(system, string(record, &map.user)?, string(record, &map.assistant)?))
+                Ok(chat(
+                    system,
+                    string(record, &map.user)?,
+                    string(record, &map.assistant)?,
+                ))
             }
             Self::Messages => turns(record, "messages", "role", "content", |role| match role {
                 "system" => Some("system"),
@@ -165,12 +189,18 @@ impl RecordFormat {
                 "assistant" => Some("assistant"),
                 _ => None,
             }),
-            Self::Sharegpt => turns(record, "conversations", "from", "value", |from| match from {
-                "system" => Some("system"),
-                "human" | "user" => Some("user"),
-                "gpt" | "assistant" => Some("assistant"),
-                _ => None,
-            }),
+            Self::Sharegpt => turns(
+                record,
+                "conversations",
+                "from",
+                "value",
+                |from| match from {
+                    "system" => Some("system"),
+                    "human" | "user" => Some("user"),
+                    "gpt" | "assistant" => Some("assistant"),
+                    _ => None,
+                },
+            ),
         }
     }
 }
@@ -185,7 +215,12 @@ fn turns(
     let items = match record.get(list) {
         None | Some(Value::Null) => return Err(field_error(list, "missing")),
         Some(Value::Array(items)) => items,
-        Some(other) => return Err(field_error(list, format!("expected a list, found {}", kind(other)))),
+        Some(other) => {
+            return Err(field_error(
+                list,
+                format!("expected a list, found {}", kind(other)),
+            ));
+        }
     };
     if items.is_empty() {
         return Err(field_error(list, "empty conversation"));
@@ -195,13 +230,24 @@ fn turns(
         let at = |key: &str| format!("{list}[{i}].{key}");
         let role = match item.get(role_key) {
             Some(Value::String(r)) => r.as_str(),
-            Some(other) => return Err(field_error(&at(role_key), format!("expected a string, found {}", kind(other)))),
+            Some(other) => {
+                return Err(field_error(
+                    &at(role_key),
+                    format!("expected a string, found {}", kind(other)),
+                ));
+            }
             None => return Err(field_error(&at(role_key), "missing")),
         };
-        let role = role_of(role).ok_or_else(|| field_error(&at(role_key), format!("unknown role \"{role}\"")))?;
+        let role = role_of(role)
+            .ok_or_else(|| field_error(&at(role_key), format!("unknown role \"{role}\"")))?;
         let content = match item.get(content_key) {
             Some(Value::String(c)) => c.clone(),
-            Some(other) => return Err(field_error(&at(content_key), format!("expected a string, found {}", kind(other)))),
+            Some(other) => {
+                return Err(field_error(
+                    &at(content_key),
+                    format!("expected a string, found {}", kind(other)),
+                ));
+            }
             None => return Err(field_error(&at(content_key), "missing")),
         };
         messages.push(Message::new(role, content));

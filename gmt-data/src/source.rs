@@ -24,8 +24,14 @@ impl DataSource {
         if meta.is_dir() {
             for entry in std::fs::read_dir(path).map_err(|e| DataError::io(path, e))? {
                 let file = entry.map_err(|e| DataError::io(path, e))?.path();
-                let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                if [".jsonl", ".jsonl.gz", ".json"].iter().any(|ext| name.ends_with(ext)) {
+                let name = file
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                if [".jsonl", ".jsonl.gz", ".json"]
+                    .iter()
+                    .any(|ext| name.ends_with(ext))
+                {
                     files.push(file);
                 }
             }
@@ -33,7 +39,10 @@ impl DataSource {
             if files.is_empty() {
                 return Err(DataError::io(
                     path,
-                    std::io::Error::new(std::io::ErrorKind::NotFound, "no .jsonl, .jsonl.gz or .json files in this directory"),
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no .jsonl, .jsonl.gz or .json files in this directory",
+                    ),
                 ));
             }
         } else {
@@ -105,10 +114,15 @@ impl RecordIter {
             Box::new(file)
         };
         if name.ends_with(".json") {
-            let values: Value = serde_json::from_reader(BufReader::new(reader)).map_err(|e| DataError::BadRecord {
-                location: RecordLocation { file: path.clone(), line: e.line() as u64 },
-                field: None,
-                reason: format!("invalid JSON: {e}"),
+            let values: Value = serde_json::from_reader(BufReader::new(reader)).map_err(|e| {
+                DataError::BadRecord {
+                    location: RecordLocation {
+                        file: path.clone(),
+                        line: e.line() as u64,
+                    },
+                    field: None,
+                    reason: format!("invalid JSON: {e}"),
+                }
             })?;
             match values {
                 Value::Array(items) => Ok(Lines::Array(items.into_iter())),
@@ -119,12 +133,17 @@ impl RecordIter {
                 }),
             }
         } else {
-            Ok(Lines::Jsonl(Box::new(BufReader::with_capacity(1 << 16, reader))))
+            Ok(Lines::Jsonl(Box::new(BufReader::with_capacity(
+                1 << 16,
+                reader,
+            ))))
         }
     }
 
     fn skip_to(&mut self, position: SourcePosition) -> Result<(), DataError> {
-        if position.file > self.files.len() || (position.file == self.files.len() && position.line > 0) {
+        if position.file > self.files.len()
+            || (position.file == self.files.len() && position.line > 0)
+        {
             return Err(DataError::Resume(format!(
                 "position is in file {} but the dataset has {} files",
                 position.file,
@@ -140,7 +159,9 @@ impl RecordIter {
             let more = match &mut reader {
                 Lines::Jsonl(r) => {
                     buf.clear();
-                    r.read_until(b'\n', &mut buf).map_err(|e| DataError::io(&self.files[self.file], e))? > 0
+                    r.read_until(b'\n', &mut buf)
+                        .map_err(|e| DataError::io(&self.files[self.file], e))?
+                        > 0
                 }
                 Lines::Array(items) => items.next().is_some(),
             };
@@ -196,16 +217,29 @@ impl Iterator for RecordIter {
                 }
                 Some(parsed) => {
                     self.line += 1;
-                    let location = RecordLocation { file: path, line: self.line };
-                    let next = SourcePosition { file: self.file, line: self.line };
+                    let location = RecordLocation {
+                        file: path,
+                        line: self.line,
+                    };
+                    let next = SourcePosition {
+                        file: self.file,
+                        line: self.line,
+                    };
                     let value = match parsed {
                         Ok(value) => Ok(value),
                         Err(()) => {
                             let text = match std::str::from_utf8(&buf) {
                                 Ok(text) => text.trim(),
                                 Err(e) => {
-                                    let reason = format!("invalid UTF-8 at byte {} of the line", e.valid_up_to());
-                                    return Some(Ok(RawRecord { location, value: Err(reason), next }));
+                                    let reason = format!(
+                                        "invalid UTF-8 at byte {} of the line",
+                                        e.valid_up_to()
+                                    );
+                                    return Some(Ok(RawRecord {
+                                        location,
+                                        value: Err(reason),
+                                        next,
+                                    }));
                                 }
                             };
                             if text.is_empty() {
@@ -214,7 +248,11 @@ impl Iterator for RecordIter {
                             serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))
                         }
                     };
-                    return Some(Ok(RawRecord { location, value, next }));
+                    return Some(Ok(RawRecord {
+                        location,
+                        value,
+                        next,
+                    }));
                 }
             }
         }

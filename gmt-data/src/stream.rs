@@ -4,7 +4,10 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::{DataError, DataSource, Encoded, Encoder, RecordFormat, RecordIter, RecordLocation, SourcePosition};
+use crate::{
+    DataError, DataSource, Encoded, Encoder, RecordFormat, RecordIter, RecordLocation,
+    SourcePosition,
+};
 
 /// Which part of a dataset a stream yields when a fraction is held out for evaluation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -42,7 +45,13 @@ pub struct StreamConfig {
 
 impl Default for StreamConfig {
     fn default() -> Self {
-        Self { format: None, seed: 0, shuffle_buffer: 1024, skip_bad_records: false, split: Split::All }
+        Self {
+            format: None,
+            seed: 0,
+            shuffle_buffer: 1024,
+            skip_bad_records: false,
+            split: Split::All,
+        }
     }
 }
 
@@ -94,7 +103,11 @@ pub struct DataStream<'a> {
 
 impl<'a> DataStream<'a> {
     /// A stream from the start of `source`.
-    pub fn new(source: DataSource, encoder: &'a Encoder, config: StreamConfig) -> Result<Self, DataError> {
+    pub fn new(
+        source: DataSource,
+        encoder: &'a Encoder,
+        config: StreamConfig,
+    ) -> Result<Self, DataError> {
         let state = StreamState {
             position: SourcePosition::default(),
             buffer: Vec::new(),
@@ -107,19 +120,38 @@ impl<'a> DataStream<'a> {
     }
 
     /// A stream continuing from a saved [`StreamState`].
-    pub fn resume(source: DataSource, encoder: &'a Encoder, config: StreamConfig, state: StreamState) -> Result<Self, DataError> {
+    pub fn resume(
+        source: DataSource,
+        encoder: &'a Encoder,
+        config: StreamConfig,
+        state: StreamState,
+    ) -> Result<Self, DataError> {
         if config.shuffle_buffer == 0 {
-            return Err(DataError::InvalidConfig { key: "shuffle_buffer", reason: "must be at least 1".into() });
+            return Err(DataError::InvalidConfig {
+                key: "shuffle_buffer",
+                reason: "must be at least 1".into(),
+            });
         }
-        if let Split::Train { eval_fraction } | Split::Eval { eval_fraction } = config.split {
-            if !(0.0..1.0).contains(&eval_fraction) {
-                return Err(DataError::InvalidConfig { key: "eval_fraction", reason: format!("{eval_fraction} is outside [0, 1)") });
-            }
+        if let Split::Train { eval_fraction } | Split::Eval { eval_fraction } = config.split
+            && !(0.0..1.0).contains(&eval_fraction)
+        {
+            return Err(DataError::InvalidConfig {
+                key: "eval_fraction",
+                reason: format!("{eval_fraction} is outside [0, 1)"),
+            });
         }
         let records = source.records(state.position)?;
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         rng.set_word_pos(state.rng_word_pos);
-        Ok(Self { source, encoder, config, records, state, rng, exhausted: false })
+        Ok(Self {
+            source,
+            encoder,
+            config,
+            records,
+            state,
+            rng,
+            exhausted: false,
+        })
     }
 
     /// The position to save (call between examples).
@@ -145,7 +177,9 @@ impl<'a> DataStream<'a> {
             Split::Train { eval_fraction } | Split::Eval { eval_fraction } => eval_fraction,
         };
         // A hash of (seed, file, line): stable whatever the order, shuffle or resumption.
-        let mut x = self.config.seed ^ (file as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ location.line.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let mut x = self.config.seed
+            ^ (file as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ location.line.wrapping_mul(0xBF58_476D_1CE4_E5B9);
         x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         x ^= x >> 31;
@@ -173,7 +207,9 @@ impl<'a> DataStream<'a> {
             let result = self.interpret(raw.location, raw.value);
             match result {
                 Ok(encoded) => return Some(Ok(encoded)),
-                Err(e) if self.config.skip_bad_records && matches!(e, DataError::BadRecord { .. }) => {
+                Err(e)
+                    if self.config.skip_bad_records && matches!(e, DataError::BadRecord { .. }) =>
+                {
                     self.state.report.skipped += 1;
                     if self.state.report.skipped_errors.len() < 100 {
                         self.state.report.skipped_errors.push(e.to_string());
@@ -184,14 +220,23 @@ impl<'a> DataStream<'a> {
         }
     }
 
-    fn interpret(&mut self, location: RecordLocation, value: Result<serde_json::Value, String>) -> Result<Encoded, DataError> {
-        let bad = |field: Option<String>, reason: String| DataError::BadRecord { location: location.clone(), field, reason };
+    fn interpret(
+        &mut self,
+        location: RecordLocation,
+        value: Result<serde_json::Value, String>,
+    ) -> Result<Encoded, DataError> {
+        let bad = |field: Option<String>, reason: String| DataError::BadRecord {
+            location: location.clone(),
+            field,
+            reason,
+        };
         let value = value.map_err(|reason| bad(None, reason))?;
         if self.state.format.is_none() {
             let detected = RecordFormat::detect(&value).ok_or_else(|| {
                 bad(None, "cannot detect the record format (no messages, conversations, instruction/output, prompt/completion or text field); name the format or a field mapping".into())
             })?;
-            self.state.report.format = Some(format!("{} (detected from {location})", detected.name()));
+            self.state.report.format =
+                Some(format!("{} (detected from {location})", detected.name()));
             self.state.format = Some(detected);
         } else if self.state.report.format.is_none() {
             self.state.report.format = self.state.format.as_ref().map(|f| f.name().to_string());

@@ -39,7 +39,10 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate").field("bos_token", &self.bos_token).field("eos_token", &self.eos_token).finish()
+        f.debug_struct("ChatTemplate")
+            .field("bos_token", &self.bos_token)
+            .field("eos_token", &self.eos_token)
+            .finish()
     }
 }
 
@@ -58,15 +61,29 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| DataError::Template(format!("does not compile: {e:#}")))?;
-        Ok(Self { env, bos_token: bos_token.into(), eos_token: eos_token.into() })
+        Ok(Self {
+            env,
+            bos_token: bos_token.into(),
+            eos_token: eos_token.into(),
+        })
     }
 
     /// A built-in template by name (see [`BUILTIN_TEMPLATES`]).
     pub fn builtin(name: &str, bos_token: &str, eos_token: &str) -> Result<Self, DataError> {
-        let source = BUILTIN_TEMPLATES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s).ok_or_else(|| {
-            let names: Vec<&str> = BUILTIN_TEMPLATES.iter().map(|(n, _)| *n).collect();
-            DataError::InvalidConfig { key: "template", reason: format!("unknown built-in template `{name}`; known: {}", names.join(", ")) }
-        })?;
+        let source = BUILTIN_TEMPLATES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| *s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = BUILTIN_TEMPLATES.iter().map(|(n, _)| *n).collect();
+                DataError::InvalidConfig {
+                    key: "template",
+                    reason: format!(
+                        "unknown built-in template `{name}`; known: {}",
+                        names.join(", ")
+                    ),
+                }
+            })?;
         Self::new(source, bos_token, eos_token)
     }
 
@@ -76,12 +93,18 @@ impl ChatTemplate {
     pub fn from_hf_dir(dir: &Path) -> Result<Option<Self>, DataError> {
         let config_path = dir.join("tokenizer_config.json");
         let config: serde_json::Value = match std::fs::read_to_string(&config_path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| DataError::Template(format!("{}: invalid JSON: {e}", config_path.display())))?,
+            Ok(text) => serde_json::from_str(&text).map_err(|e| {
+                DataError::Template(format!("{}: invalid JSON: {e}", config_path.display()))
+            })?,
             Err(_) => serde_json::Value::Null,
         };
         let token = |key: &str| match config.get(key) {
             Some(serde_json::Value::String(s)) => s.clone(),
-            Some(serde_json::Value::Object(o)) => o.get("content").and_then(|c| c.as_str()).unwrap_or_default().to_string(),
+            Some(serde_json::Value::Object(o)) => o
+                .get("content")
+                .and_then(|c| c.as_str())
+                .unwrap_or_default()
+                .to_string(),
             _ => String::new(),
         };
         let jinja = dir.join("chat_template.jinja");
@@ -94,16 +117,26 @@ impl ChatTemplate {
                 Some(serde_json::Value::Array(items)) => items
                     .iter()
                     .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
-                    .and_then(|t| t.get("template").and_then(|s| s.as_str()).map(str::to_string)),
+                    .and_then(|t| {
+                        t.get("template")
+                            .and_then(|s| s.as_str())
+                            .map(str::to_string)
+                    }),
                 _ => None,
             }
         };
-        source.map(|s| Self::new(&s, &token("bos_token"), &token("eos_token"))).transpose()
+        source
+            .map(|s| Self::new(&s, &token("bos_token"), &token("eos_token")))
+            .transpose()
     }
 
     /// Renders `messages`; with `add_generation_prompt` the text ends where the assistant's
     /// reply would begin.
-    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, DataError> {
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, DataError> {
         let template = self.env.get_template("chat").expect("added in new");
         template
             .render(context! {

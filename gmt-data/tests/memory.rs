@@ -15,7 +15,8 @@ fn rss_kib(field: &str) -> u64 {
 
 #[test]
 fn two_hundred_thousand_records_stream_in_bounded_memory() {
-    let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/smollm2-tokenizer");
+    let shared =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/smollm2-tokenizer");
     let tokenizer = Tokenizer::from_file(shared.join("tokenizer.json")).unwrap();
     let template = ChatTemplate::from_hf_dir(&shared).unwrap().unwrap();
     let encoder = Encoder::new(tokenizer, template, false);
@@ -25,12 +26,19 @@ fn two_hundred_thousand_records_stream_in_bounded_memory() {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
         let filler = "lorem ipsum dolor sit amet ".repeat(12);
         for i in 0..200_000 {
-            writeln!(f, r#"{{"prompt": "Question {i}: {filler}", "completion": "Answer {i}."}}"#).unwrap();
+            writeln!(
+                f,
+                r#"{{"prompt": "Question {i}: {filler}", "completion": "Answer {i}."}}"#
+            )
+            .unwrap();
         }
     }
     let file_mib = std::fs::metadata(&path).unwrap().len() as f64 / (1 << 20) as f64;
     let before = rss_kib("VmRSS:");
-    let config = StreamConfig { shuffle_buffer: 1024, ..StreamConfig::default() };
+    let config = StreamConfig {
+        shuffle_buffer: 1024,
+        ..StreamConfig::default()
+    };
     let stream = DataStream::new(DataSource::open(&path).unwrap(), &encoder, config).unwrap();
     let (mut examples, mut tokens) = (0usize, 0usize);
     for example in stream {
@@ -40,8 +48,16 @@ fn two_hundred_thousand_records_stream_in_bounded_memory() {
     }
     let grown_mib = (rss_kib("VmHWM:").saturating_sub(before)) as f64 / 1024.0;
     std::fs::remove_file(&path).ok();
-    eprintln!("{examples} examples, {tokens} tokens from {file_mib:.0} MiB; peak RSS grew {grown_mib:.1} MiB");
+    eprintln!(
+        "{examples} examples, {tokens} tokens from {file_mib:.0} MiB; peak RSS grew {grown_mib:.1} MiB"
+    );
     assert_eq!(examples, 200_000);
-    assert!(file_mib > 60.0, "the file must be larger than the bound to prove anything");
-    assert!(grown_mib < 40.0, "streaming grew RSS by {grown_mib:.1} MiB for a {file_mib:.0} MiB file");
+    assert!(
+        file_mib > 60.0,
+        "the file must be larger than the bound to prove anything"
+    );
+    assert!(
+        grown_mib < 40.0,
+        "streaming grew RSS by {grown_mib:.1} MiB for a {file_mib:.0} MiB file"
+    );
 }

@@ -5,14 +5,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use gmt_data::{
-    BatchConfig, Batches, ChatTemplate, DataError, DataSource, DataStream, Encoded, Encoder, Example, FieldMapping,
-    IGNORE, Message, RecordFormat, Split, StreamConfig, Truncation,
+    BatchConfig, Batches, ChatTemplate, DataError, DataSource, DataStream, Encoded, Encoder,
+    Example, FieldMapping, IGNORE, Message, RecordFormat, Split, StreamConfig, Truncation,
 };
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
 fn shared(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared")
+        .join(rel)
 }
 
 fn tokenizer() -> Tokenizer {
@@ -20,7 +22,9 @@ fn tokenizer() -> Tokenizer {
 }
 
 fn encoder(train_on_prompt: bool) -> Encoder {
-    let template = ChatTemplate::from_hf_dir(&shared("fixtures/smollm2-tokenizer")).unwrap().unwrap();
+    let template = ChatTemplate::from_hf_dir(&shared("fixtures/smollm2-tokenizer"))
+        .unwrap()
+        .unwrap();
     Encoder::new(tokenizer(), template, train_on_prompt)
 }
 
@@ -46,16 +50,26 @@ fn collect(path: &Path, config: StreamConfig) -> Result<Vec<Encoded>, DataError>
 }
 
 fn ordered() -> StreamConfig {
-    StreamConfig { shuffle_buffer: 1, ..StreamConfig::default() }
+    StreamConfig {
+        shuffle_buffer: 1,
+        ..StreamConfig::default()
+    }
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
 fn tokenizer_and_template_reproduce_transformers() {
-    let reference: Value = serde_json::from_str(&std::fs::read_to_string(shared("fixtures/smollm2-tokenizer/encodings.json")).unwrap()).unwrap();
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(shared("fixtures/smollm2-tokenizer/encodings.json")).unwrap(),
+    )
+    .unwrap();
     let tok = tokenizer();
     for case in reference["texts"].as_array().unwrap() {
         let got = tok.encode(case["text"].as_str().unwrap(), false).unwrap();
@@ -64,9 +78,15 @@ fn tokenizer_and_template_reproduce_transformers() {
     let enc = encoder(false);
     for chat in reference["chats"].as_array().unwrap() {
         let messages: Vec<Message> = serde_json::from_value(chat["messages"].clone()).unwrap();
-        let rendered = enc.template().render(&messages, chat["add_generation_prompt"].as_bool().unwrap()).unwrap();
+        let rendered = enc
+            .template()
+            .render(&messages, chat["add_generation_prompt"].as_bool().unwrap())
+            .unwrap();
         assert_eq!(rendered, chat["rendered"].as_str().unwrap());
-        assert_eq!(tok.encode(rendered.as_str(), false).unwrap().get_ids(), ids(&chat["ids"]).as_slice());
+        assert_eq!(
+            tok.encode(rendered.as_str(), false).unwrap().get_ids(),
+            ids(&chat["ids"]).as_slice()
+        );
     }
 }
 
@@ -93,8 +113,14 @@ fn labels_cover_every_assistant_turn_and_pieces_rebuild_the_rendering() {
             trained.push_str(&full[a..b]);
         }
     }
-    assert_eq!(all, full, "masked and unmasked pieces put together are the full rendering");
-    assert_eq!(trained, "7<|im_end|>\n11<|im_end|>\n", "both assistant turns, end-of-turn included");
+    assert_eq!(
+        all, full,
+        "masked and unmasked pieces put together are the full rendering"
+    );
+    assert_eq!(
+        trained, "7<|im_end|>\n11<|im_end|>\n",
+        "both assistant turns, end-of-turn included"
+    );
 
     let everything = encoder(true).encode(&Example::Chat(messages)).unwrap();
     assert!(everything.labels.iter().all(|&l| l != IGNORE));
@@ -103,25 +129,73 @@ fn labels_cover_every_assistant_turn_and_pieces_rebuild_the_rendering() {
 #[test]
 fn every_format_is_read_and_detected() {
     let cases = [
-        ("alpaca", json!({"instruction": "Add.", "input": "2 and 3", "output": "5"}), "Add.\n\n2 and 3", "5"),
-        ("messages", json!({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}), "Hi", "Hello"),
-        ("sharegpt", json!({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]}), "Hi", "Yo"),
-        ("prompt_completion", json!({"prompt": "1+1=", "completion": "2"}), "1+1=", "2"),
+        (
+            "alpaca",
+            json!({"instruction": "Add.", "input": "2 and 3", "output": "5"}),
+            "Add.\n\n2 and 3",
+            "5",
+        ),
+        (
+            "messages",
+            json!({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}),
+            "Hi",
+            "Hello",
+        ),
+        (
+            "sharegpt",
+            json!({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]}),
+            "Hi",
+            "Yo",
+        ),
+        (
+            "prompt_completion",
+            json!({"prompt": "1+1=", "completion": "2"}),
+            "1+1=",
+            "2",
+        ),
     ];
     for (name, record, user, assistant) in cases {
         let format = RecordFormat::detect(&record).unwrap();
         assert_eq!(format.name(), name);
-        let Example::Chat(messages) = format.parse(&record).unwrap() else { panic!("{name}: chat") };
+        let Example::Chat(messages) = format.parse(&record).unwrap() else {
+            panic!("{name}: chat")
+        };
         let last = messages.len() - 1;
-        assert_eq!((messages[last - 1].content.as_str(), messages[last].content.as_str()), (user, assistant), "{name}");
+        assert_eq!(
+            (
+                messages[last - 1].content.as_str(),
+                messages[last].content.as_str()
+            ),
+            (user, assistant),
+            "{name}"
+        );
 
         let path = write_jsonl(&format!("{name}.jsonl"), &[record.clone(), record]);
         let enc = encoder(false);
-        let mut stream = DataStream::new(DataSource::open(&path).unwrap(), &enc, ordered()).unwrap();
+        let mut stream =
+            DataStream::new(DataSource::open(&path).unwrap(), &enc, ordered()).unwrap();
         let first = stream.next().unwrap().unwrap();
-        let trained: Vec<u32> = first.ids.iter().zip(&first.labels).filter(|(_, l)| **l != IGNORE).map(|(i, _)| *i).collect();
-        assert_eq!(enc.tokenizer().decode(&trained, false).unwrap(), format!("{assistant}<|im_end|>\n"), "{name}");
-        assert!(stream.report().format.as_ref().unwrap().starts_with(&format!("{name} (detected from")), "{name}");
+        let trained: Vec<u32> = first
+            .ids
+            .iter()
+            .zip(&first.labels)
+            .filter(|(_, l)| **l != IGNORE)
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(
+            enc.tokenizer().decode(&trained, false).unwrap(),
+            format!("{assistant}<|im_end|>\n"),
+            "{name}"
+        );
+        assert!(
+            stream
+                .report()
+                .format
+                .as_ref()
+                .unwrap()
+                .starts_with(&format!("{name} (detected from")),
+            "{name}"
+        );
     }
     // Plain text: loss on every token, only the tokenizer's own special tokens.
     let path = write_jsonl("text.jsonl", &[json!({"text": "Hello, world!"})]);
@@ -132,16 +206,39 @@ fn every_format_is_read_and_detected() {
 
 #[test]
 fn gsm8k_through_a_field_mapping_trains_on_the_answer_only() {
-    let mapping = RecordFormat::Fields(FieldMapping { system: None, user: "question".into(), assistant: "answer".into() });
+    let mapping = RecordFormat::Fields(FieldMapping {
+        system: None,
+        user: "question".into(),
+        assistant: "answer".into(),
+    });
     let path = shared("data/gsm8k/test.jsonl");
     let enc = encoder(false);
-    let config = StreamConfig { format: Some(mapping), ..ordered() };
+    let config = StreamConfig {
+        format: Some(mapping),
+        ..ordered()
+    };
     let mut stream = DataStream::new(DataSource::open(&path).unwrap(), &enc, config).unwrap();
-    let first_record: Value = serde_json::from_str(std::fs::read_to_string(&path).unwrap().lines().next().unwrap()).unwrap();
+    let first_record: Value = serde_json::from_str(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
     let first = stream.next().unwrap().unwrap();
-    let trained: Vec<u32> = first.ids.iter().zip(&first.labels).filter(|(_, l)| **l != IGNORE).map(|(i, _)| *i).collect();
+    let trained: Vec<u32> = first
+        .ids
+        .iter()
+        .zip(&first.labels)
+        .filter(|(_, l)| **l != IGNORE)
+        .map(|(i, _)| *i)
+        .collect();
     let answer = first_record["answer"].as_str().unwrap();
-    assert_eq!(enc.tokenizer().decode(&trained, false).unwrap(), format!("{answer}<|im_end|>\n"));
+    assert_eq!(
+        enc.tokenizer().decode(&trained, false).unwrap(),
+        format!("{answer}<|im_end|>\n")
+    );
     let rest = stream.count();
     assert_eq!(rest + 1, 1319, "every GSM8K test record");
 }
@@ -150,10 +247,24 @@ fn gsm8k_through_a_field_mapping_trains_on_the_answer_only() {
 fn bad_records_name_file_line_and_field() {
     let good = json!({"prompt": "a", "completion": "b"});
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (b"{\"prompt\": \"a\", \"completion\": \"b\"\n".to_vec(), ":2: invalid JSON"),
-        (json!({"prompt": "a"}).to_string().into_bytes(), ":2: field `completion`: missing"),
-        (json!({"prompt": "a", "completion": 3}).to_string().into_bytes(), ":2: field `completion`: expected a string, found a number"),
-        (b"{\"prompt\": \"\xff\", \"completion\": \"b\"}".to_vec(), ":2: invalid UTF-8"),
+        (
+            b"{\"prompt\": \"a\", \"completion\": \"b\"\n".to_vec(),
+            ":2: invalid JSON",
+        ),
+        (
+            json!({"prompt": "a"}).to_string().into_bytes(),
+            ":2: field `completion`: missing",
+        ),
+        (
+            json!({"prompt": "a", "completion": 3})
+                .to_string()
+                .into_bytes(),
+            ":2: field `completion`: expected a string, found a number",
+        ),
+        (
+            b"{\"prompt\": \"\xff\", \"completion\": \"b\"}".to_vec(),
+            ":2: invalid UTF-8",
+        ),
     ];
     for (i, (bad, expected)) in cases.into_iter().enumerate() {
         let path = temp(&format!("bad{i}.jsonl"));
@@ -161,11 +272,20 @@ fn bad_records_name_file_line_and_field() {
         bytes.extend(bad);
         bytes.extend(format!("\n{good}\n").into_bytes());
         std::fs::write(&path, bytes).unwrap();
-        let config = StreamConfig { format: Some(RecordFormat::PromptCompletion), ..ordered() };
+        let config = StreamConfig {
+            format: Some(RecordFormat::PromptCompletion),
+            ..ordered()
+        };
         let err = collect(&path, config.clone()).unwrap_err().to_string();
-        assert!(err.starts_with(&path.display().to_string()) && err.contains(expected), "{err} / {expected}");
+        assert!(
+            err.starts_with(&path.display().to_string()) && err.contains(expected),
+            "{err} / {expected}"
+        );
 
-        let skipping = StreamConfig { skip_bad_records: true, ..config };
+        let skipping = StreamConfig {
+            skip_bad_records: true,
+            ..config
+        };
         let enc = encoder(false);
         let mut stream = DataStream::new(DataSource::open(&path).unwrap(), &enc, skipping).unwrap();
         assert_eq!(stream.by_ref().count(), 2);
@@ -174,17 +294,37 @@ fn bad_records_name_file_line_and_field() {
     }
     let path = write_jsonl("empty.jsonl", &[json!({"messages": []})]);
     let err = collect(&path, ordered()).unwrap_err().to_string();
-    assert!(err.ends_with(":1: field `messages`: empty conversation"), "{err}");
-    let path = write_jsonl("role.jsonl", &[json!({"messages": [{"role": "robot", "content": "x"}]})]);
+    assert!(
+        err.ends_with(":1: field `messages`: empty conversation"),
+        "{err}"
+    );
+    let path = write_jsonl(
+        "role.jsonl",
+        &[json!({"messages": [{"role": "robot", "content": "x"}]})],
+    );
     let err = collect(&path, ordered()).unwrap_err().to_string();
-    assert!(err.contains("field `messages[0].role`: unknown role \"robot\""), "{err}");
+    assert!(
+        err.contains("field `messages[0].role`: unknown role \"robot\""),
+        "{err}"
+    );
 
     // A template error is reported at the record that triggered it.
     let template = ChatTemplate::new("{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system prompts') }}{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}", "", "").unwrap();
     let enc = Encoder::new(tokenizer(), template, false);
-    let path = write_jsonl("tmpl.jsonl", &[json!({"instruction": "x", "output": "y", "system": "s"})]);
-    let err = DataStream::new(DataSource::open(&path).unwrap(), &enc, ordered()).unwrap().next().unwrap().unwrap_err().to_string();
-    assert!(err.contains("tmpl.jsonl:1") && err.contains("no system prompts"), "{err}");
+    let path = write_jsonl(
+        "tmpl.jsonl",
+        &[json!({"instruction": "x", "output": "y", "system": "s"})],
+    );
+    let err = DataStream::new(DataSource::open(&path).unwrap(), &enc, ordered())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tmpl.jsonl:1") && err.contains("no system prompts"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -195,71 +335,143 @@ fn gzip_shards_and_json_arrays_stream_in_order() {
     let mut enc = flate2::write::GzEncoder::new(gz, flate2::Compression::fast());
     writeln!(enc, "{}", json!({"text": "one"})).unwrap();
     enc.finish().unwrap();
-    std::fs::write(dir.join("b.json"), json!([{"text": "two"}, {"text": "three"}]).to_string()).unwrap();
+    std::fs::write(
+        dir.join("b.json"),
+        json!([{"text": "two"}, {"text": "three"}]).to_string(),
+    )
+    .unwrap();
     let out = collect(&dir, ordered()).unwrap();
-    let texts: Vec<String> = out.iter().map(|e| tokenizer().decode(&e.ids, false).unwrap()).collect();
+    let texts: Vec<String> = out
+        .iter()
+        .map(|e| tokenizer().decode(&e.ids, false).unwrap())
+        .collect();
     assert_eq!(texts, ["one", "two", "three"]);
 }
 
 #[test]
 fn a_resumed_stream_sees_exactly_what_the_uninterrupted_one_would() {
-    let records: Vec<Value> = (0..300).map(|i| json!({"prompt": format!("q{i}"), "completion": format!("a{i}")})).collect();
+    let records: Vec<Value> = (0..300)
+        .map(|i| json!({"prompt": format!("q{i}"), "completion": format!("a{i}")}))
+        .collect();
     let path = write_jsonl("resume.jsonl", &records);
-    let config = StreamConfig { seed: 9, shuffle_buffer: 37, split: Split::Train { eval_fraction: 0.1 }, ..StreamConfig::default() };
+    let config = StreamConfig {
+        seed: 9,
+        shuffle_buffer: 37,
+        split: Split::Train { eval_fraction: 0.1 },
+        ..StreamConfig::default()
+    };
     let enc = encoder(false);
-    let whole: Vec<Encoded> = DataStream::new(DataSource::open(&path).unwrap(), &enc, config.clone()).unwrap().map(Result::unwrap).collect();
+    let whole: Vec<Encoded> =
+        DataStream::new(DataSource::open(&path).unwrap(), &enc, config.clone())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
 
-    let mut first = DataStream::new(DataSource::open(&path).unwrap(), &enc, config.clone()).unwrap();
+    let mut first =
+        DataStream::new(DataSource::open(&path).unwrap(), &enc, config.clone()).unwrap();
     let mut seen: Vec<Encoded> = first.by_ref().take(100).map(Result::unwrap).collect();
     let saved = serde_json::to_string(&first.state()).unwrap();
     drop(first);
     let state = serde_json::from_str(&saved).unwrap();
-    let resumed = DataStream::resume(DataSource::open(&path).unwrap(), &enc, config.clone(), state).unwrap();
+    let resumed = DataStream::resume(
+        DataSource::open(&path).unwrap(),
+        &enc,
+        config.clone(),
+        state,
+    )
+    .unwrap();
     seen.extend(resumed.map(Result::unwrap));
     assert_eq!(seen, whole);
 
     // The eval split is the complement, and shuffling is seeded.
-    let eval = StreamConfig { split: Split::Eval { eval_fraction: 0.1 }, ..config.clone() };
-    let held: Vec<Encoded> = DataStream::new(DataSource::open(&path).unwrap(), &enc, eval).unwrap().map(Result::unwrap).collect();
-    assert_eq!(held.len() + whole.len(), 300);
-    assert!(held.len() > 10 && held.len() < 60, "about 10% held out: {}", held.len());
-    let reseeded: Vec<Encoded> = DataStream::new(DataSource::open(&path).unwrap(), &enc, StreamConfig { seed: 10, ..config })
+    let eval = StreamConfig {
+        split: Split::Eval { eval_fraction: 0.1 },
+        ..config.clone()
+    };
+    let held: Vec<Encoded> = DataStream::new(DataSource::open(&path).unwrap(), &enc, eval)
         .unwrap()
         .map(Result::unwrap)
         .collect();
+    assert_eq!(held.len() + whole.len(), 300);
+    assert!(
+        held.len() > 10 && held.len() < 60,
+        "about 10% held out: {}",
+        held.len()
+    );
+    let reseeded: Vec<Encoded> = DataStream::new(
+        DataSource::open(&path).unwrap(),
+        &enc,
+        StreamConfig { seed: 10, ..config },
+    )
+    .unwrap()
+    .map(Result::unwrap)
+    .collect();
     assert_ne!(reseeded, whole);
 }
 
 #[test]
 fn batches_pad_pack_truncate_and_drop() {
-    let example = |n: usize| Encoded { ids: (1..=n as u32).collect(), labels: (1..=n as i64).collect() };
+    let example = |n: usize| Encoded {
+        ids: (1..=n as u32).collect(),
+        labels: (1..=n as i64).collect(),
+    };
     let examples = vec![example(3), example(5), example(9), example(2)];
-    let config = BatchConfig { batch_size: 2, max_seq_len: 6, truncation: Truncation::Truncate, packing: false, pad_id: 0 };
+    let config = BatchConfig {
+        batch_size: 2,
+        max_seq_len: 6,
+        truncation: Truncation::Truncate,
+        packing: false,
+        pad_id: 0,
+    };
     let mut batches = Batches::new(examples.clone().into_iter().map(Ok), config.clone()).unwrap();
     let first = batches.next().unwrap().unwrap();
     assert_eq!((first.batch, first.seq_len), (2, 5));
     assert_eq!(first.input_ids, vec![1, 2, 3, 0, 0, 1, 2, 3, 4, 5]);
     assert_eq!(first.labels.as_ref().unwrap()[3..5], [IGNORE, IGNORE]);
-    assert_eq!(first.attention_mask.as_ref().unwrap()[..5], [true, true, true, false, false]);
+    assert_eq!(
+        first.attention_mask.as_ref().unwrap()[..5],
+        [true, true, true, false, false]
+    );
     let second = batches.next().unwrap().unwrap();
     assert_eq!(second.seq_len, 6, "9 tokens truncated to 6");
     assert!(batches.next().is_none());
     assert_eq!(batches.report().truncated, 1);
 
-    let dropping = BatchConfig { truncation: Truncation::Drop, ..config.clone() };
+    let dropping = BatchConfig {
+        truncation: Truncation::Drop,
+        ..config.clone()
+    };
     let mut batches = Batches::new(examples.clone().into_iter().map(Ok), dropping).unwrap();
     let rows: usize = batches.by_ref().map(|b| b.unwrap().batch).sum();
     assert_eq!((rows, batches.report().dropped), (3, 1));
 
-    let packing = BatchConfig { packing: true, batch_size: 2, ..config };
+    let packing = BatchConfig {
+        packing: true,
+        batch_size: 2,
+        ..config
+    };
     let mut batches = Batches::new(examples.into_iter().map(Ok), packing).unwrap();
     let packed = batches.next().unwrap().unwrap();
     assert_eq!((packed.batch, packed.seq_len), (2, 6));
     // Row 0: [3 tokens][pad ×3] (5 does not fit after 3); row 1: [5 tokens][pad].
-    assert_eq!(packed.segment_ids.as_ref().unwrap()[..4], [0, 0, 0, u32::MAX]);
-    assert_eq!(packed.position_ids.as_ref().unwrap()[6..11], [0, 1, 2, 3, 4]);
+    assert_eq!(
+        packed.segment_ids.as_ref().unwrap()[..4],
+        [0, 0, 0, u32::MAX]
+    );
+    assert_eq!(
+        packed.position_ids.as_ref().unwrap()[6..11],
+        [0, 1, 2, 3, 4]
+    );
     let rest: Vec<_> = batches.map(Result::unwrap).collect();
     assert_eq!(rest.len(), 1);
-    assert_eq!(rest[0].segment_ids.as_ref().unwrap()[..6], [0, 0, 0, 0, 0, 0], "truncated 9 → 6 fills a row");
-    assert_eq!(rest[0].segment_ids.as_ref().unwrap()[6..8], [0, 0], "the 2-token example starts the next row");
+    assert_eq!(
+        rest[0].segment_ids.as_ref().unwrap()[..6],
+        [0, 0, 0, 0, 0, 0],
+        "truncated 9 → 6 fills a row"
+    );
+    assert_eq!(
+        rest[0].segment_ids.as_ref().unwrap()[6..8],
+        [0, 0],
+        "the 2-token example starts the next row"
+    );
 }

@@ -47,9 +47,18 @@ impl<B: Backend> Attention<B> {
         cache: Option<&mut Option<LayerCache<B>>>,
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
-        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
-        let q = apply_rotary(heads(linear3(&self.q_proj, x.clone()), self.num_heads), cos, sin);
-        let mut k = apply_rotary(heads(linear3(&self.k_proj, x.clone()), self.num_kv_heads), cos, sin);
+        let heads =
+            |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
+        let q = apply_rotary(
+            heads(linear3(&self.q_proj, x.clone()), self.num_heads),
+            cos,
+            sin,
+        );
+        let mut k = apply_rotary(
+            heads(linear3(&self.k_proj, x.clone()), self.num_kv_heads),
+            cos,
+            sin,
+        );
         let mut v = heads(linear3(&self.v_proj, x), self.num_kv_heads);
 
         if let Some(cache) = cache {
@@ -72,7 +81,11 @@ impl<B: Backend> Attention<B> {
         // weights instead of NaN, as with Transformers' finfo.min.
         let masked = masked.clone().expand([batch, self.num_heads, seq, keys]);
         let probs = softmax(scores.mask_fill(masked, f32::MIN), 3);
-        let out = probs.matmul(v).swap_dims(1, 2).reshape([batch, seq, self.num_heads * self.head_dim]);
+        let out =
+            probs
+                .matmul(v)
+                .swap_dims(1, 2)
+                .reshape([batch, seq, self.num_heads * self.head_dim]);
         linear3(&self.o_proj, out)
     }
 
@@ -84,6 +97,8 @@ impl<B: Backend> Attention<B> {
             return x;
         }
         let [b, kv, t, d] = x.dims();
-        x.unsqueeze_dim::<5>(2).expand([b, kv, groups, t, d]).reshape([b, kv * groups, t, d])
+        x.unsqueeze_dim::<5>(2)
+            .expand([b, kv, groups, t, d])
+            .reshape([b, kv * groups, t, d])
     }
 }

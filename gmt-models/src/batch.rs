@@ -63,25 +63,30 @@ impl TokenBatch {
         check("position_ids", self.position_ids.as_ref().map(Vec::len))?;
         check("segment_ids", self.segment_ids.as_ref().map(Vec::len))?;
         check("labels", self.labels.as_ref().map(Vec::len))?;
-        if let Some((i, id)) = self.input_ids.iter().enumerate().find(|(_, id)| **id as usize >= vocab_size) {
+        if let Some((i, id)) = self
+            .input_ids
+            .iter()
+            .enumerate()
+            .find(|(_, id)| **id as usize >= vocab_size)
+        {
             return Err(ModelError::InvalidInput(format!(
                 "token id {id} at row {}, column {} is outside the vocabulary of {vocab_size}",
                 i / self.seq_len,
                 i % self.seq_len
             )));
         }
-        if let Some(labels) = &self.labels {
-            if let Some((i, l)) = labels
-                .iter()
-                .enumerate()
-                .find(|(_, l)| **l != -100 && (**l < 0 || **l as usize >= vocab_size))
-            {
-                return Err(ModelError::InvalidInput(format!(
-                    "label {l} at row {}, column {} is neither -100 nor a token id below {vocab_size}",
-                    i / self.seq_len,
-                    i % self.seq_len
-                )));
-            }
+        if let Some((i, l)) = self
+            .labels
+            .iter()
+            .flatten()
+            .enumerate()
+            .find(|(_, l)| **l != -100 && (**l < 0 || **l as usize >= vocab_size))
+        {
+            return Err(ModelError::InvalidInput(format!(
+                "label {l} at row {}, column {} is neither -100 nor a token id below {vocab_size}",
+                i / self.seq_len,
+                i % self.seq_len
+            )));
         }
         Ok(())
     }
@@ -103,7 +108,10 @@ impl TokenBatch {
             for i in 0..s {
                 for j in 0..=i {
                     let real = self.attention_mask.as_ref().is_none_or(|m| m[row * s + j]);
-                    let same = self.segment_ids.as_ref().is_none_or(|g| g[row * s + i] == g[row * s + j]);
+                    let same = self
+                        .segment_ids
+                        .as_ref()
+                        .is_none_or(|g| g[row * s + i] == g[row * s + j]);
                     let near = sliding_window.is_none_or(|w| i - j < w);
                     out[(row * s + i) * s + j] = !(real && same && near);
                 }

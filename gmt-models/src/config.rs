@@ -109,7 +109,10 @@ impl LlamaConfig {
     /// Both RoPE key styles found in published checkpoints are accepted: `rope_theta` +
     /// `rope_scaling`, and the newer `rope_parameters`.
     pub fn from_hf_value(value: &Value, source_name: &str) -> Result<Self, ModelError> {
-        let keys = Keys { map: value.as_object(), source_name };
+        let keys = Keys {
+            map: value.as_object(),
+            source_name,
+        };
         if keys.map.is_none() {
             return Err(ModelError::InvalidValue {
                 source_name: source_name.into(),
@@ -130,14 +133,16 @@ impl LlamaConfig {
                 });
             }
         };
-        if let Some(act) = keys.opt_string("hidden_act")? {
-            if act != "silu" {
-                return Err(keys.unsupported("hidden_act", &format!("\"{act}\""), "\"silu\""));
-            }
+        if let Some(act) = keys.opt_string("hidden_act")?
+            && act != "silu"
+        {
+            return Err(keys.unsupported("hidden_act", &format!("\"{act}\""), "\"silu\""));
         }
         let hidden_size = keys.usize("hidden_size")?;
         let num_attention_heads = keys.usize("num_attention_heads")?;
-        let head_dim = keys.opt_usize("head_dim")?.unwrap_or(hidden_size / num_attention_heads.max(1));
+        let head_dim = keys
+            .opt_usize("head_dim")?
+            .unwrap_or(hidden_size / num_attention_heads.max(1));
         let (rope_theta, rope_scaling) = rope(&keys)?;
         let sliding_window = match architecture {
             Architecture::Mistral => keys.opt_usize("sliding_window")?,
@@ -150,7 +155,9 @@ impl LlamaConfig {
             intermediate_size: keys.usize("intermediate_size")?,
             num_hidden_layers: keys.usize("num_hidden_layers")?,
             num_attention_heads,
-            num_key_value_heads: keys.opt_usize("num_key_value_heads")?.unwrap_or(num_attention_heads),
+            num_key_value_heads: keys
+                .opt_usize("num_key_value_heads")?
+                .unwrap_or(num_attention_heads),
             head_dim,
             rms_norm_eps: keys.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta,
@@ -189,15 +196,25 @@ impl LlamaConfig {
                 return Err(invalid(key, value, "must be positive"));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(invalid(
                 "num_key_value_heads",
                 self.num_key_value_heads,
-                &format!("must divide num_attention_heads = {}", self.num_attention_heads),
+                &format!(
+                    "must divide num_attention_heads = {}",
+                    self.num_attention_heads
+                ),
             ));
         }
-        if self.head_dim % 2 != 0 {
-            return Err(invalid("head_dim", self.head_dim, "rotary embeddings need an even head_dim"));
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(invalid(
+                "head_dim",
+                self.head_dim,
+                "rotary embeddings need an even head_dim",
+            ));
         }
         if self.sliding_window == Some(0) {
             return Err(invalid("sliding_window", 0, "must be positive"));
@@ -263,15 +280,24 @@ impl LlamaConfig {
 /// RoPE settings from either key style.
 fn rope(keys: &Keys) -> Result<(f64, Option<Llama3RopeScaling>), ModelError> {
     if let Some(params) = keys.object("rope_parameters")? {
-        let nested = Keys { map: Some(params), source_name: keys.source_name };
-        let theta = nested.opt_f64("rope_theta")?.or(keys.opt_f64("rope_theta")?).unwrap_or(10_000.0);
+        let nested = Keys {
+            map: Some(params),
+            source_name: keys.source_name,
+        };
+        let theta = nested
+            .opt_f64("rope_theta")?
+            .or(keys.opt_f64("rope_theta")?)
+            .unwrap_or(10_000.0);
         return Ok((theta, rope_scaling(&nested, "rope_parameters")?));
     }
     let theta = keys.opt_f64("rope_theta")?.unwrap_or(10_000.0);
     match keys.object("rope_scaling")? {
         None => Ok((theta, None)),
         Some(scaling) => {
-            let nested = Keys { map: Some(scaling), source_name: keys.source_name };
+            let nested = Keys {
+                map: Some(scaling),
+                source_name: keys.source_name,
+            };
             Ok((theta, rope_scaling(&nested, "rope_scaling")?))
         }
     }
@@ -296,7 +322,8 @@ fn rope_scaling(keys: &Keys, prefix: &str) -> Result<Option<Llama3RopeScaling>, 
                 factor: field("factor")?,
                 low_freq_factor: field("low_freq_factor")?,
                 high_freq_factor: field("high_freq_factor")?,
-                original_max_position_embeddings: field("original_max_position_embeddings")? as usize,
+                original_max_position_embeddings: field("original_max_position_embeddings")?
+                    as usize,
             }))
         }
         Some(other) => Err(keys.unsupported(
@@ -345,7 +372,11 @@ impl Keys<'_> {
 
     fn opt_usize(&self, key: &str) -> Result<Option<usize>, ModelError> {
         self.get(key)
-            .map(|v| v.as_u64().map(|n| n as usize).ok_or_else(|| self.invalid(key, v, "expected a non-negative integer")))
+            .map(|v| {
+                v.as_u64()
+                    .map(|n| n as usize)
+                    .ok_or_else(|| self.invalid(key, v, "expected a non-negative integer"))
+            })
             .transpose()
     }
 
@@ -355,19 +386,29 @@ impl Keys<'_> {
 
     fn opt_f64(&self, key: &str) -> Result<Option<f64>, ModelError> {
         self.get(key)
-            .map(|v| v.as_f64().ok_or_else(|| self.invalid(key, v, "expected a number")))
+            .map(|v| {
+                v.as_f64()
+                    .ok_or_else(|| self.invalid(key, v, "expected a number"))
+            })
             .transpose()
     }
 
     fn opt_bool(&self, key: &str) -> Result<Option<bool>, ModelError> {
         self.get(key)
-            .map(|v| v.as_bool().ok_or_else(|| self.invalid(key, v, "expected true or false")))
+            .map(|v| {
+                v.as_bool()
+                    .ok_or_else(|| self.invalid(key, v, "expected true or false"))
+            })
             .transpose()
     }
 
     fn opt_string(&self, key: &str) -> Result<Option<String>, ModelError> {
         self.get(key)
-            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| self.invalid(key, v, "expected a string")))
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| self.invalid(key, v, "expected a string"))
+            })
             .transpose()
     }
 
@@ -377,7 +418,10 @@ impl Keys<'_> {
 
     fn object(&self, key: &str) -> Result<Option<&Map<String, Value>>, ModelError> {
         self.get(key)
-            .map(|v| v.as_object().ok_or_else(|| self.invalid(key, v, "expected an object")))
+            .map(|v| {
+                v.as_object()
+                    .ok_or_else(|| self.invalid(key, v, "expected an object"))
+            })
             .transpose()
     }
 
@@ -387,9 +431,17 @@ impl Keys<'_> {
             None => Ok(Vec::new()),
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|v| v.as_u64().map(|n| n as u32).ok_or_else(|| self.invalid(key, v, "expected token ids")))
+                .map(|v| {
+                    v.as_u64()
+                        .map(|n| n as u32)
+                        .ok_or_else(|| self.invalid(key, v, "expected token ids"))
+                })
                 .collect(),
-            Some(v) => Ok(vec![v.as_u64().ok_or_else(|| self.invalid(key, v, "expected a token id"))? as u32]),
+            Some(v) => Ok(vec![
+                v.as_u64()
+                    .ok_or_else(|| self.invalid(key, v, "expected a token id"))?
+                    as u32,
+            ]),
         }
     }
 }

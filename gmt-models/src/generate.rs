@@ -52,22 +52,38 @@ pub fn generate<B: Backend>(
     mut on_token: impl FnMut(u32),
 ) -> Result<Generation, ModelError> {
     if prompt.is_empty() {
-        return Err(ModelError::InvalidInput("generation needs a non-empty prompt".into()));
+        return Err(ModelError::InvalidInput(
+            "generation needs a non-empty prompt".into(),
+        ));
     }
     if !(config.temperature >= 0.0 && config.temperature.is_finite()) {
-        return Err(ModelError::InvalidInput(format!("temperature must be ≥ 0, got {}", config.temperature)));
+        return Err(ModelError::InvalidInput(format!(
+            "temperature must be ≥ 0, got {}",
+            config.temperature
+        )));
     }
     if !(config.top_p > 0.0 && config.top_p <= 1.0) {
-        return Err(ModelError::InvalidInput(format!("top_p must be in (0, 1], got {}", config.top_p)));
+        return Err(ModelError::InvalidInput(format!(
+            "top_p must be in (0, 1], got {}",
+            config.top_p
+        )));
     }
-    let stop = if config.stop_tokens.is_empty() { &model.config().eos_token_ids } else { &config.stop_tokens };
+    let stop = if config.stop_tokens.is_empty() {
+        &model.config().eos_token_ids
+    } else {
+        &config.stop_tokens
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let mut cache = model.new_cache();
     let mut logits = model.forward_cached(prompt, &mut cache)?;
     let mut tokens = Vec::new();
     while tokens.len() < config.max_new_tokens {
         let [_, seq, vocab] = logits.dims();
-        let last: Vec<f32> = logits.slice([0..1, seq - 1..seq, 0..vocab]).into_data().iter::<f32>().collect();
+        let last: Vec<f32> = logits
+            .slice([0..1, seq - 1..seq, 0..vocab])
+            .into_data()
+            .iter::<f32>()
+            .collect();
         let token = if config.temperature == 0.0 {
             argmax(&last)
         } else {
@@ -76,11 +92,17 @@ pub fn generate<B: Backend>(
         tokens.push(token);
         on_token(token);
         if stop.contains(&token) {
-            return Ok(Generation { tokens, stopped: true });
+            return Ok(Generation {
+                tokens,
+                stopped: true,
+            });
         }
         logits = model.forward_cached(&[token], &mut cache)?;
     }
-    Ok(Generation { tokens, stopped: false })
+    Ok(Generation {
+        tokens,
+        stopped: false,
+    })
 }
 
 /// Index of the largest logit (the first one on ties, like `torch.argmax`).
@@ -141,9 +163,14 @@ mod tests {
         }
         let draw = |seed| {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            (0..32).map(|_| sample(&logits, 1.0, 1.0, &mut rng)).collect::<Vec<_>>()
+            (0..32)
+                .map(|_| sample(&logits, 1.0, 1.0, &mut rng))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(5), draw(5));
-        assert!(draw(5).iter().any(|&t| t != 1), "full-nucleus sampling explores");
+        assert!(
+            draw(5).iter().any(|&t| t != 1),
+            "full-nucleus sampling explores"
+        );
     }
 }

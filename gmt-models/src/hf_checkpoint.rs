@@ -22,11 +22,18 @@ pub enum ExportDtype {
 }
 
 /// Loads a Hugging Face model directory. f32, f16 and bf16 weights are converted to f32.
-pub fn load_hf_dir<B: Backend>(dir: impl AsRef<Path>, device: &B::Device) -> Result<LlamaForCausalLm<B>, ModelError> {
+pub fn load_hf_dir<B: Backend>(
+    dir: impl AsRef<Path>,
+    device: &B::Device,
+) -> Result<LlamaForCausalLm<B>, ModelError> {
     let dir = dir.as_ref();
     let config = LlamaConfig::from_hf_file(dir.join("config.json"))?;
     let tensors = read_hf_weights(dir)?;
-    LlamaForCausalLm::from_weights(&config, WeightMap::new(dir.display().to_string(), tensors), device)
+    LlamaForCausalLm::from_weights(
+        &config,
+        WeightMap::new(dir.display().to_string(), tensors),
+        device,
+    )
 }
 
 /// Reads every tensor of a model directory, single file or sharded.
@@ -53,9 +60,9 @@ pub fn read_hf_weights(dir: &Path) -> Result<BTreeMap<String, HostTensor>, Model
         .ok_or_else(|| ModelError::bad_weights(&index, "missing object `weight_map`"))?;
     let mut shards = BTreeSet::new();
     for (name, file) in map {
-        let file = file
-            .as_str()
-            .ok_or_else(|| ModelError::bad_weights(&index, format!("`weight_map.{name}` is not a file name")))?;
+        let file = file.as_str().ok_or_else(|| {
+            ModelError::bad_weights(&index, format!("`weight_map.{name}` is not a file name"))
+        })?;
         shards.insert(file.to_string());
     }
     let mut all = BTreeMap::new();
@@ -64,7 +71,10 @@ pub fn read_hf_weights(dir: &Path) -> Result<BTreeMap<String, HostTensor>, Model
     }
     for name in map.keys() {
         if !all.contains_key(name) {
-            return Err(ModelError::bad_weights(&index, format!("`{name}` is listed but not in its shard")));
+            return Err(ModelError::bad_weights(
+                &index,
+                format!("`{name}` is listed but not in its shard"),
+            ));
         }
     }
     Ok(all)
@@ -79,9 +89,21 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, Mod
         .into_iter()
         .map(|(name, view)| {
             let data = to_f32(&view).ok_or_else(|| {
-                ModelError::bad_weights(path, format!("tensor `{name}` has dtype {:?}; supported: F32, F16, BF16", view.dtype()))
+                ModelError::bad_weights(
+                    path,
+                    format!(
+                        "tensor `{name}` has dtype {:?}; supported: F32, F16, BF16",
+                        view.dtype()
+                    ),
+                )
             })?;
-            Ok((name, HostTensor { shape: view.shape().to_vec(), data }))
+            Ok((
+                name,
+                HostTensor {
+                    shape: view.shape().to_vec(),
+                    data,
+                },
+            ))
         })
         .collect()
 }
@@ -89,7 +111,10 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, Mod
 fn to_f32(view: &TensorView) -> Option<Vec<f32>> {
     let bytes = view.data();
     Some(match view.dtype() {
-        Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         Dtype::F16 => bytes
             .chunks_exact(2)
             .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
@@ -105,7 +130,11 @@ fn to_f32(view: &TensorView) -> Option<Vec<f32>> {
 /// Writes `model` as a Hugging Face directory: `config.json` and `model.safetensors` with
 /// Hugging Face names and layouts. Each file is written to a temporary name and renamed, so
 /// an interrupted export never leaves a truncated file under the real name.
-pub fn save_hf_dir<B: Backend>(model: &LlamaForCausalLm<B>, dir: impl AsRef<Path>, dtype: ExportDtype) -> Result<(), ModelError> {
+pub fn save_hf_dir<B: Backend>(
+    model: &LlamaForCausalLm<B>,
+    dir: impl AsRef<Path>,
+    dtype: ExportDtype,
+) -> Result<(), ModelError> {
     let dir = dir.as_ref();
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     let mut config = model.config().to_hf_value();
@@ -119,13 +148,21 @@ pub fn save_hf_dir<B: Backend>(model: &LlamaForCausalLm<B>, dir: impl AsRef<Path
 }
 
 /// Writes named host tensors as one safetensors file (atomically).
-pub fn write_safetensors(path: &Path, tensors: &[(String, HostTensor)], dtype: ExportDtype) -> Result<(), ModelError> {
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, HostTensor)],
+    dtype: ExportDtype,
+) -> Result<(), ModelError> {
     let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(name, t)| {
             let bytes = match dtype {
                 ExportDtype::F32 => t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                ExportDtype::Bf16 => t.data.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+                ExportDtype::Bf16 => t
+                    .data
+                    .iter()
+                    .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
             };
             (name.clone(), t.shape.clone(), bytes)
         })
@@ -137,11 +174,15 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, HostTensor)], dtype: E
     let views: Vec<(String, TensorView)> = encoded
         .iter()
         .map(|(name, shape, bytes)| {
-            let view = TensorView::new(st_dtype, shape.clone(), bytes).expect("sizes agree by construction");
+            let view = TensorView::new(st_dtype, shape.clone(), bytes)
+                .expect("sizes agree by construction");
             (name.clone(), view)
         })
         .collect();
-    let metadata = Some(std::collections::HashMap::from([("format".to_string(), "pt".to_string())]));
+    let metadata = Some(std::collections::HashMap::from([(
+        "format".to_string(),
+        "pt".to_string(),
+    )]));
     let bytes = safetensors::serialize(views, metadata)
         .map_err(|e| ModelError::bad_weights(path, format!("cannot serialize: {e}")))?;
     write_atomic(path, &bytes)

@@ -40,7 +40,10 @@ pub use batch::TokenBatch;
 pub use config::{Architecture, Llama3RopeScaling, LlamaConfig};
 pub use error::ModelError;
 pub use generate::{Generation, GenerationConfig, generate};
-pub use hf_checkpoint::{ExportDtype, load_hf_dir, read_hf_weights, read_safetensors, save_hf_dir, write_atomic, write_safetensors};
+pub use hf_checkpoint::{
+    ExportDtype, load_hf_dir, read_hf_weights, read_safetensors, save_hf_dir, write_atomic,
+    write_safetensors,
+};
 pub use llama::{CausalLmOutput, DecoderLayer, KvCache, LlamaForCausalLm, hf_name};
 pub use loss::{IGNORE_INDEX, causal_lm_loss};
 pub use mlp::Mlp;

@@ -7,7 +7,9 @@ use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
 
 use crate::attention::{Attention, LayerCache};
 use crate::loss::causal_lm_loss;
-use crate::{HostTensor, LlamaConfig, Mlp, ModelError, RmsNorm, RotaryEmbedding, TokenBatch, WeightMap};
+use crate::{
+    HostTensor, LlamaConfig, Mlp, ModelError, RmsNorm, RotaryEmbedding, TokenBatch, WeightMap,
+};
 
 /// One pre-norm transformer block.
 #[derive(Module, Debug)]
@@ -74,39 +76,104 @@ impl<B: Backend> KvCache<B> {
 /// The Hugging Face name of a module path (`layers.0.mlp.up_proj.weight` →
 /// `model.layers.0.mlp.up_proj.weight`; `lm_head.weight` stays).
 pub fn hf_name(path: &str) -> String {
-    if path.starts_with("lm_head.") { path.to_string() } else { format!("model.{path}") }
+    if path.starts_with("lm_head.") {
+        path.to_string()
+    } else {
+        format!("model.{path}")
+    }
 }
 
 impl<B: Backend> LlamaForCausalLm<B> {
     /// Builds the model from Hugging Face-named weights, consuming them; any missing,
     /// misshapen or unused tensor is an error listing them all.
-    pub fn from_weights(config: &LlamaConfig, mut weights: WeightMap, device: &B::Device) -> Result<Self, ModelError> {
+    pub fn from_weights(
+        config: &LlamaConfig,
+        mut weights: WeightMap,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
         let c = config;
-        let (h, q_out, kv_out) = (c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+        let (h, q_out, kv_out) = (
+            c.hidden_size,
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+        );
         let w = &mut weights;
-        let linear = |w: &mut WeightMap, name: &str, d_in: usize, d_out: usize, bias: bool| Linear {
-            // HF stores [out, in]; burn's Linear multiplies by [in, out].
-            weight: Param::from_tensor(w.take::<B, 2>(&format!("{name}.weight"), [d_out, d_in], device).transpose()),
-            bias: bias.then(|| Param::from_tensor(w.take::<B, 1>(&format!("{name}.bias"), [d_out], device))),
-        };
+        let linear =
+            |w: &mut WeightMap, name: &str, d_in: usize, d_out: usize, bias: bool| Linear {
+                // HF stores [out, in]; burn's Linear multiplies by [in, out].
+                weight: Param::from_tensor(
+                    w.take::<B, 2>(&format!("{name}.weight"), [d_out, d_in], device)
+                        .transpose(),
+                ),
+                bias: bias.then(|| {
+                    Param::from_tensor(w.take::<B, 1>(&format!("{name}.bias"), [d_out], device))
+                }),
+            };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let self_attn = Attention {
-                q_proj: linear(w, &format!("{p}.self_attn.q_proj"), h, q_out, c.attention_bias),
-                k_proj: linear(w, &format!("{p}.self_attn.k_proj"), h, kv_out, c.attention_bias),
-                v_proj: linear(w, &format!("{p}.self_attn.v_proj"), h, kv_out, c.attention_bias),
-                o_proj: linear(w, &format!("{p}.self_attn.o_proj"), q_out, h, c.attention_bias),
+                q_proj: linear(
+                    w,
+                    &format!("{p}.self_attn.q_proj"),
+                    h,
+                    q_out,
+                    c.attention_bias,
+                ),
+                k_proj: linear(
+                    w,
+                    &format!("{p}.self_attn.k_proj"),
+                    h,
+                    kv_out,
+                    c.attention_bias,
+                ),
+                v_proj: linear(
+                    w,
+                    &format!("{p}.self_attn.v_proj"),
+                    h,
+                    kv_out,
+                    c.attention_bias,
+                ),
+                o_proj: linear(
+                    w,
+                    &format!("{p}.self_attn.o_proj"),
+                    q_out,
+                    h,
+                    c.attention_bias,
+                ),
                 num_heads: c.num_attention_heads,
                 num_kv_heads: c.num_key_value_heads,
                 head_dim: c.head_dim,
             };
             let mlp = Mlp {
-                gate_proj: linear(w, &format!("{p}.mlp.gate_proj"), h, c.intermediate_size, c.mlp_bias),
-                up_proj: linear(w, &format!("{p}.mlp.up_proj"), h, c.intermediate_size, c.mlp_bias),
-                down_proj: linear(w, &format!("{p}.mlp.down_proj"), c.intermediate_size, h, c.mlp_bias),
+                gate_proj: linear(
+                    w,
+                    &format!("{p}.mlp.gate_proj"),
+                    h,
+                    c.intermediate_size,
+                    c.mlp_bias,
+                ),
+                up_proj: linear(
+                    w,
+                    &format!("{p}.mlp.up_proj"),
+                    h,
+                    c.intermediate_size,
+                    c.mlp_bias,
+                ),
+                down_proj: linear(
+                    w,
+                    &format!("{p}.mlp.down_proj"),
+                    c.intermediate_size,
+                    h,
+                    c.mlp_bias,
+                ),
             };
-            let norm = |w: &mut WeightMap, name: &str| RmsNorm::new(w.take(&format!("{p}.{name}.weight"), [h], device), c.rms_norm_eps);
+            let norm = |w: &mut WeightMap, name: &str| {
+                RmsNorm::new(
+                    w.take(&format!("{p}.{name}.weight"), [h], device),
+                    c.rms_norm_eps,
+                )
+            };
             layers.push(DecoderLayer {
                 self_attn,
                 mlp,
@@ -115,10 +182,15 @@ impl<B: Backend> LlamaForCausalLm<B> {
             });
         }
         let embed_tokens = Embedding {
-            weight: Param::from_tensor(w.take("model.embed_tokens.weight", [c.vocab_size, h], device)),
+            weight: Param::from_tensor(w.take(
+                "model.embed_tokens.weight",
+                [c.vocab_size, h],
+                device,
+            )),
         };
         let norm = RmsNorm::new(w.take("model.norm.weight", [h], device), c.rms_norm_eps);
-        let lm_head = (!c.tie_word_embeddings).then(|| linear(w, "lm_head", h, c.vocab_size, false));
+        let lm_head =
+            (!c.tie_word_embeddings).then(|| linear(w, "lm_head", h, c.vocab_size, false));
         weights.finish()?;
         Ok(Self {
             embed_tokens,
@@ -147,8 +219,18 @@ impl<B: Backend> LlamaForCausalLm<B> {
         let device = self.devices()[0].clone();
         let (b, s) = (batch.batch, batch.seq_len);
         let (cos, sin) = self.rope.tables(&batch.positions(), b, s, &device);
-        let blocked = bool_tensor(batch.blocked(self.config().sliding_window), [b, 1, s, s], &device);
-        let logits = self.run(ids_tensor(&batch.input_ids, b, s, &device), &cos, &sin, &blocked, None);
+        let blocked = bool_tensor(
+            batch.blocked(self.config().sliding_window),
+            [b, 1, s, s],
+            &device,
+        );
+        let logits = self.run(
+            ids_tensor(&batch.input_ids, b, s, &device),
+            &cos,
+            &sin,
+            &blocked,
+            None,
+        );
         let (loss, tokens) = match &batch.labels {
             Some(labels) => {
                 let (loss, tokens) = causal_lm_loss(logits.clone(), labels);
@@ -156,7 +238,11 @@ impl<B: Backend> LlamaForCausalLm<B> {
             }
             None => (None, 0),
         };
-        Ok(CausalLmOutput { logits, loss, tokens })
+        Ok(CausalLmOutput {
+            logits,
+            loss,
+            tokens,
+        })
     }
 
     /// An empty cache for [`forward_cached`](Self::forward_cached).
@@ -169,7 +255,11 @@ impl<B: Backend> LlamaForCausalLm<B> {
 
     /// Incremental decoding of one sequence: feeds `ids` after the cached tokens and returns
     /// their logits `[1, ids.len(), vocab]`.
-    pub fn forward_cached(&self, ids: &[u32], cache: &mut KvCache<B>) -> Result<Tensor<B, 3>, ModelError> {
+    pub fn forward_cached(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache<B>,
+    ) -> Result<Tensor<B, 3>, ModelError> {
         TokenBatch::new(ids.to_vec(), 1, ids.len()).validate(self.config().vocab_size)?;
         let device = self.devices()[0].clone();
         let (s, past) = (ids.len(), cache.len);
@@ -184,7 +274,13 @@ impl<B: Backend> LlamaForCausalLm<B> {
             })
             .collect();
         let blocked = bool_tensor(blocked, [1, 1, s, total], &device);
-        let logits = self.run(ids_tensor(ids, 1, s, &device), &cos, &sin, &blocked, Some(&mut cache.layers));
+        let logits = self.run(
+            ids_tensor(ids, 1, s, &device),
+            &cos,
+            &sin,
+            &blocked,
+            Some(&mut cache.layers),
+        );
         cache.len = total;
         Ok(logits)
     }
@@ -200,7 +296,13 @@ impl<B: Backend> LlamaForCausalLm<B> {
         let mut x = self.embed_tokens.forward(ids);
         for (i, layer) in self.layers.iter().enumerate() {
             let cache = caches.as_deref_mut().map(|c| &mut c[i]);
-            let attn = layer.self_attn.forward(layer.input_layernorm.forward(x.clone()), cos, sin, blocked, cache);
+            let attn = layer.self_attn.forward(
+                layer.input_layernorm.forward(x.clone()),
+                cos,
+                sin,
+                blocked,
+                cache,
+            );
             let h = x + attn;
             x = h.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(h));
         }
@@ -211,17 +313,28 @@ impl<B: Backend> LlamaForCausalLm<B> {
                 let [b, s, h] = x.dims();
                 let weight = self.embed_tokens.weight.val(); // [vocab, hidden]
                 let vocab = weight.dims()[0];
-                x.reshape([b * s, h]).matmul(weight.transpose()).reshape([b, s, vocab])
+                x.reshape([b * s, h])
+                    .matmul(weight.transpose())
+                    .reshape([b, s, vocab])
             }
         }
     }
 }
 
-fn ids_tensor<B: Backend>(ids: &[u32], batch: usize, seq: usize, device: &B::Device) -> Tensor<B, 2, Int> {
+fn ids_tensor<B: Backend>(
+    ids: &[u32],
+    batch: usize,
+    seq: usize,
+    device: &B::Device,
+) -> Tensor<B, 2, Int> {
     let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
     Tensor::from_data(TensorData::new(ids, [batch, seq]), device)
 }
 
-fn bool_tensor<B: Backend>(values: Vec<bool>, shape: [usize; 4], device: &B::Device) -> Tensor<B, 4, Bool> {
+fn bool_tensor<B: Backend>(
+    values: Vec<bool>,
+    shape: [usize; 4],
+    device: &B::Device,
+) -> Tensor<B, 4, Bool> {
     Tensor::from_data(TensorData::new(values, shape), device)
 }

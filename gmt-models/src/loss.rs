@@ -30,7 +30,9 @@ pub fn causal_lm_loss<B: Backend>(logits: Tensor<B, 3>, labels: &[i64]) -> (Tens
     if count == 0 {
         return (logits.sum().mul_scalar(0.0), 0);
     }
-    let shifted = logits.slice([0..batch, 0..seq - 1, 0..vocab]).reshape([rows, vocab]);
+    let shifted = logits
+        .slice([0..batch, 0..seq - 1, 0..vocab])
+        .reshape([rows, vocab]);
     let log_probs = log_softmax(shifted, 1);
     let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [rows, 1]), &device);
     let weights = Tensor::<B, 1>::from_data(TensorData::new(weights, [rows]), &device);

@@ -1,8 +1,8 @@
 //! Parameters and gradients under their Hugging Face names and layouts.
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 
 use crate::{HostTensor, hf_name};
 
@@ -42,13 +42,19 @@ pub fn named_weights<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, HostT
             self.out.push((name, host(param.val(), linear)));
         }
     }
-    let mut visitor = Weights { path: Path::default(), out: Vec::new() };
+    let mut visitor = Weights {
+        path: Path::default(),
+        out: Vec::new(),
+    };
     module.visit(&mut visitor);
     visitor.out
 }
 
 /// The gradient of every parameter that has one, HF-named and laid out like the weights.
-pub fn named_gradients<B: AutodiffBackend, M: Module<B>>(module: &M, grads: &B::Gradients) -> Vec<(String, HostTensor)> {
+pub fn named_gradients<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
+    grads: &B::Gradients,
+) -> Vec<(String, HostTensor)> {
     struct Gradients<'a, B: AutodiffBackend> {
         path: Path,
         grads: &'a B::Gradients,
@@ -68,7 +74,11 @@ pub fn named_gradients<B: AutodiffBackend, M: Module<B>>(module: &M, grads: &B::
             }
         }
     }
-    let mut visitor = Gradients::<B> { path: Path::default(), grads, out: Vec::new() };
+    let mut visitor = Gradients::<B> {
+        path: Path::default(),
+        grads,
+        out: Vec::new(),
+    };
     module.visit(&mut visitor);
     visitor.out
 }

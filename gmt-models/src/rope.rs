@@ -34,7 +34,8 @@ impl RotaryEmbedding {
                 } else if wavelen > low_freq_wavelen {
                     freq / s.factor
                 } else {
-                    let smooth = (old_context / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                    let smooth = (old_context / wavelen - s.low_freq_factor)
+                        / (s.high_freq_factor - s.low_freq_factor);
                     (1.0 - smooth) * freq / s.factor + smooth * freq
                 } as f32;
             }
@@ -74,7 +75,11 @@ impl RotaryEmbedding {
 }
 
 /// x·cos + rotate_half(x)·sin for `x: [batch, heads, seq, head_dim]`.
-pub fn apply_rotary<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+pub fn apply_rotary<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+) -> Tensor<B, 4> {
     let [b, h, s, d] = x.dims();
     let half = d / 2;
     let x1 = x.clone().slice([0..b, 0..h, 0..s, 0..half]);

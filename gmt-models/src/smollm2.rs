@@ -15,6 +15,8 @@ pub fn smollm2_gguf_path() -> PathBuf {
     }
     let cache = std::env::var_os("GMT_CACHE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/gmt"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/gmt")
+        });
     cache.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 }

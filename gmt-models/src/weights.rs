@@ -58,11 +58,19 @@ impl WeightMap {
     /// Removes and returns `name` as a device tensor of `shape`. A missing or misshapen tensor
     /// is recorded for [`finish`](Self::finish) and replaced by zeros so building can go on
     /// and every problem is reported at once.
-    pub fn take<B: Backend, const D: usize>(&mut self, name: &str, shape: [usize; D], device: &B::Device) -> Tensor<B, D> {
+    pub fn take<B: Backend, const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+        device: &B::Device,
+    ) -> Tensor<B, D> {
         match self.tensors.remove(name) {
-            Some(t) if t.shape == shape => Tensor::from_data(TensorData::new(t.data, shape), device),
+            Some(t) if t.shape == shape => {
+                Tensor::from_data(TensorData::new(t.data, shape), device)
+            }
             Some(t) => {
-                self.misshapen.push(format!("{name}: shape {:?}, expected {shape:?}", t.shape));
+                self.misshapen
+                    .push(format!("{name}: shape {:?}, expected {shape:?}", t.shape));
                 Tensor::zeros(shape, device)
             }
             None => {
@@ -97,7 +105,12 @@ impl WeightMap {
 
 fn list(items: &[String]) -> String {
     const SHOWN: usize = 12;
-    let mut text = items.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    let mut text = items
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     if items.len() > SHOWN {
         text.push_str(&format!(", … and {} more", items.len() - SHOWN));
     }

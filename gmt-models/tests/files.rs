@@ -3,10 +3,14 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::NdArray;
-use gmt_models::{ExportDtype, LlamaConfig, LlamaForCausalLm, ModelError, TokenBatch, load_hf_dir, save_hf_dir};
+use gmt_models::{
+    ExportDtype, LlamaConfig, LlamaForCausalLm, ModelError, TokenBatch, load_hf_dir, save_hf_dir,
+};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/hf").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/hf")
+        .join(name)
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -18,7 +22,13 @@ fn temp_dir(tag: &str) -> PathBuf {
 
 fn logits(model: &LlamaForCausalLm<NdArray>) -> Vec<f32> {
     let batch = TokenBatch::new((0..24).map(|i| (i * 5 % 96) as u32).collect(), 2, 12);
-    model.forward(&batch).unwrap().logits.into_data().to_vec().unwrap()
+    model
+        .forward(&batch)
+        .unwrap()
+        .logits
+        .into_data()
+        .to_vec()
+        .unwrap()
 }
 
 fn load(dir: &Path) -> Result<LlamaForCausalLm<NdArray>, ModelError> {
@@ -32,12 +42,25 @@ fn exported_dirs_load_back_with_identical_logits() {
         let out = temp_dir(name);
         save_hf_dir(&original, &out, ExportDtype::F32).unwrap();
         let reloaded = load(&out).unwrap();
-        assert_eq!(reloaded.config(), original.config(), "{name}: config survives");
-        assert_eq!(logits(&reloaded), logits(&original), "{name}: f32 export is exact");
+        assert_eq!(
+            reloaded.config(),
+            original.config(),
+            "{name}: config survives"
+        );
+        assert_eq!(
+            logits(&reloaded),
+            logits(&original),
+            "{name}: f32 export is exact"
+        );
         // Same tensor names as Transformers wrote (tied models without lm_head).
         let names = |dir: &Path| {
             let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
-            let mut n: Vec<String> = safetensors::SafeTensors::deserialize(&bytes).unwrap().names().into_iter().map(String::from).collect();
+            let mut n: Vec<String> = safetensors::SafeTensors::deserialize(&bytes)
+                .unwrap()
+                .names()
+                .into_iter()
+                .map(String::from)
+                .collect();
             n.sort();
             n
         };
@@ -45,7 +68,11 @@ fn exported_dirs_load_back_with_identical_logits() {
 
         save_hf_dir(&original, &out, ExportDtype::Bf16).unwrap();
         let bf16 = logits(&load(&out).unwrap());
-        let worst = bf16.iter().zip(logits(&original)).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let worst = bf16
+            .iter()
+            .zip(logits(&original))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(worst < 0.05, "{name}: bf16 export close ({worst})");
         std::fs::remove_dir_all(&out).ok();
     }
@@ -66,20 +93,27 @@ fn truncated_safetensors_is_a_clear_error() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let err = load(&dir).unwrap_err().to_string();
-    assert!(err.contains("model.safetensors") && err.contains("not a valid safetensors file"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("not a valid safetensors file"),
+        "{err}"
+    );
 }
 
 #[test]
 fn config_errors_name_the_key() {
     let dir = copy_fixture("llama-tiny", "config");
     let path = dir.join("config.json");
-    let original: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let original: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
 
     let mut missing = original.clone();
     missing.as_object_mut().unwrap().remove("hidden_size");
     std::fs::write(&path, missing.to_string()).unwrap();
     let err = load(&dir).unwrap_err().to_string();
-    assert!(err.ends_with("config.json: missing required key `hidden_size`"), "{err}");
+    assert!(
+        err.ends_with("config.json: missing required key `hidden_size`"),
+        "{err}"
+    );
 
     let mut rope = original.clone();
     rope["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0});
@@ -97,11 +131,17 @@ fn config_errors_name_the_key() {
     typed["num_attention_heads"] = serde_json::json!("four");
     std::fs::write(&path, typed.to_string()).unwrap();
     let err = load(&dir).unwrap_err().to_string();
-    assert!(err.contains("`num_attention_heads` has invalid value \"four\""), "{err}");
+    assert!(
+        err.contains("`num_attention_heads` has invalid value \"four\""),
+        "{err}"
+    );
 
     std::fs::write(&path, "{\"model_type\": \"llama\",").unwrap();
     let err = load(&dir).unwrap_err().to_string();
-    assert!(err.contains("invalid JSON") && err.contains("line 1"), "{err}");
+    assert!(
+        err.contains("invalid JSON") && err.contains("line 1"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -109,13 +149,17 @@ fn mismatched_weights_list_every_problem_by_hf_name() {
     let dir = copy_fixture("llama-tiny", "shape");
     // The same weights under a config that expects a wider MLP and a tied head.
     let path = dir.join("config.json");
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     config["intermediate_size"] = serde_json::json!(48);
     config["tie_word_embeddings"] = serde_json::json!(true);
     std::fs::write(&path, config.to_string()).unwrap();
     let err = load(&dir).unwrap_err().to_string();
     assert!(err.contains("wrong shape (6)"), "{err}");
-    assert!(err.contains("model.layers.0.mlp.up_proj.weight: shape [64, 32], expected [48, 32]"), "{err}");
+    assert!(
+        err.contains("model.layers.0.mlp.up_proj.weight: shape [64, 32], expected [48, 32]"),
+        "{err}"
+    );
     assert!(err.contains("unexpected (1): lm_head.weight"), "{err}");
 
     std::fs::remove_file(dir.join("model.safetensors")).unwrap();

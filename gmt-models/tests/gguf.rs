@@ -94,9 +94,33 @@ fn known_blocks_dequantize_exactly() {
     q41.extend(f16_bytes(-1.0));
     q41.extend((0u8..16).map(|i| i | (i << 4)));
     w.tensor("q4_1", &[32], GgmlType::Q4_1, q41);
-    w.tensor("f16", &[3], GgmlType::F16, [1.5f32, -2.0, 0.125].iter().flat_map(|v| f16_bytes(*v)).collect());
-    w.tensor("bf16", &[2], GgmlType::Bf16, [3.0f32, -0.5].iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect());
-    w.tensor("f32", &[2, 2], GgmlType::F32, [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect());
+    w.tensor(
+        "f16",
+        &[3],
+        GgmlType::F16,
+        [1.5f32, -2.0, 0.125]
+            .iter()
+            .flat_map(|v| f16_bytes(*v))
+            .collect(),
+    );
+    w.tensor(
+        "bf16",
+        &[2],
+        GgmlType::Bf16,
+        [3.0f32, -0.5]
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+    );
+    w.tensor(
+        "f32",
+        &[2, 2],
+        GgmlType::F32,
+        [1.0f32, 2.0, 3.0, 4.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+    );
     // Q4_K: d = 1, dmin = 0.5; sub-blocks 0-3 scale 2 / min 1, sub-blocks 4-7 scale 3 / min 1
     // (6-bit packing of llama.cpp's get_scale_min_k4); every quant byte 0x21 (low 1, high 2).
     let mut q4k = f16_bytes(1.0).to_vec();
@@ -111,15 +135,29 @@ fn known_blocks_dequantize_exactly() {
     w.tensor("q6_k", &[256], GgmlType::Q6K, q6k);
 
     let file = GgufFile::parse(w.bytes(), "test.gguf").unwrap();
-    assert_eq!(tensor(&file, "q8"), (-16..16).map(|q| q as f32 * 0.5).collect::<Vec<_>>());
-    let expected: Vec<f32> = (0..16).map(|i| (i - 8) as f32 * 0.25).chain((0..16).map(|i| (7 - i) as f32 * 0.25)).collect();
+    assert_eq!(
+        tensor(&file, "q8"),
+        (-16..16).map(|q| q as f32 * 0.5).collect::<Vec<_>>()
+    );
+    let expected: Vec<f32> = (0..16)
+        .map(|i| (i - 8) as f32 * 0.25)
+        .chain((0..16).map(|i| (7 - i) as f32 * 0.25))
+        .collect();
     assert_eq!(tensor(&file, "q4_0"), expected);
-    let expected: Vec<f32> = (0..2).flat_map(|_| (0..16).map(|i| i as f32 * 0.5 - 1.0)).collect();
+    let expected: Vec<f32> = (0..2)
+        .flat_map(|_| (0..16).map(|i| i as f32 * 0.5 - 1.0))
+        .collect();
     assert_eq!(tensor(&file, "q4_1"), expected);
     assert_eq!(tensor(&file, "f16"), vec![1.5, -2.0, 0.125]);
     assert_eq!(tensor(&file, "bf16"), vec![3.0, -0.5]);
-    assert_eq!(file.tensor(file.info("f32").unwrap()).unwrap().shape, vec![2, 2]);
-    let expected: Vec<f32> = [1.5, 3.5, 1.5, 3.5, 2.5, 5.5, 2.5, 5.5].iter().flat_map(|v| [*v; 32]).collect();
+    assert_eq!(
+        file.tensor(file.info("f32").unwrap()).unwrap().shape,
+        vec![2, 2]
+    );
+    let expected: Vec<f32> = [1.5, 3.5, 1.5, 3.5, 2.5, 5.5, 2.5, 5.5]
+        .iter()
+        .flat_map(|v| [*v; 32])
+        .collect();
     assert_eq!(tensor(&file, "q4_k"), expected);
     // Entry e of Q6_K sub-block s (16 entries each) is 0.5 · scale[s] · −32; the two
     // 128-entry halves interleave their sub-blocks as llama.cpp lays them out.
@@ -128,7 +166,11 @@ fn known_blocks_dequantize_exactly() {
         for l in 0..32 {
             for (k, slot) in [0, 32, 64, 96].iter().enumerate() {
                 let scale = (half * 8 + l / 16 + 2 * k + 1) as f32;
-                assert_eq!(q6[half * 128 + slot + l], 0.5 * scale * -32.0, "half {half} l {l} k {k}");
+                assert_eq!(
+                    q6[half * 128 + slot + l],
+                    0.5 * scale * -32.0,
+                    "half {half} l {l} k {k}"
+                );
             }
         }
     }
@@ -141,9 +183,14 @@ fn truncated_or_corrupt_files_are_clear_errors() {
     w.tensor("x", &[64], GgmlType::F32, vec![0u8; 256]);
     let bytes = w.bytes();
     for cut in [3, 10, 40, bytes.len() - 8] {
-        let err = GgufFile::parse(bytes[..cut].to_vec(), "cut.gguf").unwrap_err().to_string();
+        let err = GgufFile::parse(bytes[..cut].to_vec(), "cut.gguf")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("cut.gguf: "), "{err}");
-        assert!(err.contains("truncated") || err.contains("not a GGUF"), "{cut}: {err}");
+        assert!(
+            err.contains("truncated") || err.contains("not a GGUF"),
+            "{cut}: {err}"
+        );
     }
     let mut bad = bytes.clone();
     bad[4] = 9; // version 9
@@ -152,7 +199,9 @@ fn truncated_or_corrupt_files_are_clear_errors() {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/hf").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/hf")
+        .join(name)
 }
 
 /// llama.cpp's `permute` of Q/K rows: within a head, Hugging Face row `half·hd/2 + i`
@@ -165,7 +214,8 @@ fn permute(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
             for i in 0..hd / 2 {
                 let src = h * hd + half * hd / 2 + i;
                 let dst = h * hd + 2 * i + half;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -210,7 +260,12 @@ fn tiny_llama_as_gguf_gives_the_same_logits_as_its_hf_original() {
             Some("attn_k") => permute(&t.data, t.shape[0], t.shape[1], 2),
             _ => t.data.clone(),
         };
-        w.tensor(&gguf_name, &t.shape, GgmlType::F32, data.iter().flat_map(|v| v.to_le_bytes()).collect());
+        w.tensor(
+            &gguf_name,
+            &t.shape,
+            GgmlType::F32,
+            data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        );
     }
     let path = std::env::temp_dir().join(format!("gmt-tiny-{}.gguf", std::process::id()));
     std::fs::write(&path, w.bytes()).unwrap();
@@ -220,7 +275,22 @@ fn tiny_llama_as_gguf_gives_the_same_logits_as_its_hf_original() {
     std::fs::remove_file(&path).ok();
     let from_hf: LlamaForCausalLm<NdArray> = load_hf_dir(&dir, &device).unwrap();
     let batch = TokenBatch::new((0..24).map(|i| (i * 7 % 96) as u32).collect(), 2, 12);
-    let a: Vec<f32> = from_gguf.forward(&batch).unwrap().logits.into_data().to_vec().unwrap();
-    let b: Vec<f32> = from_hf.forward(&batch).unwrap().logits.into_data().to_vec().unwrap();
-    assert_eq!(a, b, "same weights after un-permuting, so bit-identical logits");
+    let a: Vec<f32> = from_gguf
+        .forward(&batch)
+        .unwrap()
+        .logits
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let b: Vec<f32> = from_hf
+        .forward(&batch)
+        .unwrap()
+        .logits
+        .into_data()
+        .to_vec()
+        .unwrap();
+    assert_eq!(
+        a, b,
+        "same weights after un-permuting, so bit-identical logits"
+    );
 }

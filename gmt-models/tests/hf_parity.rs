@@ -2,7 +2,7 @@
 //! `shared/fixtures/hf/` (see its README): logits, loss and the gradient of every parameter.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, NdArray};
 use gmt_models::{HostTensor, LlamaForCausalLm, TokenBatch, load_hf_dir, named_gradients};
@@ -11,33 +11,53 @@ use safetensors::SafeTensors;
 type B = Autodiff<NdArray>;
 
 fn fixture_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/hf").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/hf")
+        .join(name)
 }
 
 /// `input_ids` and `labels` (i64) of the fixture's cases.
-fn ids(dir: &PathBuf) -> (Vec<u32>, Vec<i64>, [usize; 2]) {
+fn ids(dir: &Path) -> (Vec<u32>, Vec<i64>, [usize; 2]) {
     let bytes = std::fs::read(dir.join("cases.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let read = |name: &str| -> (Vec<i64>, Vec<usize>) {
         let view = st.tensor(name).unwrap();
-        let values = view.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+        let values = view
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         (values, view.shape().to_vec())
     };
     let (input_ids, shape) = read("input_ids");
     let (labels, _) = read("labels");
-    (input_ids.iter().map(|&i| i as u32).collect(), labels, [shape[0], shape[1]])
+    (
+        input_ids.iter().map(|&i| i as u32).collect(),
+        labels,
+        [shape[0], shape[1]],
+    )
 }
 
 /// The float tensors of the cases file (logits, loss, grad.*).
-fn cases(dir: &PathBuf) -> BTreeMap<String, HostTensor> {
+fn cases(dir: &Path) -> BTreeMap<String, HostTensor> {
     let bytes = std::fs::read(dir.join("cases.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()
         .into_iter()
         .filter(|(_, v)| v.dtype() == safetensors::Dtype::F32)
         .map(|(name, v)| {
-            let data = v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-            (name, HostTensor { shape: v.shape().to_vec(), data })
+            let data = v
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            (
+                name,
+                HostTensor {
+                    shape: v.shape().to_vec(),
+                    data,
+                },
+            )
         })
         .collect()
 }
@@ -53,30 +73,57 @@ fn check(name: &str) {
     let (input_ids, labels, [batch, seq]) = ids(&dir);
     let expected = cases(&dir);
 
-    let out = model.forward(&TokenBatch::new(input_ids, batch, seq).with_labels(labels.clone())).unwrap();
+    let out = model
+        .forward(&TokenBatch::new(input_ids, batch, seq).with_labels(labels.clone()))
+        .unwrap();
     let logits = HostTensor::from_tensor(out.logits.clone());
     let reference = &expected["logits"];
     assert_eq!(logits.shape, reference.shape);
-    let worst = logits.data.iter().zip(&reference.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let worst = logits
+        .data
+        .iter()
+        .zip(&reference.data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(worst <= 1e-4, "{name}: logits differ by up to {worst}");
 
     let loss = out.loss.unwrap();
     let value = loss.clone().into_scalar();
     let reference_loss = expected["loss"].data[0];
-    assert!((value - reference_loss).abs() <= 1e-5, "{name}: loss {value} vs {reference_loss}");
-    let counted = labels.chunks(seq).map(|row| row[1..].iter().filter(|&&l| l != -100).count()).sum::<usize>();
+    assert!(
+        (value - reference_loss).abs() <= 1e-5,
+        "{name}: loss {value} vs {reference_loss}"
+    );
+    let counted = labels
+        .chunks(seq)
+        .map(|row| row[1..].iter().filter(|&&l| l != -100).count())
+        .sum::<usize>();
     assert_eq!(out.tokens, counted);
 
     let grads = loss.backward();
     let named = named_gradients(&model, &grads);
     let expected_grads: Vec<&String> = expected.keys().filter(|k| k.starts_with("grad.")).collect();
-    assert_eq!(named.len(), expected_grads.len(), "{name}: one gradient per parameter");
+    assert_eq!(
+        named.len(),
+        expected_grads.len(),
+        "{name}: one gradient per parameter"
+    );
     for (param, grad) in named {
-        let reference = expected.get(&format!("grad.{param}")).unwrap_or_else(|| panic!("{name}: no reference gradient for {param}"));
+        let reference = expected
+            .get(&format!("grad.{param}"))
+            .unwrap_or_else(|| panic!("{name}: no reference gradient for {param}"));
         assert_eq!(grad.shape, reference.shape, "{name}: {param} shape");
         let scale = max_abs(&reference.data).max(1e-12);
-        let worst = grad.data.iter().zip(&reference.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        assert!(worst / scale <= 1e-4, "{name}: grad of {param} off by {worst} (max |ref| {scale})");
+        let worst = grad
+            .data
+            .iter()
+            .zip(&reference.data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst / scale <= 1e-4,
+            "{name}: grad of {param} off by {worst} (max |ref| {scale})"
+        );
     }
 }
 

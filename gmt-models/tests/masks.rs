@@ -6,16 +6,28 @@ use burn::backend::NdArray;
 use gmt_models::{LlamaForCausalLm, TokenBatch, load_hf_dir};
 
 fn model(name: &str) -> LlamaForCausalLm<NdArray> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/hf").join(name);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/hf")
+        .join(name);
     load_hf_dir(dir, &Default::default()).unwrap()
 }
 
 fn logits(model: &LlamaForCausalLm<NdArray>, batch: &TokenBatch) -> Vec<f32> {
-    model.forward(batch).unwrap().logits.into_data().to_vec().unwrap()
+    model
+        .forward(batch)
+        .unwrap()
+        .logits
+        .into_data()
+        .to_vec()
+        .unwrap()
 }
 
 fn assert_close(a: &[f32], b: &[f32], what: &str) {
-    let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let worst = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
     assert!(worst < 1e-5, "{what}: differs by {worst}");
 }
 
@@ -36,8 +48,16 @@ fn packed_examples_do_not_see_each_other() {
             ..TokenBatch::new([a.clone(), b.clone()].concat(), 1, a.len() + b.len())
         };
         let both = logits(&m, &packed);
-        assert_close(&both[..a.len() * VOCAB], &alone_a, &format!("{name}: first example"));
-        assert_close(&both[a.len() * VOCAB..], &alone_b, &format!("{name}: second example"));
+        assert_close(
+            &both[..a.len() * VOCAB],
+            &alone_a,
+            &format!("{name}: first example"),
+        );
+        assert_close(
+            &both[a.len() * VOCAB..],
+            &alone_b,
+            &format!("{name}: second example"),
+        );
     }
 }
 
@@ -54,7 +74,10 @@ fn right_padding_does_not_change_real_tokens() {
     };
     let out = logits(&m, &padded);
     assert_close(&out[..6 * VOCAB], &alone, "padded row");
-    assert!(out.iter().all(|v| v.is_finite()), "padding positions stay finite");
+    assert!(
+        out.iter().all(|v| v.is_finite()),
+        "padding positions stay finite"
+    );
 }
 
 #[test]
@@ -64,9 +87,20 @@ fn kv_cache_decoding_equals_the_full_forward() {
         let ids: Vec<u32> = (0..11).map(|i| (i * 13 + 5) % VOCAB as u32).collect();
         let full = logits(&m, &TokenBatch::new(ids.clone(), 1, ids.len()));
         let mut cache = m.new_cache();
-        let mut incremental: Vec<f32> = m.forward_cached(&ids[..4], &mut cache).unwrap().into_data().to_vec().unwrap();
+        let mut incremental: Vec<f32> = m
+            .forward_cached(&ids[..4], &mut cache)
+            .unwrap()
+            .into_data()
+            .to_vec()
+            .unwrap();
         for &id in &ids[4..] {
-            incremental.extend(m.forward_cached(&[id], &mut cache).unwrap().into_data().to_vec::<f32>().unwrap());
+            incremental.extend(
+                m.forward_cached(&[id], &mut cache)
+                    .unwrap()
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap(),
+            );
         }
         assert_eq!(cache.len(), ids.len());
         assert_close(&incremental, &full, name);
@@ -76,10 +110,22 @@ fn kv_cache_decoding_equals_the_full_forward() {
 #[test]
 fn bad_batches_are_errors() {
     let m = model("llama-tiny");
-    let err = m.forward(&TokenBatch::new(vec![1, 2, 300], 1, 3)).unwrap_err().to_string();
-    assert!(err.contains("token id 300 at row 0, column 2 is outside the vocabulary of 96"), "{err}");
-    let err = m.forward(&TokenBatch::new(vec![1, 2, 3], 2, 2)).unwrap_err().to_string();
+    let err = m
+        .forward(&TokenBatch::new(vec![1, 2, 300], 1, 3))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("token id 300 at row 0, column 2 is outside the vocabulary of 96"),
+        "{err}"
+    );
+    let err = m
+        .forward(&TokenBatch::new(vec![1, 2, 3], 2, 2))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("input_ids has 3 entries"), "{err}");
-    let err = m.forward(&TokenBatch::new(vec![1, 2], 1, 2).with_labels(vec![-100, 96])).unwrap_err().to_string();
+    let err = m
+        .forward(&TokenBatch::new(vec![1, 2], 1, 2).with_labels(vec![-100, 96]))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("label 96"), "{err}");
 }

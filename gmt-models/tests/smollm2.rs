@@ -19,19 +19,28 @@ fn gguf() -> Option<GgufFile> {
             "{} is missing: CI must run scripts/fetch-smollm2.sh first",
             path.display()
         );
-        eprintln!("SKIPPED: {} not found; run scripts/fetch-smollm2.sh", path.display());
+        eprintln!(
+            "SKIPPED: {} not found; run scripts/fetch-smollm2.sh",
+            path.display()
+        );
         return None;
     }
     Some(GgufFile::read(&path).unwrap())
 }
 
 fn encodings() -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/smollm2-tokenizer/encodings.json");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/smollm2-tokenizer/encodings.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn ids(value: &Value) -> Vec<u32> {
-    value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
@@ -47,25 +56,43 @@ fn gguf_tokenizer_reproduces_transformers_ids() {
     for chat in reference["chats"].as_array().unwrap() {
         let rendered = chat["rendered"].as_str().unwrap();
         let encoding = tokenizer.encode(rendered, false).unwrap();
-        assert_eq!(encoding.get_ids(), ids(&chat["ids"]).as_slice(), "{rendered:?}");
+        assert_eq!(
+            encoding.get_ids(),
+            ids(&chat["ids"]).as_slice(),
+            "{rendered:?}"
+        );
     }
     let template = gguf_chat_template(&file).unwrap();
-    assert!(template.contains("<|im_start|>"), "chat template comes from the GGUF metadata");
+    assert!(
+        template.contains("<|im_start|>"),
+        "chat template comes from the GGUF metadata"
+    );
 }
 
 #[test]
 fn smollm2_answers_like_transformers() {
     let Some(file) = gguf() else { return };
     let config = gguf_config(&file).unwrap();
-    assert_eq!((config.num_hidden_layers, config.num_key_value_heads, config.tie_word_embeddings), (30, 3, true));
+    assert_eq!(
+        (
+            config.num_hidden_layers,
+            config.num_key_value_heads,
+            config.tie_word_embeddings
+        ),
+        (30, 3, true)
+    );
     let weights = gguf_weights(&file, &config).unwrap();
-    let model = LlamaForCausalLm::<NdArray>::from_weights(&config, weights, &Default::default()).unwrap();
+    let model =
+        LlamaForCausalLm::<NdArray>::from_weights(&config, weights, &Default::default()).unwrap();
     let tokenizer = gguf_tokenizer(&file).unwrap();
 
     let chat = &encodings()["chats"][0];
     assert_eq!(chat["messages"][0]["content"], "What is 12 plus 30?");
     let prompt = ids(&chat["ids"]);
-    let config = GenerationConfig { max_new_tokens: 24, ..GenerationConfig::default() };
+    let config = GenerationConfig {
+        max_new_tokens: 24,
+        ..GenerationConfig::default()
+    };
     let out = generate(&model, &prompt, &config, |_| {}).unwrap();
     let text = tokenizer.decode(&out.tokens, false).unwrap();
     // The real (wrong) answer Transformers gives with this model.

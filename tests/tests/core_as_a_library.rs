@@ -28,7 +28,8 @@ impl<B: Backend> Mlp<B> {
     }
 
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.out.forward(self.activation.forward(self.hidden.forward(x)))
+        self.out
+            .forward(self.activation.forward(self.hidden.forward(x)))
     }
 }
 
@@ -39,7 +40,12 @@ fn batch(device: &burn::tensor::Device<B>, offset: usize) -> (Tensor<B, 2>, Tens
     let mut ys = Vec::with_capacity(n);
     for i in 0..n {
         let t = (i + offset * n) as f32;
-        let x = [(t * 0.37).sin() * 2.0, (t * 0.11).cos(), (t * 0.23).sin(), (t * 0.05).cos()];
+        let x = [
+            (t * 0.37).sin() * 2.0,
+            (t * 0.11).cos(),
+            (t * 0.23).sin(),
+            (t * 0.05).cos(),
+        ];
         ys.push(x[0].sin() + x[1] * x[2] - 0.5 * x[3]);
         xs.extend(x);
     }
@@ -60,7 +66,10 @@ fn an_outside_mlp_trains_with_gmt_and_masked_entries_stay_put() {
     let config = GmtConfig::new(0.5)
         .with_target(MaskTarget::Update)
         .with_exclude(vec!["*.bias".into()]);
-    let adamw = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.01).init();
+    let adamw = AdamWConfig::new()
+        .with_epsilon(1e-8)
+        .with_weight_decay(0.01)
+        .init();
     let mut optim = config.init(adamw, &model).expect("valid config");
 
     let eval = |model: &Mlp<B>| {
@@ -81,7 +90,12 @@ fn an_outside_mlp_trains_with_gmt_and_masked_entries_stay_put() {
         if step % 50 == 0 {
             // Check the update target's promise on the hidden layer: an entry with
             // |Γ| below the step's threshold does not move at all.
-            let g: Vec<f32> = gamma.get::<NdArray, 2>(model.hidden.weight.id).unwrap().into_data().to_vec().unwrap();
+            let g: Vec<f32> = gamma
+                .get::<NdArray, 2>(model.hidden.weight.id)
+                .unwrap()
+                .into_data()
+                .to_vec()
+                .unwrap();
             let before: Vec<f32> = model.hidden.weight.val().into_data().to_vec().unwrap();
             model = optim.try_step(3e-3, model, gamma).unwrap();
             let after: Vec<f32> = model.hidden.weight.val().into_data().to_vec().unwrap();
@@ -92,16 +106,26 @@ fn an_outside_mlp_trains_with_gmt_and_masked_entries_stay_put() {
             assert_eq!(masked, 64, "floor(0.5·128) entries masked, no ties");
             for i in 0..g.len() {
                 if g[i].abs() < threshold {
-                    assert_eq!(after[i].to_bits(), before[i].to_bits(), "masked entry {i} moved");
+                    assert_eq!(
+                        after[i].to_bits(),
+                        before[i].to_bits(),
+                        "masked entry {i} moved"
+                    );
                 }
             }
             let bias = stats.get("hidden.bias").unwrap();
-            assert!(!bias.masked && bias.kept == bias.numel, "excluded bias is never masked");
+            assert!(
+                !bias.masked && bias.kept == bias.numel,
+                "excluded bias is never masked"
+            );
             assert_eq!(stats.get("out.weight").unwrap().kept, 16);
         } else {
             model = optim.try_step(3e-3, model, gamma).unwrap();
         }
     }
     let trained = eval(&model);
-    assert!(trained < initial * 0.2, "loss {initial} -> {trained}: GMT did not train the MLP");
+    assert!(
+        trained < initial * 0.2,
+        "loss {initial} -> {trained}: GMT did not train the MLP"
+    );
 }

@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use burn::backend::{Autodiff, NdArray};
 use burn::optim::{AdamWConfig, GradientsParams};
 use gmt_core::{GmtConfig, GradientMean};
-use gmt_data::{BatchConfig, Batches, ChatTemplate, DataSource, DataStream, Encoder, FieldMapping, RecordFormat, StreamConfig, Truncation};
+use gmt_data::{
+    BatchConfig, Batches, ChatTemplate, DataSource, DataStream, Encoder, FieldMapping,
+    RecordFormat, StreamConfig, Truncation,
+};
 use gmt_models::{Architecture, HostTensor, LlamaConfig, LlamaForCausalLm, WeightMap};
 use rand::{Rng, SeedableRng};
 use tokenizers::Tokenizer;
@@ -40,7 +43,15 @@ fn small_llama(vocab: usize) -> LlamaForCausalLm<B> {
     let mut weights = BTreeMap::new();
     let mut add = |name: &str, shape: Vec<usize>, scale: f32| {
         let n = shape.iter().product();
-        let data = (0..n).map(|_| if scale == 0.0 { 1.0 } else { (rng.random::<f32>() - 0.5) * scale }).collect();
+        let data = (0..n)
+            .map(|_| {
+                if scale == 0.0 {
+                    1.0
+                } else {
+                    (rng.random::<f32>() - 0.5) * scale
+                }
+            })
+            .collect();
         weights.insert(name.to_string(), HostTensor { shape, data });
     };
     add("model.embed_tokens.weight", vec![vocab, 32], 0.1);
@@ -58,8 +69,17 @@ fn small_llama(vocab: usize) -> LlamaForCausalLm<B> {
         add(&format!("{p}.{name}"), shape, 0.3);
     }
     add(&format!("{p}.input_layernorm.weight"), vec![32], 0.0);
-    add(&format!("{p}.post_attention_layernorm.weight"), vec![32], 0.0);
-    LlamaForCausalLm::from_weights(&config, WeightMap::new("random", weights), &Default::default()).unwrap()
+    add(
+        &format!("{p}.post_attention_layernorm.weight"),
+        vec![32],
+        0.0,
+    );
+    LlamaForCausalLm::from_weights(
+        &config,
+        WeightMap::new("random", weights),
+        &Default::default(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -68,35 +88,79 @@ fn gsm8k_batches_train_a_llama_with_gmt() {
     let tok_dir = shared.join("fixtures/smollm2-tokenizer");
     let tokenizer = Tokenizer::from_file(tok_dir.join("tokenizer.json")).unwrap();
     let vocab = tokenizer.get_vocab_size(true);
-    let encoder = Encoder::new(tokenizer, ChatTemplate::from_hf_dir(&tok_dir).unwrap().unwrap(), false);
+    let encoder = Encoder::new(
+        tokenizer,
+        ChatTemplate::from_hf_dir(&tok_dir).unwrap().unwrap(),
+        false,
+    );
     let config = StreamConfig {
-        format: Some(RecordFormat::Fields(FieldMapping { system: None, user: "question".into(), assistant: "answer".into() })),
+        format: Some(RecordFormat::Fields(FieldMapping {
+            system: None,
+            user: "question".into(),
+            assistant: "answer".into(),
+        })),
         shuffle_buffer: 1,
         ..StreamConfig::default()
     };
-    let stream = DataStream::new(DataSource::open(shared.join("data/gsm8k/test.jsonl")).unwrap(), &encoder, config).unwrap();
-    let batching = BatchConfig { batch_size: 2, max_seq_len: 96, truncation: Truncation::Truncate, packing: true, pad_id: 2 };
-    let batches: Vec<_> = Batches::new(stream.take(8), batching).unwrap().map(Result::unwrap).collect();
+    let stream = DataStream::new(
+        DataSource::open(shared.join("data/gsm8k/test.jsonl")).unwrap(),
+        &encoder,
+        config,
+    )
+    .unwrap();
+    let batching = BatchConfig {
+        batch_size: 2,
+        max_seq_len: 96,
+        truncation: Truncation::Truncate,
+        packing: true,
+        pad_id: 2,
+    };
+    let batches: Vec<_> = Batches::new(stream.take(4), batching)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
 
     let mut model = small_llama(vocab);
-    let adamw = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.0).init();
-    let mut optim = GmtConfig::new(0.2).with_exclude(vec!["*norm*".into()]).init(adamw, &model).unwrap();
+    let adamw = AdamWConfig::new()
+        .with_epsilon(1e-8)
+        .with_weight_decay(0.0)
+        .init();
+    let mut optim = GmtConfig::new(0.2)
+        .with_exclude(vec!["*norm*".into()])
+        .init(adamw, &model)
+        .unwrap();
     let mean_loss = |model: &LlamaForCausalLm<B>| -> f32 {
-        batches.iter().map(|b| model.forward(b).unwrap().loss.unwrap().into_scalar()).sum::<f32>() / batches.len() as f32
+        batches
+            .iter()
+            .map(|b| model.forward(b).unwrap().loss.unwrap().into_scalar())
+            .sum::<f32>()
+            / batches.len() as f32
     };
     let before = mean_loss(&model);
     let mut accumulate = GradientMean::new();
-    for _ in 0..15 {
+    for _ in 0..10 {
         for batch in &batches {
             let out = model.forward(batch).unwrap();
             let grads = GradientsParams::from_grads(out.loss.unwrap().backward(), &model);
-            accumulate.add_weighted(&model, grads, out.tokens as f64).unwrap();
+            accumulate
+                .add_weighted(&model, grads, out.tokens as f64)
+                .unwrap();
         }
         let gamma = accumulate.finish(&model).unwrap();
         model = optim.try_step(3e-3, model, gamma).unwrap();
     }
     let after = mean_loss(&model);
     assert!(after < before * 0.8, "loss {before} -> {after}");
-    let kept = optim.last_report().unwrap().stats().unwrap().get("layers.0.mlp.up_proj.weight").unwrap().kept_fraction();
-    assert!((kept - 0.8).abs() < 1e-3, "20% of each masked tensor dropped: kept {kept}");
+    let kept = optim
+        .last_report()
+        .unwrap()
+        .stats()
+        .unwrap()
+        .get("layers.0.mlp.up_proj.weight")
+        .unwrap()
+        .kept_fraction();
+    assert!(
+        (kept - 0.8).abs() < 1e-3,
+        "20% of each masked tensor dropped: kept {kept}"
+    );
 }

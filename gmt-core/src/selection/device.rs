@@ -39,7 +39,10 @@ pub fn device_kth_largest_abs<B: Backend>(groups: &[Vec<Tensor<B, 1>>], ks: &[us
         if open.is_empty() {
             break;
         }
-        let mids: Vec<u32> = open.iter().map(|&g| lo[g] + (hi[g] - lo[g]).div_ceil(2)).collect();
+        let mids: Vec<u32> = open
+            .iter()
+            .map(|&g| lo[g] + (hi[g] - lo[g]).div_ceil(2))
+            .collect();
         let counts = read_counts(
             open.iter()
                 .zip(&mids)

@@ -32,7 +32,10 @@ pub fn kth_largest_abs(parts: &[&[f32]], k: usize) -> f32 {
     let n: usize = parts.iter().map(|p| p.len()).sum();
     assert!(k >= 1 && k <= n, "k = {k} outside 1..={n}");
     if n <= SMALL {
-        let mut bits: Vec<u32> = parts.iter().flat_map(|p| p.iter().map(|&x| abs_bits(x))).collect();
+        let mut bits: Vec<u32> = parts
+            .iter()
+            .flat_map(|p| p.iter().map(|&x| abs_bits(x)))
+            .collect();
         return f32::from_bits(select_kth_largest(&mut bits, k));
     }
 
@@ -67,7 +70,10 @@ fn select_kth_largest(bits: &mut [u32], k: usize) -> u32 {
 
 /// Reference for [`kth_largest_abs`]: sort all |x| descending and index. O(n log n).
 pub fn kth_largest_abs_by_sort(parts: &[&[f32]], k: usize) -> f32 {
-    let mut all: Vec<f32> = parts.iter().flat_map(|p| p.iter().map(|x| x.abs())).collect();
+    let mut all: Vec<f32> = parts
+        .iter()
+        .flat_map(|p| p.iter().map(|x| x.abs()))
+        .collect();
     all.sort_by(|a, b| b.total_cmp(a));
     all[k - 1]
 }

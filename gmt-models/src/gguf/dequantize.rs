@@ -70,7 +70,9 @@ impl GgmlType {
     /// Bytes taken by `numel` entries, or `None` if they are not whole blocks.
     pub fn byte_size(self, numel: usize) -> Option<usize> {
         let (entries, bytes) = self.block();
-        (numel % entries == 0).then(|| numel / entries * bytes)
+        numel
+            .is_multiple_of(entries)
+            .then(|| numel / entries * bytes)
     }
 }
 
@@ -115,7 +117,10 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -140,7 +145,11 @@ fn dequantize_q6k(b: &[u8], out: &mut Vec<f32>) {
     let sc = &b[192..208];
     let d = half(&b[208..]);
     for half_block in 0..2 {
-        let (ql, qh, sc) = (&ql[half_block * 64..], &qh[half_block * 32..], &sc[half_block * 8..]);
+        let (ql, qh, sc) = (
+            &ql[half_block * 64..],
+            &qh[half_block * 32..],
+            &sc[half_block * 8..],
+        );
         let mut y = [0f32; 128];
         for l in 0..32 {
             let is = l / 16;

@@ -97,13 +97,19 @@ impl GgufFile {
 
     /// Parses GGUF bytes; `source_name` names them in errors.
     pub fn parse(bytes: Vec<u8>, source_name: &str) -> Result<Self, ModelError> {
-        let mut r = Reader { bytes: &bytes, pos: 0, source_name };
+        let mut r = Reader {
+            bytes: &bytes,
+            pos: 0,
+            source_name,
+        };
         if r.take(4, "magic")? != b"GGUF" {
             return Err(r.error("not a GGUF file (magic bytes are not \"GGUF\")"));
         }
         let version = r.u32("version")?;
         if !(2..=3).contains(&version) {
-            return Err(r.error(&format!("GGUF version {version} is not supported (2 and 3 are)")));
+            return Err(r.error(&format!(
+                "GGUF version {version} is not supported (2 and 3 are)"
+            )));
         }
         let tensor_count = r.u64("tensor count")?;
         let kv_count = r.u64("metadata count")?;
@@ -119,7 +125,9 @@ impl GgufFile {
             let name = r.string("tensor name")?;
             let rank = r.u32("tensor rank")? as usize;
             if rank > 4 {
-                return Err(r.error(&format!("tensor `{name}` has rank {rank}; GGUF allows at most 4")));
+                return Err(r.error(&format!(
+                    "tensor `{name}` has rank {rank}; GGUF allows at most 4"
+                )));
             }
             let mut shape = Vec::with_capacity(rank);
             for _ in 0..rank {
@@ -130,9 +138,17 @@ impl GgufFile {
             let ggml_type = GgmlType::from_id(kind)
                 .ok_or_else(|| r.error(&format!("tensor `{name}` has unknown ggml type {kind}")))?;
             let offset = r.u64("tensor offset")?;
-            tensors.push(GgufTensorInfo { name, shape, ggml_type, offset });
+            tensors.push(GgufTensorInfo {
+                name,
+                shape,
+                ggml_type,
+                offset,
+            });
         }
-        let alignment = metadata.get("general.alignment").and_then(GgufValue::as_u64).unwrap_or(32) as usize;
+        let alignment = metadata
+            .get("general.alignment")
+            .and_then(GgufValue::as_u64)
+            .unwrap_or(32) as usize;
         if alignment == 0 {
             return Err(r.error("general.alignment is 0"));
         }
@@ -194,7 +210,10 @@ impl GgufFile {
     /// The tensor, dequantized to `f32`.
     pub fn tensor(&self, info: &GgufTensorInfo) -> Result<HostTensor, ModelError> {
         let data = super::dequantize(info.ggml_type, self.tensor_bytes(info)?);
-        Ok(HostTensor { shape: info.shape.clone(), data })
+        Ok(HostTensor {
+            shape: info.shape.clone(),
+            data,
+        })
     }
 }
 
@@ -223,17 +242,22 @@ impl<'a> Reader<'a> {
     }
 
     fn u32(&mut self, what: &str) -> Result<u32, ModelError> {
-        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4, what)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn u64(&mut self, what: &str) -> Result<u64, ModelError> {
-        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8, what)?.try_into().expect("8 bytes"),
+        ))
     }
 
     fn string(&mut self, what: &str) -> Result<String, ModelError> {
         let len = self.u64(what)? as usize;
         let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| self.error(&format!("{what} is not valid UTF-8")))
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| self.error(&format!("{what} is not valid UTF-8")))
     }
 
     fn value(&mut self, kind: u32, key: &str, depth: usize) -> Result<GgufValue, ModelError> {
@@ -241,8 +265,12 @@ impl<'a> Reader<'a> {
         Ok(match kind {
             0 => GgufValue::Uint(self.take(1, &what)?[0] as u64),
             1 => GgufValue::Int(self.take(1, &what)?[0] as i8 as i64),
-            2 => GgufValue::Uint(u16::from_le_bytes(self.take(2, &what)?.try_into().expect("2")) as u64),
-            3 => GgufValue::Int(i16::from_le_bytes(self.take(2, &what)?.try_into().expect("2")) as i64),
+            2 => GgufValue::Uint(
+                u16::from_le_bytes(self.take(2, &what)?.try_into().expect("2")) as u64,
+            ),
+            3 => GgufValue::Int(
+                i16::from_le_bytes(self.take(2, &what)?.try_into().expect("2")) as i64,
+            ),
             4 => GgufValue::Uint(self.u32(&what)? as u64),
             5 => GgufValue::Int(self.u32(&what)? as i32 as i64),
             6 => GgufValue::Float(f32::from_bits(self.u32(&what)?) as f64),
@@ -256,7 +284,9 @@ impl<'a> Reader<'a> {
                 let len = self.u64(&what)? as usize;
                 // Every item takes at least one byte: a length beyond the file is corrupt.
                 if len > self.bytes.len() - self.pos {
-                    return Err(self.error(&format!("`{key}`: array length {len} exceeds the file")));
+                    return Err(
+                        self.error(&format!("`{key}`: array length {len} exceeds the file"))
+                    );
                 }
                 let mut items = Vec::with_capacity(len);
                 for _ in 0..len {

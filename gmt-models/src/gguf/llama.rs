@@ -9,7 +9,10 @@ use super::{GgufFile, GgufValue};
 use crate::{Architecture, HostTensor, LlamaConfig, LlamaForCausalLm, ModelError, WeightMap};
 
 /// Loads a Llama-architecture GGUF file as a model (tensors dequantized to `f32`).
-pub fn load_gguf<B: Backend>(path: impl AsRef<Path>, device: &B::Device) -> Result<LlamaForCausalLm<B>, ModelError> {
+pub fn load_gguf<B: Backend>(
+    path: impl AsRef<Path>,
+    device: &B::Device,
+) -> Result<LlamaForCausalLm<B>, ModelError> {
     let file = GgufFile::read(path)?;
     let config = gguf_config(&file)?;
     let weights = gguf_weights(&file, &config)?;
@@ -25,12 +28,15 @@ fn meta<'a>(file: &'a GgufFile, key: &str) -> Result<&'a GgufValue, ModelError> 
 
 fn meta_usize(file: &GgufFile, key: &str) -> Result<usize, ModelError> {
     let value = meta(file, key)?;
-    value.as_u64().map(|v| v as usize).ok_or_else(|| ModelError::InvalidValue {
-        source_name: file.source_name().into(),
-        key: key.into(),
-        value: format!("{value:?}"),
-        reason: "expected a non-negative integer".into(),
-    })
+    value
+        .as_u64()
+        .map(|v| v as usize)
+        .ok_or_else(|| ModelError::InvalidValue {
+            source_name: file.source_name().into(),
+            key: key.into(),
+            value: format!("{value:?}"),
+            reason: "expected a non-negative integer".into(),
+        })
 }
 
 fn opt_usize(file: &GgufFile, key: &str) -> Result<Option<usize>, ModelError> {
@@ -43,18 +49,24 @@ fn opt_usize(file: &GgufFile, key: &str) -> Result<Option<usize>, ModelError> {
 fn opt_f64(file: &GgufFile, key: &str) -> Result<Option<f64>, ModelError> {
     match file.get(key) {
         None => Ok(None),
-        Some(value) => value.as_f64().map(Some).ok_or_else(|| ModelError::InvalidValue {
-            source_name: file.source_name().into(),
-            key: key.into(),
-            value: format!("{value:?}"),
-            reason: "expected a number".into(),
-        }),
+        Some(value) => value
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| ModelError::InvalidValue {
+                source_name: file.source_name().into(),
+                key: key.into(),
+                value: format!("{value:?}"),
+                reason: "expected a number".into(),
+            }),
     }
 }
 
 /// The model config from `general.architecture` and `llama.*` metadata.
 pub fn gguf_config(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
-    let arch = meta(file, "general.architecture")?.as_str().unwrap_or_default().to_string();
+    let arch = meta(file, "general.architecture")?
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     if arch != "llama" {
         return Err(ModelError::Unsupported {
             source_name: file.source_name().into(),
@@ -64,7 +76,11 @@ pub fn gguf_config(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
         });
     }
     for key in ["llama.rope.scaling.type"] {
-        if let Some(kind) = file.get(key).and_then(GgufValue::as_str).filter(|k| *k != "none") {
+        if let Some(kind) = file
+            .get(key)
+            .and_then(GgufValue::as_str)
+            .filter(|k| *k != "none")
+        {
             return Err(ModelError::Unsupported {
                 source_name: file.source_name().into(),
                 key: key.into(),
@@ -78,14 +94,17 @@ pub fn gguf_config(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
             source_name: file.source_name().into(),
             key: "rope_freqs.weight".into(),
             value: "(Llama 3.1 RoPE scaling factors)".into(),
-            supported: "GGUF files without rope_freqs; load the Hugging Face checkpoint instead".into(),
+            supported: "GGUF files without rope_freqs; load the Hugging Face checkpoint instead"
+                .into(),
         });
     }
     let hidden_size = meta_usize(file, "llama.embedding_length")?;
     let heads = meta_usize(file, "llama.attention.head_count")?;
     let vocab_size = match opt_usize(file, "llama.vocab_size")? {
         Some(v) => v,
-        None => meta(file, "tokenizer.ggml.tokens")?.as_array().map_or(0, |a| a.len()),
+        None => meta(file, "tokenizer.ggml.tokens")?
+            .as_array()
+            .map_or(0, |a| a.len()),
     };
     let head_dim = match opt_usize(file, "llama.attention.key_length")? {
         Some(d) => d,
@@ -177,11 +196,15 @@ fn unpermute(tensor: HostTensor, heads: usize) -> HostTensor {
             for part in 0..2 {
                 let src = h * head_dim + 2 * i + part;
                 let dst = h * head_dim + part * half + i;
-                data[dst * cols..(dst + 1) * cols].copy_from_slice(&tensor.data[src * cols..(src + 1) * cols]);
+                data[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&tensor.data[src * cols..(src + 1) * cols]);
             }
         }
     }
-    HostTensor { shape: tensor.shape, data }
+    HostTensor {
+        shape: tensor.shape,
+        data,
+    }
 }
 
 #[cfg(test)]
@@ -200,18 +223,31 @@ mod tests {
                 for i in 0..head_dim / 2 {
                     let src = h * head_dim + part * head_dim / 2 + i; // [h, part, i]
                     let dst = h * head_dim + i * 2 + part; // [h, i, part]
-                    gguf[dst * cols..(dst + 1) * cols].copy_from_slice(&hf[src * cols..(src + 1) * cols]);
+                    gguf[dst * cols..(dst + 1) * cols]
+                        .copy_from_slice(&hf[src * cols..(src + 1) * cols]);
                 }
             }
         }
-        let back = unpermute(HostTensor { shape: vec![rows, cols], data: gguf }, heads);
+        let back = unpermute(
+            HostTensor {
+                shape: vec![rows, cols],
+                data: gguf,
+            },
+            heads,
+        );
         assert_eq!(back.data, hf);
     }
 
     #[test]
     fn names_map_to_hugging_face() {
-        assert_eq!(hf_name("blk.12.attn_k.weight").as_deref(), Some("model.layers.12.self_attn.k_proj.weight"));
-        assert_eq!(hf_name("token_embd.weight").as_deref(), Some("model.embed_tokens.weight"));
+        assert_eq!(
+            hf_name("blk.12.attn_k.weight").as_deref(),
+            Some("model.layers.12.self_attn.k_proj.weight")
+        );
+        assert_eq!(
+            hf_name("token_embd.weight").as_deref(),
+            Some("model.embed_tokens.weight")
+        );
         assert_eq!(hf_name("blk.0.mystery.weight"), None);
     }
 }

@@ -26,10 +26,13 @@ pub fn gguf_tokenizer(file: &GgufFile) -> Result<Tokenizer, ModelError> {
         supported: supported.into(),
     };
     let strings = |key: &str| -> Result<Vec<String>, ModelError> {
-        let items = file
-            .get(key)
-            .and_then(GgufValue::as_array)
-            .ok_or_else(|| ModelError::MissingKey { source_name: source.into(), key: key.into() })?;
+        let items =
+            file.get(key)
+                .and_then(GgufValue::as_array)
+                .ok_or_else(|| ModelError::MissingKey {
+                    source_name: source.into(),
+                    key: key.into(),
+                })?;
         items
             .iter()
             .map(|v| v.as_str().map(str::to_string))
@@ -42,18 +45,31 @@ pub fn gguf_tokenizer(file: &GgufFile) -> Result<Tokenizer, ModelError> {
             })
     };
 
-    let model = file.get("tokenizer.ggml.model").and_then(GgufValue::as_str).unwrap_or("(none)");
+    let model = file
+        .get("tokenizer.ggml.model")
+        .and_then(GgufValue::as_str)
+        .unwrap_or("(none)");
     if model != "gpt2" {
-        return Err(unsupported("tokenizer.ggml.model", model, "\"gpt2\" (byte-level BPE)"));
+        return Err(unsupported(
+            "tokenizer.ggml.model",
+            model,
+            "\"gpt2\" (byte-level BPE)",
+        ));
     }
     let tokens = strings("tokenizer.ggml.tokens")?;
     let merges = strings("tokenizer.ggml.merges")?;
-    let types: Vec<u64> = match file.get("tokenizer.ggml.token_type").and_then(GgufValue::as_array) {
+    let types: Vec<u64> = match file
+        .get("tokenizer.ggml.token_type")
+        .and_then(GgufValue::as_array)
+    {
         Some(items) => items.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
         None => vec![1; tokens.len()],
     };
 
-    let pre = file.get("tokenizer.ggml.pre").and_then(GgufValue::as_str).unwrap_or("default");
+    let pre = file
+        .get("tokenizer.ggml.pre")
+        .and_then(GgufValue::as_str)
+        .unwrap_or("default");
     let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     let pre_tokenizer = match pre {
         "default" | "gpt2" | "gpt-2" | "smollm" | "starcoder" => byte_level(true),
@@ -64,10 +80,20 @@ pub fn gguf_tokenizer(file: &GgufFile) -> Result<Tokenizer, ModelError> {
                 byte_level(false),
             ]
         }),
-        other => return Err(unsupported("tokenizer.ggml.pre", other, "\"gpt2\", \"smollm\", \"llama-bpe\"")),
+        other => {
+            return Err(unsupported(
+                "tokenizer.ggml.pre",
+                other,
+                "\"gpt2\", \"smollm\", \"llama-bpe\"",
+            ));
+        }
     };
 
-    let vocab: Map<String, Value> = tokens.iter().enumerate().map(|(id, t)| (t.clone(), json!(id))).collect();
+    let vocab: Map<String, Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(id, t)| (t.clone(), json!(id)))
+        .collect();
     let merges: Vec<Value> = merges
         .iter()
         .map(|m| {
@@ -86,8 +112,13 @@ pub fn gguf_tokenizer(file: &GgufFile) -> Result<Tokenizer, ModelError> {
         })
         .collect();
 
-    let add_bos = matches!(file.get("tokenizer.ggml.add_bos_token"), Some(GgufValue::Bool(true)));
-    let bos = file.get("tokenizer.ggml.bos_token_id").and_then(GgufValue::as_u64);
+    let add_bos = matches!(
+        file.get("tokenizer.ggml.add_bos_token"),
+        Some(GgufValue::Bool(true))
+    );
+    let bos = file
+        .get("tokenizer.ggml.bos_token_id")
+        .and_then(GgufValue::as_u64);
     let post_processor = match (add_bos, bos) {
         (true, Some(id)) => {
             let content = tokens.get(id as usize).cloned().unwrap_or_default();
@@ -120,5 +151,7 @@ pub fn gguf_tokenizer(file: &GgufFile) -> Result<Tokenizer, ModelError> {
 
 /// The Jinja chat template in `tokenizer.chat_template`, if the file has one.
 pub fn gguf_chat_template(file: &GgufFile) -> Option<String> {
-    file.get("tokenizer.chat_template").and_then(GgufValue::as_str).map(str::to_string)
+    file.get("tokenizer.chat_template")
+        .and_then(GgufValue::as_str)
+        .map(str::to_string)
 }
