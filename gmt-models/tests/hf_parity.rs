@@ -113,16 +113,22 @@ fn check(name: &str) {
             .get(&format!("grad.{param}"))
             .unwrap_or_else(|| panic!("{name}: no reference gradient for {param}"));
         assert_eq!(grad.shape, reference.shape, "{name}: {param} shape");
-        let scale = max_abs(&reference.data).max(1e-12);
+        let scale = max_abs(&reference.data);
         let worst = grad
             .data
             .iter()
             .zip(&reference.data)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
+        // 5e-4 relative to the tensor's largest magnitude. Single-threaded, every gradient is
+        // within 1e-4; burn-ndarray's multi-threaded reductions sum in a varying order, and the
+        // layer-0 q/k projections (peak |grad| ≈ 5e-4) then differ from PyTorch by up to
+        // ~1.7e-7, i.e. 2.5e-4 of that small peak. Real errors are orders larger (an off-by-one
+        // sliding window moves logits by 0.07).
+        let tolerance = 5e-4 * scale;
         assert!(
-            worst / scale <= 1e-4,
-            "{name}: grad of {param} off by {worst} (max |ref| {scale})"
+            worst <= tolerance,
+            "{name}: grad of {param} off by {worst} (max |ref| {scale}, tolerance {tolerance})"
         );
     }
 }
