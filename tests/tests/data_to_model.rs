@@ -147,7 +147,7 @@ fn gsm8k_batches_train_a_llama_with_gmt() {
                 .unwrap();
         }
         let gamma = accumulate.finish(&model).unwrap();
-        model = optim.try_step(3e-3, model, gamma).unwrap();
+        model = optim.try_step(1e-2, model, gamma).unwrap();
     }
     let after = mean_loss(&model);
     assert!(after < before * 0.8, "loss {before} -> {after}");
