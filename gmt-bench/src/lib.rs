@@ -1,8 +1,6 @@
 //! Shared pieces of gmt's criterion benchmarks (`benches/`): model-shaped parameter sets and
 //! reproducible gradients.
 
-use std::collections::BTreeMap;
-
 use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -10,7 +8,7 @@ use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use gmt_models::{Architecture, HostTensor, LlamaConfig, LlamaForCausalLm, WeightMap};
+use gmt_models::{Architecture, LlamaConfig, LlamaForCausalLm, WeightMap};
 
 /// Parameter shapes of SmolLM2-135M (HF names, Linear weights as [out, in]):
 /// 30 layers of q/o 576×576, k/v 192×576, gate/up 1536×576, down 576×1536, two RMSNorms of
@@ -167,63 +165,8 @@ pub fn random_model<B: Backend>(
     device: &B::Device,
     seed: u64,
 ) -> LlamaForCausalLm<B> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let shapes = smollm2_like_shapes(config);
-    let tensors: BTreeMap<String, HostTensor> = shapes
-        .into_iter()
-        .map(|(name, shape)| {
-            let n = shape.iter().product();
-            let scale = if name.ends_with("norm.weight") {
-                0.0
-            } else {
-                0.02
-            };
-            let mut data = random_values(&mut rng, n, scale);
-            if scale == 0.0 {
-                data.iter_mut().for_each(|v| *v = 1.0);
-            }
-            (name, HostTensor { shape, data })
-        })
-        .collect();
-    LlamaForCausalLm::from_weights(config, WeightMap::new("random", tensors), device)
-        .expect("shapes from the config")
-}
-
-/// Hugging Face parameter shapes of a Llama config.
-fn smollm2_like_shapes(c: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
-    let (h, q, kv, i) = (
-        c.hidden_size,
-        c.num_attention_heads * c.head_dim,
-        c.num_key_value_heads * c.head_dim,
-        c.intermediate_size,
-    );
-    let mut shapes = vec![
-        (
-            "model.embed_tokens.weight".to_string(),
-            vec![c.vocab_size, h],
-        ),
-        ("model.norm.weight".to_string(), vec![h]),
-    ];
-    if !c.tie_word_embeddings {
-        shapes.push(("lm_head.weight".to_string(), vec![c.vocab_size, h]));
-    }
-    for l in 0..c.num_hidden_layers {
-        let p = format!("model.layers.{l}");
-        for (name, shape) in [
-            ("self_attn.q_proj.weight", vec![q, h]),
-            ("self_attn.k_proj.weight", vec![kv, h]),
-            ("self_attn.v_proj.weight", vec![kv, h]),
-            ("self_attn.o_proj.weight", vec![h, q]),
-            ("mlp.gate_proj.weight", vec![i, h]),
-            ("mlp.up_proj.weight", vec![i, h]),
-            ("mlp.down_proj.weight", vec![h, i]),
-            ("input_layernorm.weight", vec![h]),
-            ("post_attention_layernorm.weight", vec![h]),
-        ] {
-            shapes.push((format!("{p}.{name}"), shape));
-        }
-    }
-    shapes
+    LlamaForCausalLm::from_weights(config, WeightMap::random(seed), device)
+        .expect("random weights fit any config")
 }
 
 /// Peak resident set size of this process (Linux `VmHWM`), if known.

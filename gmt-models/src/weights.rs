@@ -32,6 +32,8 @@ pub struct WeightMap {
     tensors: BTreeMap<String, HostTensor>,
     missing: Vec<String>,
     misshapen: Vec<String>,
+    /// When set, absent tensors are filled instead of reported missing (see [`WeightMap::random`]).
+    fill: Option<rand_chacha::ChaCha8Rng>,
 }
 
 impl WeightMap {
@@ -42,6 +44,18 @@ impl WeightMap {
             tensors,
             missing: Vec::new(),
             misshapen: Vec::new(),
+            fill: None,
+        }
+    }
+
+    /// No stored weights: every tensor the model asks for is made up — norm weights 1, all
+    /// others uniform in ±0.02 from `seed`. For tests and benchmarks, where the builder's own
+    /// shapes are the ones to use.
+    pub fn random(seed: u64) -> Self {
+        use rand::SeedableRng;
+        Self {
+            fill: Some(rand_chacha::ChaCha8Rng::seed_from_u64(seed)),
+            ..Self::new("random weights", BTreeMap::new())
         }
     }
 
@@ -73,10 +87,24 @@ impl WeightMap {
                     .push(format!("{name}: shape {:?}, expected {shape:?}", t.shape));
                 Tensor::zeros(shape, device)
             }
-            None => {
-                self.missing.push(name.to_string());
-                Tensor::zeros(shape, device)
-            }
+            None => match self.fill.as_mut() {
+                Some(rng) => {
+                    use rand::Rng;
+                    let n = shape.iter().product();
+                    let data: Vec<f32> = if name.ends_with("norm.weight") {
+                        vec![1.0; n]
+                    } else {
+                        (0..n)
+                            .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * 0.02)
+                            .collect()
+                    };
+                    Tensor::from_data(TensorData::new(data, shape), device)
+                }
+                None => {
+                    self.missing.push(name.to_string());
+                    Tensor::zeros(shape, device)
+                }
+            },
         }
     }
 

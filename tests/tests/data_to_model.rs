@@ -1,7 +1,6 @@
 //! The three library crates together: GSM8K batches from gmt-data train a (small, random)
 //! Llama from gmt-models with the GMT optimizer from gmt-core, and the loss falls.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use burn::backend::{Autodiff, NdArray};
@@ -11,8 +10,7 @@ use gmt_data::{
     BatchConfig, Batches, ChatTemplate, DataSource, DataStream, Encoder, FieldMapping,
     RecordFormat, StreamConfig, Truncation,
 };
-use gmt_models::{Architecture, HostTensor, LlamaConfig, LlamaForCausalLm, WeightMap};
-use rand::{Rng, SeedableRng};
+use gmt_models::{Architecture, LlamaConfig, LlamaForCausalLm, WeightMap};
 use tokenizers::Tokenizer;
 
 type B = Autodiff<NdArray>;
@@ -39,47 +37,7 @@ fn small_llama(vocab: usize) -> LlamaForCausalLm<B> {
         eos_token_ids: vec![2],
         pad_token_id: Some(2),
     };
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let mut weights = BTreeMap::new();
-    let mut add = |name: &str, shape: Vec<usize>, scale: f32| {
-        let n = shape.iter().product();
-        let data = (0..n)
-            .map(|_| {
-                if scale == 0.0 {
-                    1.0
-                } else {
-                    (rng.random::<f32>() - 0.5) * scale
-                }
-            })
-            .collect();
-        weights.insert(name.to_string(), HostTensor { shape, data });
-    };
-    add("model.embed_tokens.weight", vec![vocab, 32], 0.1);
-    add("model.norm.weight", vec![32], 0.0);
-    let p = "model.layers.0";
-    for (name, shape) in [
-        ("self_attn.q_proj.weight", vec![32, 32]),
-        ("self_attn.k_proj.weight", vec![16, 32]),
-        ("self_attn.v_proj.weight", vec![16, 32]),
-        ("self_attn.o_proj.weight", vec![32, 32]),
-        ("mlp.gate_proj.weight", vec![64, 32]),
-        ("mlp.up_proj.weight", vec![64, 32]),
-        ("mlp.down_proj.weight", vec![32, 64]),
-    ] {
-        add(&format!("{p}.{name}"), shape, 0.3);
-    }
-    add(&format!("{p}.input_layernorm.weight"), vec![32], 0.0);
-    add(
-        &format!("{p}.post_attention_layernorm.weight"),
-        vec![32],
-        0.0,
-    );
-    LlamaForCausalLm::from_weights(
-        &config,
-        WeightMap::new("random", weights),
-        &Default::default(),
-    )
-    .unwrap()
+    LlamaForCausalLm::from_weights(&config, WeightMap::random(0), &Default::default()).unwrap()
 }
 
 #[test]
