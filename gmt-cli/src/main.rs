@@ -1,1 +1,65 @@
-fn main() {}
+//! `gmt`: fine-tune Llama and Mistral models with Gradient-Mask Tuning, on CPU, WGPU or CUDA.
+//!
+//! Exit codes: 0 success; 1 an error (message on stderr); 2 bad usage or an unavailable
+//! backend; 130 stopped by Ctrl-C after saving a checkpoint.
+
+mod arithmetic;
+mod backend;
+mod checkpoint;
+mod cli;
+mod commands;
+mod dataset;
+mod evaluate;
+mod export;
+mod metrics;
+mod model_source;
+mod plot;
+mod schedule;
+mod settings;
+mod train;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::backend::BackendUnavailable;
+use crate::cli::{Cli, Command};
+use crate::commands::Finished;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A bare level applies to gmt's own messages; dependencies (wgpu, cubecl) only speak up
+    // for warnings. A full directive (`info,wgpu=debug`) is taken as written.
+    let directive = if cli.log.contains(['=', ',']) {
+        cli.log.clone()
+    } else {
+        format!("warn,gmt={},cubecl_common=error", cli.log)
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&directive).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    let result = match &cli.command {
+        Command::Train(args) => commands::train(args),
+        Command::Eval(args) => commands::eval(args),
+        Command::Generate(args) => commands::generate_text(args),
+        Command::Export(args) => commands::export(args),
+        Command::Info(args) => commands::info(args),
+        Command::MakeData(args) => commands::make_data(args),
+    };
+    match result {
+        Ok(Finished::Done) => ExitCode::SUCCESS,
+        Ok(Finished::Interrupted) => ExitCode::from(130),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            if error.downcast_ref::<BackendUnavailable>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

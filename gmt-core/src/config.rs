@@ -127,6 +127,12 @@ pub struct GmtConfig {
     /// Seed of the random strategy and of sampled selection.
     #[config(default = 0)]
     pub seed: u64,
+    /// Clip the global L2 norm of the *masked* gradient Γ·mask (over every parameter) to this
+    /// value before the inner optimizer sees it, as PyTorch's `clip_grad_norm_` does
+    /// (scale = max / (norm + 1e-6) when that is below 1). Clipping after masking means the
+    /// budget is spent on the entries that are actually updated. `None`: no clipping.
+    #[config(default = "None")]
+    pub max_grad_norm: Option<f64>,
 }
 
 impl GmtConfig {
@@ -139,6 +145,14 @@ impl GmtConfig {
                 reason: format!(
                     "{ratio} is outside [0, 1): it is the fraction of entries set to zero"
                 ),
+            });
+        }
+        if let Some(max) = self.max_grad_norm
+            && !(max > 0.0 && max.is_finite())
+        {
+            return Err(GmtError::InvalidConfig {
+                key: "max_grad_norm",
+                reason: format!("{max} is not a positive finite norm"),
             });
         }
         if let Selection::Sampled { sample_size: 0 } = self.selection {

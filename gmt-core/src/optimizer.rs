@@ -22,8 +22,10 @@ use crate::{
 /// Gradient-Mask Tuning around any burn optimizer (AdamW, Adam, SGD, …).
 ///
 /// Each step takes Γ (the step's mean gradient, see [`GradientMean`](crate::GradientMean)),
-/// checks it is finite, masks it with [`mask_gradients`](crate::mask_gradients), hands Γ·mask to the inner optimizer and,
-/// for [`MaskTarget::Update`], puts masked entries back to their previous values.
+/// checks it is finite, masks it with [`mask_gradients`](crate::mask_gradients), optionally
+/// clips the global norm of Γ·mask ([`GmtConfig::max_grad_norm`]), hands the result to the
+/// inner optimizer and, for [`MaskTarget::Update`], puts masked entries back to their
+/// previous values.
 ///
 /// ```
 /// use burn::backend::{Autodiff, NdArray};
@@ -260,10 +262,20 @@ where
         let restore_masked = self.config.target == MaskTarget::Update;
         let out = mask_gradients(&self.config, inputs, restore_masked, &mut rng);
 
+        let clip_scale = self
+            .config
+            .max_grad_norm
+            .map(|max| max / (out.stats.kept_norm() + 1e-6))
+            .filter(|&scale| scale < 1.0);
+
         let mut masked = HashMap::with_capacity(ids.len());
         let mut restore = HashMap::new();
         for (((id, grad), drop), value) in ids.into_iter().zip(out.grads).zip(out.drops).zip(values)
         {
+            let grad = match clip_scale {
+                Some(scale) => grad.mul_scalar(scale),
+                None => grad,
+            };
             masked.insert(id, grad);
             if let (Some(drop), Some(old)) = (drop, value) {
                 restore.insert(id, (drop, old));
@@ -286,6 +298,7 @@ where
         self.last_report = Some(StepReport::Applied {
             step,
             stats: out.stats,
+            clip_scale,
         });
         Ok(module)
     }

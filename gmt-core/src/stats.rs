@@ -62,6 +62,16 @@ impl MaskStats {
         ratio(kept, total)
     }
 
+    /// ‖Γ·mask‖ over all parameters: the global L2 norm of what the inner optimizer receives
+    /// (before any clipping).
+    pub fn kept_norm(&self) -> f64 {
+        self.params
+            .iter()
+            .map(|p| p.kept_sq_norm)
+            .sum::<f64>()
+            .sqrt()
+    }
+
     /// The stats of the parameter at `path`.
     pub fn get(&self, path: &str) -> Option<&ParamMaskStats> {
         self.params.iter().find(|p| p.path == path)
@@ -81,6 +91,10 @@ pub enum StepReport {
         step: u64,
         /// Mask statistics.
         stats: MaskStats,
+        /// The factor the masked gradient was scaled by to meet
+        /// [`GmtConfig::max_grad_norm`](crate::GmtConfig::max_grad_norm); `None` when it was
+        /// not scaled.
+        clip_scale: Option<f64>,
     },
     /// The step was skipped because a gradient was not finite
     /// ([`NonFinitePolicy::Skip`](crate::NonFinitePolicy::Skip)).
@@ -99,5 +113,10 @@ impl StepReport {
             Self::Applied { stats, .. } => Some(stats),
             Self::Skipped { .. } => None,
         }
+    }
+
+    /// The global L2 norm of the masked gradient before clipping, for an applied step.
+    pub fn grad_norm(&self) -> Option<f64> {
+        self.stats().map(MaskStats::kept_norm)
     }
 }

@@ -604,3 +604,67 @@ fn works_through_burns_optimizer_trait() {
     let trained = train(gmt);
     assert_ne!(bits(values(&trained)), bits(values(&model)));
 }
+
+#[test]
+fn clipping_scales_the_masked_gradient_to_the_global_norm() {
+    // SGD makes the update the gradient itself: Δ = −lr · scale · Γ·mask.
+    let lr = 0.1;
+    let model = net();
+    let before = values(&model);
+    let masked_norm = |config: GmtConfig| {
+        let mut gmt = config.init(SgdConfig::new().init(), &model).unwrap();
+        let after = values(&gmt.try_step(lr, model.clone(), grads(&model, 0)).unwrap());
+        let report = gmt.last_report().unwrap().clone();
+        (after, report)
+    };
+    let (free, report) = masked_norm(GmtConfig::new(0.5));
+    let norm = report.grad_norm().unwrap();
+    assert!(matches!(
+        report,
+        StepReport::Applied {
+            clip_scale: None,
+            ..
+        }
+    ));
+    // The reported norm is that of what SGD applied.
+    let applied: f64 = free
+        .iter()
+        .flatten()
+        .zip(before.iter().flatten())
+        .map(|(a, b)| ((b - a) as f64 / lr).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    assert!((applied - norm).abs() < 1e-4 * norm, "{applied} vs {norm}");
+
+    let max = norm / 4.0;
+    let (clipped, report) = masked_norm(GmtConfig::new(0.5).with_max_grad_norm(Some(max)));
+    let StepReport::Applied {
+        clip_scale: Some(scale),
+        ..
+    } = report
+    else {
+        panic!("a norm 4× the limit is clipped");
+    };
+    assert!((scale - max / (norm + 1e-6)).abs() < 1e-12);
+    for ((c, f), b) in clipped
+        .iter()
+        .flatten()
+        .zip(free.iter().flatten())
+        .zip(before.iter().flatten())
+    {
+        let expected = (f - b) as f64 * scale;
+        assert!(
+            ((c - b) as f64 - expected).abs() < 1e-6,
+            "update scaled by {scale}"
+        );
+    }
+    // Under the limit nothing changes.
+    let (loose, _) = masked_norm(GmtConfig::new(0.5).with_max_grad_norm(Some(norm * 2.0)));
+    assert_eq!(bits(loose), bits(free));
+    assert!(
+        GmtConfig::new(0.1)
+            .with_max_grad_norm(Some(0.0))
+            .validate()
+            .is_err()
+    );
+}

@@ -189,6 +189,20 @@ impl<I: Iterator<Item = Result<Encoded, DataError>>> Batches<I> {
         })
     }
 
+    /// Continues batching where a saved [`Batches::pending`] example and
+    /// [`Batches::report`] left off, over a resumed example stream.
+    pub fn resume(
+        examples: I,
+        config: BatchConfig,
+        pending: Option<Encoded>,
+        report: FitReport,
+    ) -> Result<Self, DataError> {
+        let mut batches = Self::new(examples, config)?;
+        batches.pending = pending;
+        batches.report = report;
+        Ok(batches)
+    }
+
     /// Truncated and dropped counts so far.
     pub fn report(&self) -> FitReport {
         self.report
@@ -198,6 +212,11 @@ impl<I: Iterator<Item = Result<Encoded, DataError>>> Batches<I> {
     /// packing, one example may be held back for the next batch; see [`Batches::pending`].
     pub fn examples(&self) -> &I {
         &self.examples
+    }
+
+    /// The underlying example stream, mutably (e.g. to start its next epoch).
+    pub fn examples_mut(&mut self) -> &mut I {
+        &mut self.examples
     }
 
     /// An example read but not yet batched (packing only).

@@ -118,9 +118,18 @@ impl RecordFormat {
         }
     }
 
-    /// Guesses the format from a record's keys.
+    /// Guesses the format from a record's keys. Besides the named formats, two common
+    /// question/answer shapes map to fields: `question`/`answer` (GSM8K) and
+    /// `query`/`response` (MetaMathQA).
     pub fn detect(record: &Value) -> Option<Self> {
         let has = |k: &str| record.get(k).is_some();
+        let fields = |user: &str, assistant: &str| {
+            Self::Fields(FieldMapping {
+                system: None,
+                user: user.into(),
+                assistant: assistant.into(),
+            })
+        };
         Some(if has("messages") {
             Self::Messages
         } else if has("conversations") {
@@ -131,6 +140,10 @@ impl RecordFormat {
             Self::PromptCompletion
         } else if has("text") {
             Self::Text
+        } else if has("question") && has("answer") {
+            fields("question", "answer")
+        } else if has("query") && has("response") {
+            fields("query", "response")
         } else {
             return None;
         })

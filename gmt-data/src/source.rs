@@ -1,5 +1,6 @@
-//! Raw JSON records from files: JSONL (plain or gzip) and JSON arrays, one file or a
-//! directory of shards, read lazily one record at a time.
+//! Raw JSON records from files: JSONL, plain-text lines and JSON arrays, each plain, gzip or
+//! zstd compressed; one file, a directory of shards or a glob pattern of shards; read lazily
+//! one record at a time.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -16,37 +17,70 @@ pub struct DataSource {
 }
 
 impl DataSource {
-    /// A file, or a directory whose `.jsonl`, `.jsonl.gz` and `.json` files are its shards.
+    /// A file; a directory whose data files are its shards; or a glob pattern over file
+    /// names (`data/train-*.jsonl.gz`; wildcards in the last component only).
+    ///
+    /// Data files are `.jsonl` (one JSON record per line), `.json` (an array of records) and
+    /// `.txt` (one plain-text record `{"text": line}` per non-empty line), each optionally
+    /// compressed as `.gz` or `.zst`. Shards are read in sorted name order.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, DataError> {
         let path = path.as_ref();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.contains(['*', '?', '[']) {
+            return Self::open_glob(path, name);
+        }
         let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
+        if !meta.is_dir() {
+            return Ok(Self {
+                files: vec![path.to_path_buf()],
+            });
+        }
+        Self::collect(
+            path,
+            |name| is_data_file(name),
+            "no data files (.jsonl, .json, .txt, optionally .gz or .zst) in this directory",
+        )
+    }
+
+    fn open_glob(pattern: &Path, name: &str) -> Result<Self, DataError> {
+        let dir = match pattern.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let matcher = globset::Glob::new(name)
+            .map_err(|e| DataError::InvalidConfig {
+                key: "data",
+                reason: format!("invalid glob pattern {}: {e}", pattern.display()),
+            })?
+            .compile_matcher();
+        Self::collect(
+            dir,
+            |n| matcher.is_match(n),
+            &format!("no file matches {name}"),
+        )
+    }
+
+    fn collect(dir: &Path, keep: impl Fn(&str) -> bool, none: &str) -> Result<Self, DataError> {
         let mut files = Vec::new();
-        if meta.is_dir() {
-            for entry in std::fs::read_dir(path).map_err(|e| DataError::io(path, e))? {
-                let file = entry.map_err(|e| DataError::io(path, e))?.path();
-                let name = file
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or_default();
-                if [".jsonl", ".jsonl.gz", ".json"]
-                    .iter()
-                    .any(|ext| name.ends_with(ext))
-                {
-                    files.push(file);
-                }
+        for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
+            let file = entry.map_err(|e| DataError::io(dir, e))?.path();
+            let name = file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if file.is_file() && keep(name) {
+                files.push(file);
             }
-            files.sort();
-            if files.is_empty() {
-                return Err(DataError::io(
-                    path,
-                    std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "no .jsonl, .jsonl.gz or .json files in this directory",
-                    ),
-                ));
-            }
-        } else {
-            files.push(path.to_path_buf());
+        }
+        files.sort();
+        if files.is_empty() {
+            return Err(DataError::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, none.to_string()),
+            ));
         }
         Ok(Self { files })
     }
@@ -89,8 +123,21 @@ pub struct RawRecord {
     pub next: SourcePosition,
 }
 
+/// Whether a file name is a data file a directory source picks up.
+fn is_data_file(name: &str) -> bool {
+    let base = name
+        .strip_suffix(".gz")
+        .or_else(|| name.strip_suffix(".zst"))
+        .unwrap_or(name);
+    [".jsonl", ".json", ".txt"]
+        .iter()
+        .any(|ext| base.ends_with(ext))
+}
+
 enum Lines {
     Jsonl(Box<dyn BufRead + Send>),
+    /// Plain text: each non-empty line is the record `{"text": line}`.
+    Text(Box<dyn BufRead + Send>),
     /// JSON arrays are parsed whole; their elements are then handed out one by one.
     Array(std::vec::IntoIter<Value>),
 }
@@ -107,12 +154,23 @@ impl RecordIter {
     fn open(&self) -> Result<Lines, DataError> {
         let path = &self.files[self.file];
         let file = File::open(path).map_err(|e| DataError::io(path, e))?;
-        let name = path.to_string_lossy();
-        let reader: Box<dyn Read + Send> = if name.ends_with(".gz") {
-            Box::new(flate2::read::MultiGzDecoder::new(file))
+        let full = path.to_string_lossy();
+        let (name, reader): (&str, Box<dyn Read + Send>) = if let Some(n) = full.strip_suffix(".gz")
+        {
+            (n, Box::new(flate2::read::MultiGzDecoder::new(file)))
+        } else if let Some(n) = full.strip_suffix(".zst") {
+            let decoder =
+                zstd::stream::read::Decoder::new(file).map_err(|e| DataError::io(path, e))?;
+            (n, Box::new(decoder))
         } else {
-            Box::new(file)
+            (&full, Box::new(file))
         };
+        if name.ends_with(".txt") {
+            return Ok(Lines::Text(Box::new(BufReader::with_capacity(
+                1 << 16,
+                reader,
+            ))));
+        }
         if name.ends_with(".json") {
             let values: Value = serde_json::from_reader(BufReader::new(reader)).map_err(|e| {
                 DataError::BadRecord {
@@ -157,7 +215,7 @@ impl RecordIter {
         let mut buf = Vec::new();
         for _ in 0..position.line {
             let more = match &mut reader {
-                Lines::Jsonl(r) => {
+                Lines::Jsonl(r) | Lines::Text(r) => {
                     buf.clear();
                     r.read_until(b'\n', &mut buf)
                         .map_err(|e| DataError::io(&self.files[self.file], e))?
@@ -198,9 +256,10 @@ impl Iterator for RecordIter {
                 }
             }
             let path = self.files[self.file].clone();
+            let mut text_line = false;
             let item = match self.reader.as_mut().expect("opened above") {
                 Lines::Array(items) => items.next().map(Ok),
-                Lines::Jsonl(reader) => {
+                Lines::Jsonl(reader) | Lines::Text(reader) => {
                     buf.clear();
                     match reader.read_until(b'\n', &mut buf) {
                         Err(e) => return Some(Err(DataError::io(&path, e))),
@@ -209,6 +268,9 @@ impl Iterator for RecordIter {
                     }
                 }
             };
+            if let Some(Lines::Text(_)) = &self.reader {
+                text_line = true;
+            }
             match item {
                 None => {
                     self.file += 1;
@@ -245,7 +307,14 @@ impl Iterator for RecordIter {
                             if text.is_empty() {
                                 continue;
                             }
-                            serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))
+                            if text_line {
+                                let line = std::str::from_utf8(&buf).unwrap_or_default();
+                                Ok(
+                                    serde_json::json!({ "text": line.trim_end_matches(['\n', '\r']) }),
+                                )
+                            } else {
+                                serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))
+                            }
                         }
                     };
                     return Some(Ok(RawRecord {

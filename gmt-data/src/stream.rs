@@ -141,7 +141,7 @@ impl<'a> DataStream<'a> {
             });
         }
         let records = source.records(state.position)?;
-        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let mut rng = epoch_rng(config.seed, state.epoch);
         rng.set_word_pos(state.rng_word_pos);
         Ok(Self {
             source,
@@ -159,6 +159,22 @@ impl<'a> DataStream<'a> {
         let mut state = self.state.clone();
         state.rng_word_pos = self.rng.get_word_pos();
         state
+    }
+
+    /// Starts the next pass over the data, with a fresh shuffle order (ChaCha8 stream =
+    /// epoch). Examples still in the shuffle buffer stay there and come first.
+    pub fn next_epoch(&mut self) -> Result<(), DataError> {
+        self.records = self.source.records(SourcePosition::default())?;
+        self.state.position = SourcePosition::default();
+        self.state.epoch += 1;
+        self.rng = epoch_rng(self.config.seed, self.state.epoch);
+        self.exhausted = false;
+        Ok(())
+    }
+
+    /// Completed passes over the data.
+    pub fn epoch(&self) -> u64 {
+        self.state.epoch
     }
 
     /// Counters so far.
@@ -235,8 +251,13 @@ impl<'a> DataStream<'a> {
             let detected = RecordFormat::detect(&value).ok_or_else(|| {
                 bad(None, "cannot detect the record format (no messages, conversations, instruction/output, prompt/completion or text field); name the format or a field mapping".into())
             })?;
-            self.state.report.format =
-                Some(format!("{} (detected from {location})", detected.name()));
+            let name = match &detected {
+                RecordFormat::Fields(m) => {
+                    format!("fields {} → user, {} → assistant", m.user, m.assistant)
+                }
+                other => other.name().to_string(),
+            };
+            self.state.report.format = Some(format!("{name} (detected from {location})"));
             self.state.format = Some(detected);
         } else if self.state.report.format.is_none() {
             self.state.report.format = self.state.format.as_ref().map(|f| f.name().to_string());
@@ -249,6 +270,13 @@ impl<'a> DataStream<'a> {
             other => other,
         })
     }
+}
+
+/// The shuffle RNG of one pass: each epoch has its own ChaCha8 stream of the seed.
+fn epoch_rng(seed: u64, epoch: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(epoch);
+    rng
 }
 
 impl Iterator for DataStream<'_> {

@@ -31,8 +31,10 @@ pub const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
 ];
 
 /// A compiled chat template plus the special tokens it may use.
+#[derive(Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
     bos_token: String,
     eos_token: String,
 }
@@ -63,6 +65,7 @@ impl ChatTemplate {
             .map_err(|e| DataError::Template(format!("does not compile: {e:#}")))?;
         Ok(Self {
             env,
+            source: source.to_string(),
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
         })
@@ -128,6 +131,21 @@ impl ChatTemplate {
         source
             .map(|s| Self::new(&s, &token("bos_token"), &token("eos_token")))
             .transpose()
+    }
+
+    /// The Jinja source (e.g. to write into an exported `tokenizer_config.json`).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The text the template sees as `bos_token`.
+    pub fn bos_token(&self) -> &str {
+        &self.bos_token
+    }
+
+    /// The text the template sees as `eos_token`.
+    pub fn eos_token(&self) -> &str {
+        &self.eos_token
     }
 
     /// Renders `messages`; with `add_generation_prompt` the text ends where the assistant's

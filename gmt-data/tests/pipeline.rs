@@ -349,6 +349,73 @@ fn gzip_shards_and_json_arrays_stream_in_order() {
 }
 
 #[test]
+fn zstd_text_lines_and_glob_patterns_are_sources() {
+    let dir = temp("zst");
+    std::fs::create_dir_all(&dir).unwrap();
+    let zst = std::fs::File::create(dir.join("part-1.jsonl.zst")).unwrap();
+    let mut enc = zstd::stream::write::Encoder::new(zst, 3).unwrap();
+    writeln!(enc, "{}", json!({"text": "one"})).unwrap();
+    enc.finish().unwrap();
+    std::fs::write(dir.join("part-2.txt"), "two\n\nthree\n").unwrap();
+    std::fs::write(
+        dir.join("other.jsonl"),
+        format!("{}\n", json!({"text": "never"})),
+    )
+    .unwrap();
+    let texts = |path: &Path| -> Vec<String> {
+        collect(path, ordered())
+            .unwrap()
+            .iter()
+            .map(|e| tokenizer().decode(&e.ids, false).unwrap())
+            .collect()
+    };
+    // The glob takes only the matching shards, in name order; blank text lines are skipped.
+    assert_eq!(texts(&dir.join("part-*")), ["one", "two", "three"]);
+    assert_eq!(texts(&dir).len(), 4, "a directory takes every data file");
+    let err = DataSource::open(dir.join("nothing-*.jsonl")).unwrap_err();
+    assert!(err.to_string().contains("nothing-*.jsonl"), "{err}");
+}
+
+#[test]
+fn each_epoch_reads_everything_in_a_new_order() {
+    let path = write_jsonl(
+        "epochs.jsonl",
+        &(0..12)
+            .map(|i| json!({"text": format!("n{i}")}))
+            .collect::<Vec<_>>(),
+    );
+    let enc = encoder(false);
+    let config = StreamConfig {
+        shuffle_buffer: 4,
+        seed: 7,
+        ..StreamConfig::default()
+    };
+    let mut stream =
+        DataStream::new(DataSource::open(&path).unwrap(), &enc, config.clone()).unwrap();
+    let first: Vec<Encoded> = stream.by_ref().map(Result::unwrap).collect();
+    stream.next_epoch().unwrap();
+    assert_eq!(stream.epoch(), 1);
+    let state = stream.state();
+    let second: Vec<Encoded> = stream.map(Result::unwrap).collect();
+    assert_eq!(first.len(), 12);
+    let sorted = |v: &[Encoded]| {
+        let mut ids: Vec<Vec<u32>> = v.iter().map(|e| e.ids.clone()).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        sorted(&first),
+        sorted(&second),
+        "every example once per epoch"
+    );
+    assert_ne!(first, second, "a new shuffle order");
+    // Resuming inside the second epoch continues its order.
+    let resumed =
+        DataStream::resume(DataSource::open(&path).unwrap(), &enc, config, state).unwrap();
+    assert_eq!(resumed.map(Result::unwrap).collect::<Vec<_>>(), second);
+}
+
+#[test]
 fn a_resumed_stream_sees_exactly_what_the_uninterrupted_one_would() {
     let records: Vec<Value> = (0..300)
         .map(|i| json!({"prompt": format!("q{i}"), "completion": format!("a{i}")}))

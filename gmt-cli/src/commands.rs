@@ -1,0 +1,413 @@
+//! The subcommands' entry points: argument handling around the library code of each.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use gmt_data::{DataSource, Encoder, Example, FieldMapping, RecordFormat, Split, Truncation};
+use gmt_models::{ExportDtype, GenerationConfig, generate};
+use serde_json::json;
+
+use crate::backend::{self, BackendChoice, BackendJob, run_job};
+use crate::checkpoint::Checkpoint;
+use crate::cli::{
+    DtypeArg, EvalArgs, EvalTask, ExportArgs, FormatArgs, GenerateArgs, InfoArgs, MakeDataArgs,
+    ModelArgs, TrainArgs,
+};
+use crate::dataset::{StreamSettings, batch_config, eval_batches};
+use crate::evaluate::{answer_accuracy, mean_loss};
+use crate::export::export_model;
+use crate::model_source::{LoadedModel, Overrides, load_model};
+use crate::settings::record_format;
+use crate::train::{TrainJob, TrainOutcome};
+
+/// How a command ended, for the exit code.
+pub enum Finished {
+    /// Exit 0.
+    Done,
+    /// Stopped by Ctrl-C after saving: exit 130.
+    Interrupted,
+}
+
+fn select(choice: BackendChoice) -> Result<backend::Selected> {
+    let selected = backend::select(choice)?;
+    tracing::info!("backend: {selected}");
+    Ok(selected)
+}
+
+fn overrides(model: &ModelArgs) -> Overrides {
+    Overrides {
+        tokenizer: model.tokenizer.clone(),
+        chat_template: model.chat_template.clone(),
+    }
+}
+
+fn model_path(model: &ModelArgs) -> Result<&Path> {
+    model.model.as_deref().context(
+        "no model given: pass --model (a Hugging Face directory, .gguf file or checkpoint)",
+    )
+}
+
+/// `gmt train`
+pub fn train(args: &TrainArgs) -> Result<Finished> {
+    let settings = args.settings()?;
+    if args.print_config {
+        print!("{}", settings.to_toml());
+        return Ok(Finished::Done);
+    }
+    settings.validate()?;
+    let selected = select(settings.train.backend)?;
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = interrupt.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("second Ctrl-C: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("Ctrl-C: finishing this step and saving a checkpoint (press again to abort)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    let job = TrainJob {
+        settings,
+        resume: args.resume,
+        stop_after: args.stop_after,
+        interrupt,
+    };
+    match run_job(&selected, job)? {
+        TrainOutcome::Finished {
+            steps,
+            eval,
+            final_dir,
+        } => {
+            if let Some(e) = eval {
+                println!(
+                    "finished {steps} steps; eval loss {:.4}, perplexity {:.2}",
+                    e.loss, e.perplexity
+                );
+            } else {
+                println!("finished {steps} steps");
+            }
+            println!("final model: {}", final_dir.display());
+            Ok(Finished::Done)
+        }
+        TrainOutcome::Stopped {
+            step,
+            checkpoint,
+            interrupted,
+        } => {
+            println!(
+                "stopped at step {step}; checkpoint {} (continue with --resume)",
+                checkpoint.display()
+            );
+            Ok(if interrupted {
+                Finished::Interrupted
+            } else {
+                Finished::Done
+            })
+        }
+    }
+}
+
+fn format_of(format: &FormatArgs, default: Option<RecordFormat>) -> Result<Option<RecordFormat>> {
+    Ok(record_format(
+        format.format.as_deref(),
+        &format.user_field,
+        &format.assistant_field,
+        &format.system_field,
+    )?
+    .or(default))
+}
+
+struct EvalJob<'a>(&'a EvalArgs);
+
+impl BackendJob for EvalJob<'_> {
+    type Output = serde_json::Value;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<serde_json::Value> {
+        let args = self.0;
+        let LoadedModel {
+            model,
+            tokenizer,
+            template,
+        } = load_model::<B::InnerBackend>(
+            model_path(&args.model)?,
+            &overrides(&args.model),
+            &device,
+        )?;
+        // GSM8K-style files use `question`/`answer`; other tasks detect the format.
+        let default = (args.task == EvalTask::Gsm8k).then(|| {
+            RecordFormat::Fields(FieldMapping {
+                system: None,
+                user: "question".into(),
+                assistant: "answer".into(),
+            })
+        });
+        let streams = StreamSettings {
+            format: format_of(&args.format, default)?,
+            seed: 0,
+            shuffle_buffer: 1,
+            skip_bad_records: args.format.skip_bad_records.unwrap_or(false),
+        };
+        let encoder = Encoder::new(tokenizer, template, false);
+        let batching = batch_config(
+            model.config(),
+            args.batch_size,
+            args.max_seq_len,
+            Truncation::Truncate,
+            false,
+        );
+        let batches = eval_batches(
+            &args.data,
+            &encoder,
+            &streams,
+            Split::All,
+            batching,
+            args.max_examples,
+        )?;
+        let loss = mean_loss(&model, &batches)?;
+        let mut out = json!({
+            "loss": loss.loss,
+            "perplexity": loss.perplexity,
+            "tokens": loss.tokens,
+        });
+        if args.task == EvalTask::Gsm8k {
+            let examples = read_examples(&args.data, &streams, args.max_examples)?;
+            let verbose = !args.json;
+            let report = answer_accuracy(
+                &model,
+                encoder.tokenizer(),
+                encoder.template(),
+                &examples,
+                args.max_new_tokens,
+                |i, attempt| {
+                    tracing::debug!("{}: {:?}", i + 1, attempt);
+                    if verbose && i < 3 {
+                        tracing::info!(
+                            "example {}: {} → {:?} ({})",
+                            i + 1,
+                            attempt.question,
+                            attempt.completion,
+                            if attempt.correct { "correct" } else { "wrong" }
+                        );
+                    }
+                },
+            )?;
+            out["accuracy"] = json!(report.accuracy);
+            out["correct"] = json!(report.correct);
+            out["total"] = json!(report.total);
+        }
+        Ok(out)
+    }
+}
+
+/// The examples of a dataset, parsed (not tokenized), in file order.
+fn read_examples(path: &Path, streams: &StreamSettings, max: usize) -> Result<Vec<Example>> {
+    let source = DataSource::open(path)?;
+    let mut format = streams.format.clone();
+    let mut examples = Vec::new();
+    for record in source.records(Default::default())? {
+        if max > 0 && examples.len() == max {
+            break;
+        }
+        let record = record?;
+        let location = record.location.clone();
+        let value = record
+            .value
+            .map_err(|reason| anyhow::anyhow!("{location}: {reason}"))?;
+        let format = match &mut format {
+            Some(f) => f,
+            slot @ None => slot.insert(
+                RecordFormat::detect(&value)
+                    .with_context(|| format!("{location}: cannot detect the record format"))?,
+            ),
+        };
+        match format.parse(&value) {
+            Ok(example) => examples.push(example),
+            Err(e) if streams.skip_bad_records => {
+                tracing::warn!("skipped {location}: {}", e.reason);
+            }
+            Err(e) => anyhow::bail!(
+                "{location}: {}{}",
+                e.field
+                    .map(|f| format!("field `{f}`: "))
+                    .unwrap_or_default(),
+                e.reason
+            ),
+        }
+    }
+    Ok(examples)
+}
+
+/// `gmt eval`
+pub fn eval(args: &EvalArgs) -> Result<Finished> {
+    let selected = select(args.backend)?;
+    let out = run_job(&selected, EvalJob(args))?;
+    if args.json {
+        println!("{out}");
+    } else {
+        println!(
+            "loss {:.4}  perplexity {:.3}  tokens {}",
+            out["loss"].as_f64().unwrap_or(f64::NAN),
+            out["perplexity"].as_f64().unwrap_or(f64::NAN),
+            out["tokens"]
+        );
+        if let Some(acc) = out.get("accuracy").and_then(|a| a.as_f64()) {
+            println!(
+                "accuracy {:.1}% ({}/{})",
+                100.0 * acc,
+                out["correct"],
+                out["total"]
+            );
+        }
+    }
+    Ok(Finished::Done)
+}
+
+struct GenerateJob<'a>(&'a GenerateArgs);
+
+impl BackendJob for GenerateJob<'_> {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let args = self.0;
+        let loaded = load_model::<B::InnerBackend>(
+            model_path(&args.model)?,
+            &overrides(&args.model),
+            &device,
+        )?;
+        let (text, add_special) = if args.raw {
+            (args.prompt.clone(), true)
+        } else {
+            let mut messages = Vec::new();
+            if let Some(system) = &args.system {
+                messages.push(gmt_data::Message::new("system", system.clone()));
+            }
+            messages.push(gmt_data::Message::new("user", args.prompt.clone()));
+            (loaded.template.render(&messages, true)?, false)
+        };
+        let prompt = loaded
+            .tokenizer
+            .encode(text.as_str(), add_special)
+            .map_err(|e| anyhow::anyhow!("cannot tokenize the prompt: {e}"))?
+            .get_ids()
+            .to_vec();
+        let config = GenerationConfig {
+            max_new_tokens: args.max_new_tokens,
+            temperature: args.temperature,
+            top_p: args.top_p,
+            seed: args.seed,
+            stop_tokens: Vec::new(),
+        };
+        // Decode the whole continuation each time and print what is new: tokens that are
+        // parts of one character only print once the character is complete.
+        let mut tokens = Vec::new();
+        let mut printed = 0;
+        let mut stdout = std::io::stdout();
+        let mut failure = None;
+        generate(&loaded.model, &prompt, &config, |token| {
+            tokens.push(token);
+            match loaded.tokenizer.decode(&tokens, true) {
+                Ok(text) if text.len() > printed && !text.ends_with('\u{fffd}') => {
+                    let _ = write!(stdout, "{}", &text[printed..]);
+                    let _ = stdout.flush();
+                    printed = text.len();
+                }
+                Ok(_) => {}
+                Err(e) => failure = Some(e.to_string()),
+            }
+        })?;
+        println!();
+        if let Some(e) = failure {
+            anyhow::bail!("cannot decode the generated tokens: {e}");
+        }
+        Ok(())
+    }
+}
+
+/// `gmt generate`
+pub fn generate_text(args: &GenerateArgs) -> Result<Finished> {
+    let selected = select(args.backend)?;
+    run_job(&selected, GenerateJob(args))?;
+    Ok(Finished::Done)
+}
+
+/// `gmt export`
+pub fn export(args: &ExportArgs) -> Result<Finished> {
+    let checkpoint = if Checkpoint::is_checkpoint(&args.checkpoint) {
+        Checkpoint::open(&args.checkpoint)?
+    } else {
+        Checkpoint::latest(&args.checkpoint)?.with_context(|| {
+            format!(
+                "{} is neither a checkpoint nor a run directory with checkpoints",
+                args.checkpoint.display()
+            )
+        })?
+    };
+    let dtype = match args.dtype {
+        DtypeArg::F32 => ExportDtype::F32,
+        DtypeArg::Bf16 => ExportDtype::Bf16,
+    };
+    let device = Default::default();
+    let loaded =
+        load_model::<burn::backend::NdArray>(checkpoint.dir(), &Overrides::default(), &device)?;
+    export_model(
+        &loaded.model,
+        &loaded.tokenizer,
+        &loaded.template,
+        &args.output,
+        dtype,
+    )?;
+    println!(
+        "exported {} to {}",
+        checkpoint.dir().display(),
+        args.output.display()
+    );
+    Ok(Finished::Done)
+}
+
+/// `gmt info`
+pub fn info(args: &InfoArgs) -> Result<Finished> {
+    println!("backends:");
+    for (name, what) in backend::describe_backends() {
+        println!("  {name:10} {what}");
+    }
+    if let Some(path) = &args.model {
+        let device = Default::default();
+        let loaded = load_model::<burn::backend::NdArray>(path, &Overrides::default(), &device)?;
+        let c = loaded.model.config();
+        let params = burn::module::Module::num_params(&loaded.model);
+        println!("model {}:", path.display());
+        println!("  architecture  {:?}", c.architecture);
+        println!("  parameters    {params}");
+        println!(
+            "  layers {}, hidden {}, heads {} (kv {}), head_dim {}, vocab {}",
+            c.num_hidden_layers,
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+            c.vocab_size
+        );
+        println!("  tied embeddings {}", c.tie_word_embeddings);
+        println!(
+            "  tokenizer vocab {}",
+            loaded.tokenizer.get_vocab_size(true)
+        );
+    }
+    Ok(Finished::Done)
+}
+
+/// `gmt make-data`
+pub fn make_data(args: &MakeDataArgs) -> Result<Finished> {
+    crate::arithmetic::write_dataset(&args.output, args.train, args.test, args.seed)?;
+    println!(
+        "wrote {} training and {} test problems to {}",
+        args.train,
+        args.test,
+        args.output.display()
+    );
+    Ok(Finished::Done)
+}

@@ -1,0 +1,188 @@
+//! Evaluation: mean loss and perplexity over a dataset, and GSM8K-style answer accuracy by
+//! generation.
+
+use anyhow::{Context, Result};
+use burn::tensor::ElementConversion;
+use burn::tensor::backend::Backend;
+use gmt_data::{ChatTemplate, Example, Message};
+use gmt_models::{GenerationConfig, LlamaForCausalLm, TokenBatch, generate};
+use serde::Serialize;
+use tokenizers::Tokenizer;
+
+/// Mean loss over the counted tokens of some batches.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct LossReport {
+    /// Mean cross-entropy per counted token (nats).
+    pub loss: f64,
+    /// exp(loss).
+    pub perplexity: f64,
+    /// Tokens the loss counts.
+    pub tokens: u64,
+}
+
+/// Token-weighted mean loss of `model` over `batches` (no gradients).
+pub fn mean_loss<B: Backend>(
+    model: &LlamaForCausalLm<B>,
+    batches: &[TokenBatch],
+) -> Result<LossReport> {
+    let mut sum = 0.0f64;
+    let mut tokens = 0u64;
+    for batch in batches {
+        let out = model.forward(batch)?;
+        if out.tokens == 0 {
+            continue;
+        }
+        let loss = out.loss.context("evaluation batches carry labels")?;
+        let loss: f32 = loss.into_scalar().elem();
+        sum += loss as f64 * out.tokens as f64;
+        tokens += out.tokens as u64;
+    }
+    anyhow::ensure!(tokens > 0, "the evaluation data has no tokens to score");
+    let loss = sum / tokens as f64;
+    Ok(LossReport {
+        loss,
+        perplexity: loss.exp(),
+        tokens,
+    })
+}
+
+/// Generation accuracy on question/answer data.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AccuracyReport {
+    /// correct / total.
+    pub accuracy: f64,
+    /// Answers whose last number equals the reference.
+    pub correct: usize,
+    /// Problems tried.
+    pub total: usize,
+}
+
+/// The reference answer of a GSM8K-style solution: the number after `####`.
+pub fn reference_answer(solution: &str) -> Option<f64> {
+    let (_, tail) = solution.rsplit_once("####")?;
+    parse_number(tail.split_whitespace().next()?)
+}
+
+/// The last number in `text` (`1,234`, `-5`, `3.5`; a trailing `.` is punctuation).
+pub fn last_number(text: &str) -> Option<f64> {
+    let mut last = None;
+    let mut current = String::new();
+    for c in text.chars().chain(std::iter::once(' ')) {
+        let continues = c.is_ascii_digit()
+            || (c == '-' && current.is_empty())
+            || ((c == ',' || c == '.') && !current.is_empty());
+        if continues {
+            current.push(c);
+        } else if !current.is_empty() {
+            if let Some(n) = parse_number(&current) {
+                last = Some(n);
+            }
+            current.clear();
+        }
+    }
+    last
+}
+
+fn parse_number(token: &str) -> Option<f64> {
+    let cleaned: String = token
+        .trim_end_matches(['.', ','])
+        .chars()
+        .filter(|&c| c != ',' && c != '$')
+        .collect();
+    cleaned.parse().ok()
+}
+
+/// One problem of an accuracy run, for logs.
+#[derive(Clone, Debug, Serialize)]
+pub struct Attempt {
+    /// The user's question.
+    pub question: String,
+    /// What the model wrote.
+    pub completion: String,
+    /// Whether its last number matched.
+    pub correct: bool,
+}
+
+/// Greedy answers to each example's last user turn, scored against the number after `####`
+/// in its assistant turn. Examples without such a number are an error naming the example.
+pub fn answer_accuracy<B: Backend>(
+    model: &LlamaForCausalLm<B>,
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    examples: &[Example],
+    max_new_tokens: usize,
+    mut on_attempt: impl FnMut(usize, &Attempt),
+) -> Result<AccuracyReport> {
+    let mut correct = 0;
+    for (i, example) in examples.iter().enumerate() {
+        let Example::Chat(messages) = example else {
+            anyhow::bail!(
+                "example {}: answer accuracy needs question/answer data, not plain text",
+                i + 1
+            );
+        };
+        let (prompt, reference) =
+            split_last_answer(messages).with_context(|| format!("example {}", i + 1))?;
+        let expected = reference_answer(&reference.content).with_context(|| {
+            format!(
+                "example {}: the reference answer has no `#### <number>`",
+                i + 1
+            )
+        })?;
+        let text = template.render(prompt, true)?;
+        let ids = tokenizer
+            .encode(text.as_str(), false)
+            .map_err(|e| anyhow::anyhow!("tokenizing example {}: {e}", i + 1))?
+            .get_ids()
+            .to_vec();
+        let config = GenerationConfig {
+            max_new_tokens,
+            ..GenerationConfig::default()
+        };
+        let generation = generate(model, &ids, &config, |_| {})?;
+        let completion = tokenizer
+            .decode(&generation.tokens, true)
+            .map_err(|e| anyhow::anyhow!("decoding: {e}"))?;
+        let ok = last_number(&completion).is_some_and(|n| (n - expected).abs() < 1e-6);
+        correct += ok as usize;
+        let question = prompt.last().map(|m| m.content.clone()).unwrap_or_default();
+        on_attempt(
+            i,
+            &Attempt {
+                question,
+                completion,
+                correct: ok,
+            },
+        );
+    }
+    Ok(AccuracyReport {
+        accuracy: correct as f64 / examples.len().max(1) as f64,
+        correct,
+        total: examples.len(),
+    })
+}
+
+fn split_last_answer(messages: &[Message]) -> Result<(&[Message], &Message)> {
+    match messages.split_last() {
+        Some((last, prompt)) if last.role == "assistant" && !prompt.is_empty() => {
+            Ok((prompt, last))
+        }
+        _ => anyhow::bail!("the conversation does not end with an assistant answer to a prompt"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_read_like_gsm8k_graders_do() {
+        assert_eq!(reference_answer("2 + 3 = 5\n#### 5"), Some(5.0));
+        assert_eq!(reference_answer("#### 1,234"), Some(1234.0));
+        assert_eq!(reference_answer("no marker 7"), None);
+        assert_eq!(last_number("So she has 12 apples."), Some(12.0));
+        assert_eq!(last_number("It costs $1,250.50 in total"), Some(1250.5));
+        assert_eq!(last_number("from 3 to -4"), Some(-4.0));
+        assert_eq!(last_number("none"), None);
+    }
+}

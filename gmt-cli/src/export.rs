@@ -1,0 +1,40 @@
+//! `gmt export`: a model as a Hugging Face directory that other tools load directly.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::Backend;
+use gmt_data::ChatTemplate;
+use gmt_models::{ExportDtype, LlamaForCausalLm, save_hf_dir, write_atomic};
+use serde_json::json;
+use tokenizers::Tokenizer;
+
+/// Writes `config.json`, `model.safetensors`, `tokenizer.json` and `tokenizer_config.json`
+/// (with the chat template and special tokens) into `dir`.
+pub fn export_model<B: Backend>(
+    model: &LlamaForCausalLm<B>,
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    dir: &Path,
+    dtype: ExportDtype,
+) -> Result<()> {
+    save_hf_dir(model, dir, dtype)
+        .with_context(|| format!("exporting the model to {}", dir.display()))?;
+    let tokenizer_json = tokenizer
+        .to_string(true)
+        .map_err(|e| anyhow::anyhow!("cannot serialize the tokenizer: {e}"))?;
+    write_atomic(&dir.join("tokenizer.json"), tokenizer_json.as_bytes())?;
+    let config = model.config();
+    let token = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id));
+    let tokenizer_config = json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": token(config.bos_token_id),
+        "eos_token": token(config.eos_token_ids.first().copied()),
+        "pad_token": token(config.pad_token_id),
+        "chat_template": template.source(),
+        "model_max_length": config.max_position_embeddings,
+    });
+    let text = serde_json::to_string_pretty(&tokenizer_config).expect("JSON serializes");
+    write_atomic(&dir.join("tokenizer_config.json"), text.as_bytes())?;
+    Ok(())
+}

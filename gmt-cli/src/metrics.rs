@@ -1,0 +1,150 @@
+//! What a training run reports: `metrics.jsonl` in the output directory, and progress on the
+//! terminal (an `indicatif` bar) or as plain log lines when stderr is not a terminal.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+/// One line of `metrics.jsonl`: one optimizer step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// Optimizer steps completed (1-based).
+    pub step: u64,
+    /// Mean training loss over the step's counted tokens.
+    pub loss: f64,
+    /// Mean evaluation loss, on steps that evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+    /// Learning rate of the step.
+    pub lr: f64,
+    /// Global L2 norm of the masked gradient, before clipping.
+    pub grad_norm: f64,
+    /// Fraction of gradient entries that reached the optimizer.
+    pub kept_fraction: f64,
+    /// Kept fraction of each decoder layer's entries (embeddings and final norm excluded).
+    pub layer_kept: Vec<f64>,
+    /// Tokens that carried loss in this step.
+    pub tokens: u64,
+    /// Training throughput of this step (all tokens of its batches, padding excluded).
+    pub tokens_per_sec: f64,
+    /// Training seconds since the run began (resumed runs continue the count).
+    pub elapsed_secs: f64,
+}
+
+/// Appends steps to `metrics.jsonl`.
+pub struct MetricsLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetricsLog {
+    /// Opens `output_dir/metrics.jsonl`, keeping only the steps up to `resume_step` (a resumed
+    /// run rewrites what an interrupted run logged after its checkpoint).
+    pub fn open(output_dir: &Path, resume_step: u64) -> Result<Self> {
+        let path = output_dir.join("metrics.jsonl");
+        let kept: Vec<StepMetrics> = read_metrics(&path)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| m.step <= resume_step)
+            .collect();
+        let mut text = String::new();
+        for m in &kept {
+            text.push_str(&serde_json::to_string(m).expect("metrics serialize"));
+            text.push('\n');
+        }
+        fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(Self { path, file })
+    }
+
+    /// Appends one step.
+    pub fn write(&mut self, metrics: &StepMetrics) -> Result<()> {
+        let line = serde_json::to_string(metrics).expect("metrics serialize");
+        writeln!(self.file, "{line}")
+            .with_context(|| format!("cannot write {}", self.path.display()))
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Reads a `metrics.jsonl`.
+pub fn read_metrics(path: &Path) -> Result<Vec<StepMetrics>> {
+    let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    BufReader::new(file)
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !matches!(line, Ok(l) if l.trim().is_empty()))
+        .map(|(i, line)| {
+            let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+            serde_json::from_str(&line)
+                .with_context(|| format!("{}:{}: not a metrics record", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Progress on the terminal, or log lines when stderr is redirected.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    /// Progress over `total` steps, starting at `done`.
+    pub fn new(total: u64, done: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total).with_position(done);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+                )
+                .expect("valid template"),
+            );
+            bar.enable_steady_tick(Duration::from_millis(500));
+            bar
+        });
+        Self { bar }
+    }
+
+    /// Shows a completed step.
+    pub fn step(&self, m: &StepMetrics, total: u64) {
+        let msg = format!(
+            "loss {:.4}  lr {:.2e}  {:.0} tok/s  kept {:.1}%",
+            m.loss,
+            m.lr,
+            m.tokens_per_sec,
+            100.0 * m.kept_fraction
+        );
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(m.step);
+                bar.set_message(msg);
+            }
+            None => tracing::info!("step {}/{total}  {msg}", m.step),
+        }
+    }
+
+    /// Prints a line without breaking the bar.
+    pub fn println(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => tracing::info!("{line}"),
+        }
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

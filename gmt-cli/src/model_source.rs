@@ -1,0 +1,188 @@
+//! Opening what `--model` names: a Hugging Face directory, a GGUF file or a `gmt` checkpoint,
+//! with the tokenizer and chat template that go with it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+use burn::tensor::backend::Backend;
+use gmt_data::ChatTemplate;
+use gmt_models::gguf::{GgufFile, gguf_chat_template, gguf_config, gguf_tokenizer, gguf_weights};
+use gmt_models::{LlamaForCausalLm, load_hf_dir};
+use tokenizers::Tokenizer;
+
+use crate::checkpoint::Checkpoint;
+
+/// A model with its tokenizer and chat template.
+pub struct LoadedModel<B: Backend> {
+    /// The network.
+    pub model: LlamaForCausalLm<B>,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// Its chat template (or the fallback, see [`load_model`]).
+    pub template: ChatTemplate,
+}
+
+/// Where the tokenizer and template come from when not the model's own.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// A `tokenizer.json`, or a directory holding one.
+    pub tokenizer: Option<PathBuf>,
+    /// A built-in template name or a `.jinja` file.
+    pub chat_template: Option<String>,
+}
+
+/// Loads `path`: a `.gguf` file, a Hugging Face directory (`config.json`, `*.safetensors`,
+/// `tokenizer.json`), or a checkpoint directory written by `gmt train` (whose weights are
+/// loaded into the base model it names).
+pub fn load_model<B: Backend>(
+    path: &Path,
+    overrides: &Overrides,
+    device: &B::Device,
+) -> Result<LoadedModel<B>> {
+    if !path.exists() {
+        bail!("model {} does not exist", path.display());
+    }
+    if Checkpoint::is_checkpoint(path) {
+        let checkpoint = Checkpoint::open(path)?;
+        let settings = checkpoint.settings()?;
+        let base = settings
+            .model
+            .path
+            .clone()
+            .context("the checkpoint's config.toml names no base model")?;
+        let mut merged = Overrides {
+            tokenizer: settings.model.tokenizer.clone(),
+            chat_template: settings.model.chat_template.clone(),
+        };
+        merged.tokenizer = overrides.tokenizer.clone().or(merged.tokenizer);
+        merged.chat_template = overrides.chat_template.clone().or(merged.chat_template);
+        let mut loaded = load_model::<B>(&base, &merged, device)
+            .with_context(|| format!("loading the base model of checkpoint {}", path.display()))?;
+        loaded.model = load_weights_record(loaded.model, &checkpoint.model_file(), device)?;
+        return Ok(loaded);
+    }
+    let (model, tokenizer, own_template) = if path.is_dir() {
+        let model = load_hf_dir::<B>(path, device)
+            .with_context(|| format!("loading Hugging Face model {}", path.display()))?;
+        let tokenizer_file = path.join("tokenizer.json");
+        let tokenizer = match &overrides.tokenizer {
+            Some(_) => None,
+            None => Some(read_tokenizer(&tokenizer_file)?),
+        };
+        let template = ChatTemplate::from_hf_dir(path)
+            .with_context(|| format!("reading the chat template of {}", path.display()))?;
+        (model, tokenizer, template)
+    } else {
+        let file = GgufFile::read(path)?;
+        let config = gguf_config(&file)?;
+        let model = LlamaForCausalLm::from_weights(&config, gguf_weights(&file, &config)?, device)?;
+        let tokenizer = gguf_tokenizer(&file)?;
+        let template = gguf_chat_template(&file)
+            .map(|source| {
+                let token = |id: Option<u32>| {
+                    id.and_then(|id| tokenizer.id_to_token(id))
+                        .unwrap_or_default()
+                };
+                ChatTemplate::new(
+                    &source,
+                    &token(config.bos_token_id),
+                    &token(config.eos_token_ids.first().copied()),
+                )
+            })
+            .transpose()
+            .with_context(|| format!("compiling the chat template of {}", path.display()))?;
+        (model, Some(tokenizer), template)
+    };
+    let tokenizer = match (&overrides.tokenizer, tokenizer) {
+        (Some(path), _) => read_tokenizer(path)?,
+        (None, Some(t)) => t,
+        (None, None) => unreachable!("a tokenizer is read unless overridden"),
+    };
+    let template = match &overrides.chat_template {
+        Some(name) => named_template(name, &tokenizer, model.config())?,
+        None => match own_template {
+            Some(t) => t,
+            None => {
+                tracing::warn!(
+                    "{} defines no chat template; using the built-in `chatml` (set --chat-template to choose)",
+                    path.display()
+                );
+                named_template("chatml", &tokenizer, model.config())?
+            }
+        },
+    };
+    let vocab = tokenizer.get_vocab_size(true);
+    if vocab > model.config().vocab_size {
+        bail!(
+            "the tokenizer has {vocab} tokens but the model's vocabulary is {}: they do not belong together",
+            model.config().vocab_size
+        );
+    }
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        template,
+    })
+}
+
+/// A `tokenizer.json`, or the one inside a directory.
+pub fn read_tokenizer(path: &Path) -> Result<Tokenizer> {
+    let file = if path.is_dir() {
+        path.join("tokenizer.json")
+    } else {
+        path.to_path_buf()
+    };
+    Tokenizer::from_file(&file)
+        .map_err(|e| anyhow::anyhow!("cannot read tokenizer {}: {e}", file.display()))
+}
+
+/// A built-in template by name, or a `.jinja` file.
+fn named_template(
+    name: &str,
+    tokenizer: &Tokenizer,
+    config: &gmt_models::LlamaConfig,
+) -> Result<ChatTemplate> {
+    let token = |id: Option<u32>| {
+        id.and_then(|id| tokenizer.id_to_token(id))
+            .unwrap_or_default()
+    };
+    let bos = token(config.bos_token_id);
+    let eos = token(config.eos_token_ids.first().copied());
+    let path = Path::new(name);
+    if path.extension().is_some_and(|e| e == "jinja") || path.is_file() {
+        let source = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read chat template {}", path.display()))?;
+        return ChatTemplate::new(&source, &bos, &eos)
+            .with_context(|| format!("in chat template {}", path.display()));
+    }
+    Ok(ChatTemplate::builtin(name, &bos, &eos)?)
+}
+
+/// Loads saved weights (a burn record, which also restores parameter identities so that a
+/// saved optimizer state attaches to the right tensors) into `model`.
+pub fn load_weights_record<B: Backend>(
+    model: LlamaForCausalLm<B>,
+    file: &Path,
+    device: &B::Device,
+) -> Result<LlamaForCausalLm<B>> {
+    let bytes =
+        std::fs::read(file).with_context(|| format!("cannot read weights {}", file.display()))?;
+    let record = BinBytesRecorder::<FullPrecisionSettings>::default()
+        .load(bytes, device)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}: not a weights record of this model: {e}",
+                file.display()
+            )
+        })?;
+    Ok(model.load_record(record))
+}
+
+/// The weights of `model` as bytes for [`load_weights_record`].
+pub fn weights_record_bytes<B: Backend>(model: &LlamaForCausalLm<B>) -> Result<Vec<u8>> {
+    BinBytesRecorder::<FullPrecisionSettings>::default()
+        .record(model.clone().into_record(), ())
+        .map_err(|e| anyhow::anyhow!("cannot serialize the model: {e}"))
+}

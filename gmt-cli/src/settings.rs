@@ -1,0 +1,454 @@
+//! The effective configuration of `gmt train`: a TOML file (`--config`) overlaid with
+//! command-line flags, flags winning.
+//!
+//! Every section denies unknown keys; a misspelt key is an error that names the file, the key
+//! and the closest known key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use gmt_core::{MaskScope, MaskTarget};
+use gmt_data::{FieldMapping, RecordFormat, Truncation};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::BackendChoice;
+use crate::schedule::ScheduleKind;
+
+/// Everything `gmt train` needs, as saved to `<output>/config.toml`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSettings {
+    /// The model and its tokenizer.
+    pub model: ModelSettings,
+    /// The training and evaluation data.
+    pub data: DataSettings,
+    /// Gradient-Mask Tuning.
+    pub gmt: GmtSettings,
+    /// AdamW.
+    pub optim: OptimSettings,
+    /// Learning-rate schedule.
+    pub schedule: ScheduleSettings,
+    /// Batching, length, checkpoints and evaluation.
+    pub train: LoopSettings,
+}
+
+/// `[model]`
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSettings {
+    /// A Hugging Face model directory or a `.gguf` file.
+    pub path: Option<PathBuf>,
+    /// A `tokenizer.json` (or a directory holding one); defaults to the model's.
+    pub tokenizer: Option<PathBuf>,
+    /// A chat template: a built-in name (chatml, llama-2, llama-3, mistral, plain) or a
+    /// `.jinja` file; defaults to the model's own.
+    pub chat_template: Option<String>,
+}
+
+/// `[data]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSettings {
+    /// Training data: a file or a directory of shards.
+    pub train: Option<PathBuf>,
+    /// Evaluation data; when absent, `eval_fraction` of `train` is held out.
+    pub eval: Option<PathBuf>,
+    /// Fraction of `train` held out for evaluation (deterministic in `seed`).
+    pub eval_fraction: f64,
+    /// At most this many evaluation examples (0 = all).
+    pub eval_max_examples: usize,
+    /// Record format: alpaca, messages, sharegpt, prompt_completion, text or fields;
+    /// detected from the first record when absent.
+    pub format: Option<String>,
+    /// For `format = "fields"`: the user field.
+    pub user_field: Option<String>,
+    /// For `format = "fields"`: the assistant field.
+    pub assistant_field: Option<String>,
+    /// For `format = "fields"`: the system field, if any.
+    pub system_field: Option<String>,
+    /// Put the loss on prompts too, not only on assistant turns.
+    pub train_on_prompt: bool,
+    /// Longest sequence in tokens.
+    pub max_seq_len: usize,
+    /// What to do with longer examples: truncate or drop (both counted).
+    pub truncation: Truncation,
+    /// Pack several examples into one sequence (no attention across them).
+    pub packing: bool,
+    /// Examples in the shuffle buffer (1 = file order).
+    pub shuffle_buffer: usize,
+    /// Skip and count bad records instead of stopping at the first.
+    pub skip_bad_records: bool,
+}
+
+impl Default for DataSettings {
+    fn default() -> Self {
+        Self {
+            train: None,
+            eval: None,
+            eval_fraction: 0.0,
+            eval_max_examples: 0,
+            format: None,
+            user_field: None,
+            assistant_field: None,
+            system_field: None,
+            train_on_prompt: false,
+            max_seq_len: 512,
+            truncation: Truncation::Truncate,
+            packing: false,
+            shuffle_buffer: 1024,
+            skip_bad_records: false,
+        }
+    }
+}
+
+/// `gmt | random | none`: magnitude masks (GMT), the same-ratio random control, or plain
+/// fine-tuning.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategySetting {
+    /// Keep the entries with the largest |Γ| (Gradient-Mask Tuning).
+    #[default]
+    Gmt,
+    /// A seeded random mask of the same ratio (the paper's control).
+    Random,
+    /// No mask: plain fine-tuning (SFT).
+    None,
+}
+
+/// `[gmt]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GmtSettings {
+    /// Fraction of gradient entries set to zero each step, in [0, 1).
+    pub mask_ratio: f64,
+    /// `tensor` (each parameter on its own) or `global` (one threshold for all).
+    pub scope: MaskScope,
+    /// `gradient` (AdamW sees Γ·mask) or `update` (masked entries do not move).
+    pub target: MaskTarget,
+    /// `gmt`, `random` or `none`.
+    pub strategy: StrategySetting,
+    /// Glob patterns of parameters never masked (still trained), e.g. `*norm*`.
+    pub exclude: Vec<String>,
+}
+
+impl Default for GmtSettings {
+    fn default() -> Self {
+        Self {
+            mask_ratio: 0.2,
+            scope: MaskScope::Tensor,
+            target: MaskTarget::Gradient,
+            strategy: StrategySetting::Gmt,
+            exclude: Vec::new(),
+        }
+    }
+}
+
+/// `[optim]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimSettings {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// AdamW β1.
+    pub beta1: f32,
+    /// AdamW β2.
+    pub beta2: f32,
+    /// AdamW ε.
+    pub eps: f32,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+    /// Clip the global norm of the masked gradient to this (0 = no clipping).
+    pub max_grad_norm: f64,
+}
+
+impl Default for OptimSettings {
+    fn default() -> Self {
+        // PyTorch's AdamW defaults except weight decay, which fine-tuning recipes usually
+        // set to 0.
+        Self {
+            lr: 1e-5,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+        }
+    }
+}
+
+/// `[schedule]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleSettings {
+    /// `constant`, `linear` or `cosine` decay after warmup.
+    pub kind: ScheduleKind,
+    /// Linear warmup from 0 over this many steps.
+    pub warmup_steps: u64,
+    /// The learning rate at the end of decay, as a fraction of `lr`.
+    pub min_lr_ratio: f64,
+}
+
+impl Default for ScheduleSettings {
+    fn default() -> Self {
+        Self {
+            kind: ScheduleKind::Cosine,
+            warmup_steps: 0,
+            min_lr_ratio: 0.0,
+        }
+    }
+}
+
+/// `[train]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoopSettings {
+    /// Where checkpoints, metrics, plots and the final model go.
+    pub output_dir: Option<PathBuf>,
+    /// `cpu`, `wgpu`, `cuda` or `auto`.
+    pub backend: BackendChoice,
+    /// Sequences per micro-batch.
+    pub micro_batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Optimizer steps to run (0 = run `epochs` passes over the data).
+    pub max_steps: u64,
+    /// Passes over the training data when `max_steps` is 0.
+    pub epochs: u64,
+    /// Seed of data order, masks and sampling.
+    pub seed: u64,
+    /// Evaluate every N steps (0 = only at the end).
+    pub eval_every: u64,
+    /// Checkpoint every N steps (0 = only at the end).
+    pub checkpoint_every: u64,
+    /// Checkpoints kept (the oldest are deleted).
+    pub keep_checkpoints: usize,
+}
+
+impl Default for LoopSettings {
+    fn default() -> Self {
+        Self {
+            output_dir: None,
+            backend: BackendChoice::Auto,
+            micro_batch_size: 4,
+            grad_accum: 1,
+            max_steps: 0,
+            epochs: 1,
+            seed: 0,
+            eval_every: 0,
+            checkpoint_every: 0,
+            keep_checkpoints: 2,
+        }
+    }
+}
+
+impl TrainSettings {
+    /// Reads a TOML settings file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("in config file {}", path.display()))
+    }
+
+    /// Parses TOML text; unknown keys are errors with the closest known key suggested.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| anyhow::anyhow!(explain_toml_error(&e)))
+    }
+
+    /// The settings as TOML (what `--print-config` prints and `config.toml` holds).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("settings serialize to TOML")
+    }
+
+    /// Checks the settings before anything is loaded, so a run that cannot work fails at once.
+    pub fn validate(&self) -> Result<()> {
+        if self.model.path.is_none() {
+            bail!("no model given: set --model or `[model] path` in the config file");
+        }
+        if self.data.train.is_none() {
+            bail!("no training data given: set --data or `[data] train` in the config file");
+        }
+        if self.train.output_dir.is_none() {
+            bail!("no output directory given: set --output or `[train] output_dir`");
+        }
+        let t = &self.train;
+        let checks: [(bool, &str, String); 10] = [
+            (
+                t.grad_accum == 0,
+                "train.grad_accum",
+                "must be at least 1".into(),
+            ),
+            (
+                t.micro_batch_size == 0,
+                "train.micro_batch_size",
+                "must be at least 1".into(),
+            ),
+            (
+                t.max_steps == 0 && t.epochs == 0,
+                "train.epochs",
+                "set max_steps or epochs above 0".into(),
+            ),
+            (
+                t.keep_checkpoints == 0,
+                "train.keep_checkpoints",
+                "must be at least 1".into(),
+            ),
+            (
+                !(self.optim.lr >= 0.0 && self.optim.lr.is_finite()),
+                "optim.lr",
+                format!("{} is not a learning rate ≥ 0", self.optim.lr),
+            ),
+            (
+                !(0.0..1.0).contains(&self.gmt.mask_ratio),
+                "gmt.mask_ratio",
+                format!(
+                    "{} is outside [0, 1): it is the fraction of gradient entries set to zero; 1 would train nothing",
+                    self.gmt.mask_ratio
+                ),
+            ),
+            (
+                !(0.0..1.0).contains(&self.data.eval_fraction),
+                "data.eval_fraction",
+                format!("{} is outside [0, 1)", self.data.eval_fraction),
+            ),
+            (
+                self.data.max_seq_len < 2,
+                "data.max_seq_len",
+                "must be at least 2 tokens".into(),
+            ),
+            (
+                !(self.optim.max_grad_norm >= 0.0),
+                "optim.max_grad_norm",
+                format!("{} is negative", self.optim.max_grad_norm),
+            ),
+            (
+                !(0.0..=1.0).contains(&self.schedule.min_lr_ratio),
+                "schedule.min_lr_ratio",
+                format!("{} is outside [0, 1]", self.schedule.min_lr_ratio),
+            ),
+        ];
+        for (bad, key, reason) in checks {
+            if bad {
+                bail!("invalid setting `{key}`: {reason}");
+            }
+        }
+        self.record_format()?;
+        Ok(())
+    }
+
+    /// The record format named in `[data]`, `None` to detect it.
+    pub fn record_format(&self) -> Result<Option<RecordFormat>> {
+        record_format(
+            self.data.format.as_deref(),
+            &self.data.user_field,
+            &self.data.assistant_field,
+            &self.data.system_field,
+        )
+    }
+}
+
+/// A record format from its name and, for `fields`, the field names.
+pub fn record_format(
+    name: Option<&str>,
+    user: &Option<String>,
+    assistant: &Option<String>,
+    system: &Option<String>,
+) -> Result<Option<RecordFormat>> {
+    let format = match name {
+        None if user.is_some() || assistant.is_some() => "fields",
+        None => return Ok(None),
+        Some(name) => name,
+    };
+    Ok(Some(match format {
+        "alpaca" => RecordFormat::Alpaca,
+        "messages" => RecordFormat::Messages,
+        "sharegpt" => RecordFormat::Sharegpt,
+        "prompt_completion" => RecordFormat::PromptCompletion,
+        "text" => RecordFormat::Text,
+        "fields" => match (user, assistant) {
+            (Some(user), Some(assistant)) => RecordFormat::Fields(FieldMapping {
+                system: system.clone(),
+                user: user.clone(),
+                assistant: assistant.clone(),
+            }),
+            _ => bail!(
+                "format `fields` needs both a user field and an assistant field (--user-field, --assistant-field)"
+            ),
+        },
+        other => bail!(
+            "unknown data format `{other}`: expected alpaca, messages, sharegpt, prompt_completion, text or fields"
+        ),
+    }))
+}
+
+/// TOML's message, with "did you mean" for an unknown key.
+fn explain_toml_error(error: &toml::de::Error) -> String {
+    let message = error.message();
+    let mut text = error.to_string();
+    // serde's wording: "unknown field `x`, expected one of `a`, `b`" (or "expected `a`").
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let mut parts = rest.split('`');
+        let unknown = parts.next().unwrap_or_default();
+        let known: Vec<&str> = parts.skip(1).step_by(2).collect();
+        if let Some(best) = known
+            .iter()
+            .map(|k| (strsim::jaro_winkler(unknown, k), *k))
+            .filter(|(score, _)| *score > 0.7)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+        {
+            text.push_str(&format!("\ndid you mean `{}`?", best.1));
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_suggest_the_closest_known_key() {
+        let err = TrainSettings::from_toml("[optim]\nlearning_rat = 1e-4\n").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("learning_rat"), "{text}");
+        let err = TrainSettings::from_toml("[optim]\nweight_decy = 0.1\n").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("did you mean `weight_decay`"),
+            "{err:#}"
+        );
+        let err = TrainSettings::from_toml("[trian]\nseed = 1\n").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("did you mean `train`"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn settings_round_trip_through_toml() {
+        let mut settings = TrainSettings::default();
+        settings.model.path = Some("m.gguf".into());
+        settings.gmt.mask_ratio = 0.4;
+        settings.gmt.exclude = vec!["*norm*".into()];
+        let again = TrainSettings::from_toml(&settings.to_toml()).unwrap();
+        assert_eq!(again, settings);
+    }
+
+    #[test]
+    fn impossible_settings_are_refused_by_key() {
+        let mut s = TrainSettings::default();
+        s.model.path = Some("m".into());
+        s.data.train = Some("d".into());
+        s.train.output_dir = Some("o".into());
+        assert!(s.validate().is_ok());
+        let cases: [(fn(&mut TrainSettings), &str); 3] = [
+            (|s| s.train.grad_accum = 0, "train.grad_accum"),
+            (|s| s.gmt.mask_ratio = 1.0, "gmt.mask_ratio"),
+            (|s| s.optim.lr = -1e-4, "optim.lr"),
+        ];
+        for (break_it, key) in cases {
+            let mut bad = s.clone();
+            break_it(&mut bad);
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+    }
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# GPU check, meant to finish in under 8 minutes on one H100 (CUDA driver present):
+#   1. builds the cross-backend suite and the throughput benchmark in release,
+#   2. runs the cross-backend suite on CUDA (and WGPU) against the CPU reference,
+#   3. measures SmolLM2-135M training throughput (SFT and GMT) on CUDA and on WGPU with a
+#      GPU-sized batch, printing tokens/s, the optimizer-step cost of mask selection and the
+#      peak GPU memory seen by nvidia-smi.
+#
+#   scripts/gpu-check.sh            # BATCH=16 SEQ=512 STEPS=5 by default
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+batch="${BATCH:-16}"
+seq="${SEQ:-512}"
+steps="${STEPS:-5}"
+export CARGO_TERM_COLOR=never
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+
+echo "== build (release)"
+cargo build --release --locked -p gmt-bench --features gpu --example train_throughput
+cargo test --release --locked -p gmt-tests --features gmt-tests/cuda --test cross_backend --no-run
+
+echo "== cross-backend consistency: ndarray reference vs CUDA and WGPU"
+GMT_TEST_CUDA=1 cargo test --release --locked -p gmt-tests --features gmt-tests/cuda --test cross_backend -- --nocapture --test-threads 1
+
+# Samples the GPU's used memory every 100 ms while a command runs; prints the peak.
+peak_memory() {
+  local log; log="$(mktemp)"
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$log" &
+  local sampler=$!
+  "$@"
+  kill "$sampler" 2>/dev/null || true
+  wait "$sampler" 2>/dev/null || true
+  echo "peak GPU memory: $(sort -n "$log" | tail -1) MiB"
+  rm -f "$log"
+}
+
+for backend in cuda wgpu; do
+  echo "== training throughput, SmolLM2-135M, $backend, batch $batch × $seq"
+  peak_memory target/release/examples/train_throughput \
+    --backend "$backend" --batch "$batch" --seq "$seq" --steps "$steps" --warmup 2
+done
