@@ -316,7 +316,7 @@ impl TrainSettings {
                 "must be at least 2 tokens".into(),
             ),
             (
-                !(self.optim.max_grad_norm >= 0.0),
+                self.optim.max_grad_norm < 0.0 || self.optim.max_grad_norm.is_nan(),
                 "optim.max_grad_norm",
                 format!("{} is negative", self.optim.max_grad_norm),
             ),
@@ -439,7 +439,8 @@ mod tests {
         s.data.train = Some("d".into());
         s.train.output_dir = Some("o".into());
         assert!(s.validate().is_ok());
-        let cases: [(fn(&mut TrainSettings), &str); 3] = [
+        type Breaker = fn(&mut TrainSettings);
+        let cases: [(Breaker, &str); 3] = [
             (|s| s.train.grad_accum = 0, "train.grad_accum"),
             (|s| s.gmt.mask_ratio = 1.0, "gmt.mask_ratio"),
             (|s| s.optim.lr = -1e-4, "optim.lr"),

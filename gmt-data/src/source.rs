@@ -40,7 +40,7 @@ impl DataSource {
         }
         Self::collect(
             path,
-            |name| is_data_file(name),
+            is_data_file,
             "no data files (.jsonl, .json, .txt, optionally .gz or .zst) in this directory",
         )
     }
