@@ -6,13 +6,13 @@
 #
 #   scripts/demo.sh                     # results in target/demo
 #
-# Environment: GMT_DEMO_DIR (output, default target/demo), GMT_DEMO_STEPS (default 16),
+# Environment: GMT_DEMO_DIR (output, default target/demo), GMT_DEMO_STEPS (default 32),
 # GMT_BACKEND (default cpu), GMT_BIN (an already built gmt binary; default: build release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 out="${GMT_DEMO_DIR:-target/demo}"
-steps="${GMT_DEMO_STEPS:-16}"
+steps="${GMT_DEMO_STEPS:-32}"
 backend="${GMT_BACKEND:-cpu}"
 
 echo "== fetching SmolLM2-135M-Instruct (once; cached in ~/.cache/gmt)"

@@ -19,10 +19,10 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
 echo "== build (release)"
 cargo build --release --locked -p gmt-bench --features gpu --example train_throughput
-cargo test --release --locked -p gmt-tests --features gmt-tests/cuda --test cross_backend --no-run
+cargo test --release --locked -p gmt-tests --features gmt-tests/cuda --test integration --no-run
 
 echo "== cross-backend consistency: ndarray reference vs CUDA and WGPU"
-GMT_TEST_CUDA=1 cargo test --release --locked -p gmt-tests --features gmt-tests/cuda --test cross_backend -- --nocapture --test-threads 1
+GMT_TEST_CUDA=1 cargo test --release --locked -p gmt-tests --features gmt-tests/cuda --test integration cross_backend:: -- --nocapture --test-threads 1
 
 # Samples the GPU's used memory every 100 ms while a command runs; prints the peak.
 peak_memory() {

@@ -33,6 +33,7 @@ fn pipeline(c: &mut Criterion) {
         truncation: Truncation::Truncate,
         packing: false,
         pad_id: 2,
+        group_by_length: 0,
     };
     let run = || {
         let stream =

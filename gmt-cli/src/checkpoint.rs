@@ -42,8 +42,8 @@ pub struct TrainerState {
     pub elapsed_secs: f64,
     /// The training stream's position.
     pub stream: StreamState,
-    /// An example the batcher had read but not yet used (packing).
-    pub pending: Option<Encoded>,
+    /// Examples the batcher had read but not yet used (packing, length grouping).
+    pub pending: Vec<Encoded>,
     /// Truncated/dropped counts.
     pub fit: FitReport,
 }

@@ -124,6 +124,10 @@ pub struct TrainArgs {
     /// Pack several examples per sequence (no attention across examples).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub packing: Option<bool>,
+    /// Length-grouped batching: sort windows of N batches by length, so a batch's rows need
+    /// little padding (0 = off; not with --packing).
+    #[arg(long, value_name = "N")]
+    pub group_by_length: Option<usize>,
     /// Examples in the shuffle buffer (1 = file order).
     #[arg(long)]
     pub shuffle_buffer: Option<usize>,
@@ -246,6 +250,7 @@ impl TrainArgs {
         set(&mut d.max_seq_len, a.max_seq_len);
         set(&mut d.truncation, a.truncation);
         set(&mut d.packing, a.packing);
+        set(&mut d.group_by_length, a.group_by_length);
         set(&mut d.shuffle_buffer, a.shuffle_buffer);
         let g = &mut s.gmt;
         set(&mut g.mask_ratio, a.mask_ratio);

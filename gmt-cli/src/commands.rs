@@ -158,6 +158,7 @@ impl BackendJob for EvalJob<'_> {
             args.max_seq_len,
             Truncation::Truncate,
             false,
+            0,
         );
         let batches = eval_batches(
             &args.data,

@@ -52,6 +52,7 @@ pub fn batch_config(
     max_seq_len: usize,
     truncation: Truncation,
     packing: bool,
+    group_by_length: usize,
 ) -> BatchConfig {
     BatchConfig {
         batch_size,
@@ -59,6 +60,7 @@ pub fn batch_config(
         truncation,
         packing,
         pad_id: pad_id(config),
+        group_by_length,
     }
 }
 

@@ -9,6 +9,8 @@ use gmt_models::{ExportDtype, LlamaForCausalLm, save_hf_dir, write_atomic};
 use serde_json::json;
 use tokenizers::Tokenizer;
 
+use crate::model_source::token_text;
+
 /// Writes `config.json`, `model.safetensors`, `tokenizer.json` and `tokenizer_config.json`
 /// (with the chat template and special tokens) into `dir`.
 pub fn export_model<B: Backend>(
@@ -25,7 +27,7 @@ pub fn export_model<B: Backend>(
         .map_err(|e| anyhow::anyhow!("cannot serialize the tokenizer: {e}"))?;
     write_atomic(&dir.join("tokenizer.json"), tokenizer_json.as_bytes())?;
     let config = model.config();
-    let token = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id));
+    let token = |id| token_text(tokenizer, id);
     let tokenizer_config = json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": token(config.bos_token_id),

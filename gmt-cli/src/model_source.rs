@@ -81,15 +81,8 @@ pub fn load_model<B: Backend>(
         let tokenizer = gguf_tokenizer(&file)?;
         let template = gguf_chat_template(&file)
             .map(|source| {
-                let token = |id: Option<u32>| {
-                    id.and_then(|id| tokenizer.id_to_token(id))
-                        .unwrap_or_default()
-                };
-                ChatTemplate::new(
-                    &source,
-                    &token(config.bos_token_id),
-                    &token(config.eos_token_ids.first().copied()),
-                )
+                let (bos, eos) = template_tokens(&tokenizer, &config);
+                ChatTemplate::new(&source, &bos, &eos)
             })
             .transpose()
             .with_context(|| format!("compiling the chat template of {}", path.display()))?;
@@ -138,18 +131,27 @@ pub fn read_tokenizer(path: &Path) -> Result<Tokenizer> {
         .map_err(|e| anyhow::anyhow!("cannot read tokenizer {}: {e}", file.display()))
 }
 
+/// The text of token `id`, if the model names one and the tokenizer has it.
+pub fn token_text(tokenizer: &Tokenizer, id: Option<u32>) -> Option<String> {
+    id.and_then(|id| tokenizer.id_to_token(id))
+}
+
+/// The `bos_token` and `eos_token` a chat template is rendered with (empty where the model
+/// has none, as Transformers passes them).
+fn template_tokens(tokenizer: &Tokenizer, config: &gmt_models::LlamaConfig) -> (String, String) {
+    (
+        token_text(tokenizer, config.bos_token_id).unwrap_or_default(),
+        token_text(tokenizer, config.eos_token_ids.first().copied()).unwrap_or_default(),
+    )
+}
+
 /// A built-in template by name, or a `.jinja` file.
 fn named_template(
     name: &str,
     tokenizer: &Tokenizer,
     config: &gmt_models::LlamaConfig,
 ) -> Result<ChatTemplate> {
-    let token = |id: Option<u32>| {
-        id.and_then(|id| tokenizer.id_to_token(id))
-            .unwrap_or_default()
-    };
-    let bos = token(config.bos_token_id);
-    let eos = token(config.eos_token_ids.first().copied());
+    let (bos, eos) = template_tokens(tokenizer, config);
     let path = Path::new(name);
     if path.extension().is_some_and(|e| e == "jinja") || path.is_file() {
         let source = std::fs::read_to_string(path)

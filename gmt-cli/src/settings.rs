@@ -74,6 +74,9 @@ pub struct DataSettings {
     pub truncation: Truncation,
     /// Pack several examples into one sequence (no attention across them).
     pub packing: bool,
+    /// Length-grouped batching: sort windows of this many batches by length so that a
+    /// batch's rows need little padding (0 = off; not with packing).
+    pub group_by_length: usize,
     /// Examples in the shuffle buffer (1 = file order).
     pub shuffle_buffer: usize,
     /// Skip and count bad records instead of stopping at the first.
@@ -95,6 +98,7 @@ impl Default for DataSettings {
             max_seq_len: 512,
             truncation: Truncation::Truncate,
             packing: false,
+            group_by_length: 0,
             shuffle_buffer: 1024,
             skip_bad_records: false,
         }
@@ -271,7 +275,7 @@ impl TrainSettings {
             bail!("no output directory given: set --output or `[train] output_dir`");
         }
         let t = &self.train;
-        let checks: [(bool, &str, String); 10] = [
+        let checks: [(bool, &str, String); 11] = [
             (
                 t.grad_accum == 0,
                 "train.grad_accum",
@@ -314,6 +318,12 @@ impl TrainSettings {
                 self.data.max_seq_len < 2,
                 "data.max_seq_len",
                 "must be at least 2 tokens".into(),
+            ),
+            (
+                self.data.packing && self.data.group_by_length > 0,
+                "data.group_by_length",
+                "packing leaves no padding to save; use packing or length grouping, not both"
+                    .into(),
             ),
             (
                 self.optim.max_grad_norm < 0.0 || self.optim.max_grad_norm.is_nan(),

@@ -155,11 +155,14 @@ fn train<B: AutodiffBackend>(job: TrainJob, device: &B::Device) -> Result<TrainO
         data.max_seq_len,
         data.truncation,
         data.packing,
+        data.group_by_length,
     );
     let eval_set: Option<Vec<TokenBatch>> = eval_source
         .map(|(path, split)| {
+            // Evaluation order does not matter; packing would change what the model sees.
             let eval_batching = gmt_data::BatchConfig {
                 packing: false,
+                group_by_length: 0,
                 ..batching.clone()
             };
             eval_batches(
@@ -215,7 +218,7 @@ fn train<B: AutodiffBackend>(job: TrainJob, device: &B::Device) -> Result<TrainO
             elapsed_secs: 0.0,
             stream: DataStream::new(open_source(train_path)?, &encoder, stream_config.clone())?
                 .state(),
-            pending: None,
+            pending: Vec::new(),
             fit: Default::default(),
         },
     };
@@ -403,7 +406,7 @@ fn next_batch(
 /// Records where the data stream stands, for a checkpoint.
 fn snapshot_data(batches: &Batches<DataStream<'_>>, state: &mut TrainerState) {
     state.stream = batches.examples().state();
-    state.pending = batches.pending().cloned();
+    state.pending = batches.pending().cloned().collect();
     state.fit = batches.report();
 }
 

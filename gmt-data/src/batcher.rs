@@ -1,4 +1,6 @@
-//! Encoded examples → padded or packed [`TokenBatch`]es.
+//! Encoded examples → padded or packed [`TokenBatch`]es, optionally grouped by length.
+
+use std::collections::VecDeque;
 
 use gmt_models::TokenBatch;
 
@@ -29,6 +31,12 @@ pub struct BatchConfig {
     pub packing: bool,
     /// Token used for padding (never attended to, never trained on).
     pub pad_id: u32,
+    /// Length-grouped batching: read this many batches' worth of examples at a time, sort
+    /// them by length (longest first) and cut them into batches, so that rows of a batch
+    /// have similar lengths and little padding. `0` (the default) batches in stream order.
+    /// The stream's shuffle still decides which examples share a window; padding only.
+    #[serde(default)]
+    pub group_by_length: usize,
 }
 
 impl BatchConfig {
@@ -44,6 +52,12 @@ impl BatchConfig {
             return Err(DataError::InvalidConfig {
                 key: "max_seq_len",
                 reason: "must be at least 2 tokens".into(),
+            });
+        }
+        if self.packing && self.group_by_length > 0 {
+            return Err(DataError::InvalidConfig {
+                key: "group_by_length",
+                reason: "packing leaves no padding to save; use one or the other".into(),
             });
         }
         Ok(())
@@ -173,7 +187,8 @@ pub struct FitReport {
 pub struct Batches<I> {
     examples: I,
     config: BatchConfig,
-    pending: Option<Encoded>,
+    /// Examples read (and fitted) but not yet batched, in the order they will be used.
+    pending: VecDeque<Encoded>,
     report: FitReport,
 }
 
@@ -184,21 +199,21 @@ impl<I: Iterator<Item = Result<Encoded, DataError>>> Batches<I> {
         Ok(Self {
             examples,
             config,
-            pending: None,
+            pending: VecDeque::new(),
             report: FitReport::default(),
         })
     }
 
-    /// Continues batching where a saved [`Batches::pending`] example and
+    /// Continues batching where saved [`Batches::pending`] examples and
     /// [`Batches::report`] left off, over a resumed example stream.
     pub fn resume(
         examples: I,
         config: BatchConfig,
-        pending: Option<Encoded>,
+        pending: Vec<Encoded>,
         report: FitReport,
     ) -> Result<Self, DataError> {
         let mut batches = Self::new(examples, config)?;
-        batches.pending = pending;
+        batches.pending = pending.into();
         batches.report = report;
         Ok(batches)
     }
@@ -208,8 +223,8 @@ impl<I: Iterator<Item = Result<Encoded, DataError>>> Batches<I> {
         self.report
     }
 
-    /// The underlying example stream (e.g. to save its state between batches). With
-    /// packing, one example may be held back for the next batch; see [`Batches::pending`].
+    /// The underlying example stream (e.g. to save its state between batches). Examples
+    /// already read from it may wait for later batches; see [`Batches::pending`].
     pub fn examples(&self) -> &I {
         &self.examples
     }
@@ -219,15 +234,50 @@ impl<I: Iterator<Item = Result<Encoded, DataError>>> Batches<I> {
         &mut self.examples
     }
 
-    /// An example read but not yet batched (packing only).
-    pub fn pending(&self) -> Option<&Encoded> {
-        self.pending.as_ref()
+    /// Examples read but not yet batched, in the order they will be used: with packing,
+    /// the one that did not fit the last batch; with length grouping, the rest of the window.
+    /// Saving them with the stream's state makes a resumed run batch exactly the same.
+    pub fn pending(&self) -> impl ExactSizeIterator<Item = &Encoded> {
+        self.pending.iter()
     }
 
     fn next_fitting(&mut self) -> Option<Result<Encoded, DataError>> {
-        if let Some(e) = self.pending.take() {
+        if self.pending.is_empty()
+            && self.config.group_by_length > 0
+            && let Err(e) = self.fill_window()
+        {
+            return Some(Err(e));
+        }
+        if let Some(e) = self.pending.pop_front() {
             return Some(Ok(e));
         }
+        self.read_fitting()
+    }
+
+    /// Reads the next length-grouping window, longest examples first. The sort is stable,
+    /// so equal lengths keep the stream's (seeded) order.
+    fn fill_window(&mut self) -> Result<(), DataError> {
+        let window = self.config.group_by_length * self.config.batch_size;
+        let mut examples = Vec::with_capacity(window);
+        let mut result = Ok(());
+        while examples.len() < window {
+            match self.read_fitting() {
+                Some(Ok(example)) => examples.push(example),
+                Some(Err(e)) => {
+                    result = Err(e);
+                    break;
+                }
+                None => break,
+            }
+        }
+        examples.sort_by_key(|e| std::cmp::Reverse(e.ids.len()));
+        // Even after an error, what was read stays queued rather than lost.
+        self.pending.extend(examples);
+        result
+    }
+
+    /// The next example of the stream that fits `max_seq_len` after truncation.
+    fn read_fitting(&mut self) -> Option<Result<Encoded, DataError>> {
         loop {
             let example = match self.examples.next()? {
                 Ok(e) => e,
@@ -257,7 +307,8 @@ impl<I: Iterator<Item = Result<Encoded, DataError>>> Iterator for Batches<I> {
             };
             chosen.push(example);
             if self.config.rows_needed(&chosen) > self.config.batch_size {
-                self.pending = chosen.pop();
+                let unused = chosen.pop().expect("just pushed");
+                self.pending.push_front(unused);
                 break;
             }
             if !self.config.packing && chosen.len() == self.config.batch_size {

@@ -8,13 +8,17 @@ use std::path::PathBuf;
 pub struct RecordLocation {
     /// The file.
     pub file: PathBuf,
-    /// 1-based line (JSONL) or element index + 1 (JSON array).
+    /// 1-based line (JSONL, text), element (JSON array) or row (Parquet).
     pub line: u64,
 }
 
 impl std::fmt::Display for RecordLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.file.display(), self.line)
+        if self.file.extension().is_some_and(|e| e == "parquet") {
+            write!(f, "{} row {}", self.file.display(), self.line)
+        } else {
+            write!(f, "{}:{}", self.file.display(), self.line)
+        }
     }
 }
 
@@ -38,6 +42,14 @@ pub enum DataError {
         /// The offending field, if any.
         field: Option<String>,
         /// What is wrong.
+        reason: String,
+    },
+    /// A Parquet file is not readable (not Parquet, damaged, or an unsupported encoding).
+    #[error("{path}: not a readable Parquet file: {reason}")]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// The reader's explanation.
         reason: String,
     },
     /// A chat template failed to compile or render.

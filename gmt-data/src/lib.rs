@@ -1,13 +1,15 @@
 //! # gmt-data: instruction datasets → token batches
 //!
-//! Streams JSONL (plain or gzip) and JSON-array datasets — one file or a directory of
-//! shards — through a record format (Alpaca, chat messages, ShareGPT, prompt/completion,
-//! plain text or a field mapping), renders conversations with the model's own chat template
-//! (Jinja, Hugging Face semantics, via `minijinja`), tokenizes with a Hugging Face
-//! `tokenizers::Tokenizer`, puts the loss on assistant turns only, and batches with padding
-//! or packing. A seeded shuffle buffer makes the order deterministic, and the stream position
-//! can be saved and restored exactly. Every bad record is an error naming file, line and
-//! field — or, with `skip_bad_records`, is skipped and counted; nothing is dropped silently.
+//! Streams JSONL, JSON-array and plain-text datasets (plain, gzip or zstd) and Parquet —
+//! one file, a directory of shards or a glob — through a record format (Alpaca, chat
+//! messages, ShareGPT, prompt/completion, plain text or a field mapping), renders
+//! conversations with the model's own chat template (Jinja, Hugging Face semantics, via
+//! `minijinja`), tokenizes with a Hugging Face `tokenizers::Tokenizer`, puts the loss on
+//! assistant turns only, and batches with padding or packing, optionally grouped by length.
+//! A seeded shuffle buffer makes the order deterministic, and the stream position can be
+//! saved and restored exactly. Every bad record is an error naming file, line (or Parquet
+//! row) and field — or, with `skip_bad_records`, is skipped and counted; nothing is dropped
+//! silently.
 //!
 //! ## Map
 //! - [`DataSource`], [`SourcePosition`], [`RawRecord`] — `source.rs`

@@ -1,11 +1,14 @@
 //! Raw JSON records from files: JSONL, plain-text lines and JSON arrays, each plain, gzip or
-//! zstd compressed; one file, a directory of shards or a glob pattern of shards; read lazily
-//! one record at a time.
+//! zstd compressed, and Parquet (Hugging Face datasets' own format; rows become JSON
+//! objects); one file, a directory of shards or a glob pattern of shards; read lazily one
+//! record at a time.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use parquet::file::reader::SerializedFileReader;
+use parquet::record::reader::RowIter;
 use serde_json::Value;
 
 use crate::{DataError, RecordLocation};
@@ -22,7 +25,9 @@ impl DataSource {
     ///
     /// Data files are `.jsonl` (one JSON record per line), `.json` (an array of records) and
     /// `.txt` (one plain-text record `{"text": line}` per non-empty line), each optionally
-    /// compressed as `.gz` or `.zst`. Shards are read in sorted name order.
+    /// compressed as `.gz` or `.zst`; and `.parquet` (one record per row, columns as fields,
+    /// lists and structs as JSON arrays and objects; compressed inside with snappy, zstd,
+    /// lz4 or gzip). Shards are read in sorted name order.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, DataError> {
         let path = path.as_ref();
         let name = path
@@ -41,7 +46,7 @@ impl DataSource {
         Self::collect(
             path,
             is_data_file,
-            "no data files (.jsonl, .json, .txt, optionally .gz or .zst) in this directory",
+            "no data files (.jsonl, .json, .txt, optionally .gz or .zst; .parquet) in this directory",
         )
     }
 
@@ -108,7 +113,7 @@ impl DataSource {
 pub struct SourcePosition {
     /// Index into [`DataSource::files`].
     pub file: usize,
-    /// Lines (or array elements) of that file already read.
+    /// Lines (array elements, Parquet rows) of that file already read.
     pub line: u64,
 }
 
@@ -125,6 +130,9 @@ pub struct RawRecord {
 
 /// Whether a file name is a data file a directory source picks up.
 fn is_data_file(name: &str) -> bool {
+    if name.ends_with(".parquet") {
+        return true;
+    }
     let base = name
         .strip_suffix(".gz")
         .or_else(|| name.strip_suffix(".zst"))
@@ -140,6 +148,8 @@ enum Lines {
     Text(Box<dyn BufRead + Send>),
     /// JSON arrays are parsed whole; their elements are then handed out one by one.
     Array(std::vec::IntoIter<Value>),
+    /// Parquet rows, decoded one row group at a time.
+    Parquet(RowIter<'static>),
 }
 
 /// Iterator over [`RawRecord`]s; blank lines are skipped (but counted).
@@ -155,6 +165,13 @@ impl RecordIter {
         let path = &self.files[self.file];
         let file = File::open(path).map_err(|e| DataError::io(path, e))?;
         let full = path.to_string_lossy();
+        if full.ends_with(".parquet") {
+            let reader = SerializedFileReader::new(file).map_err(|e| DataError::Parquet {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            return Ok(Lines::Parquet(RowIter::from_file_into(Box::new(reader))));
+        }
         let (name, reader): (&str, Box<dyn Read + Send>) = if let Some(n) = full.strip_suffix(".gz")
         {
             (n, Box::new(flate2::read::MultiGzDecoder::new(file)))
@@ -222,6 +239,10 @@ impl RecordIter {
                         > 0
                 }
                 Lines::Array(items) => items.next().is_some(),
+                Lines::Parquet(rows) => match rows.next() {
+                    Some(Err(e)) => return Err(parquet_error(&self.files[self.file], e)),
+                    row => row.is_some(),
+                },
             };
             if !more {
                 return Err(DataError::Resume(format!(
@@ -259,6 +280,16 @@ impl Iterator for RecordIter {
             let mut text_line = false;
             let item = match self.reader.as_mut().expect("opened above") {
                 Lines::Array(items) => items.next().map(Ok),
+                Lines::Parquet(rows) => match rows.next() {
+                    // A row that cannot be decoded means a damaged file, not a bad record:
+                    // nothing after it can be trusted, so this stops the stream.
+                    Some(Err(e)) => {
+                        self.file = self.files.len();
+                        return Some(Err(parquet_error(&path, e)));
+                    }
+                    Some(Ok(row)) => Some(Ok(row.to_json_value())),
+                    None => None,
+                },
                 Lines::Jsonl(reader) | Lines::Text(reader) => {
                     buf.clear();
                     match reader.read_until(b'\n', &mut buf) {
@@ -325,5 +356,12 @@ impl Iterator for RecordIter {
                 }
             }
         }
+    }
+}
+
+fn parquet_error(path: &Path, e: parquet::errors::ParquetError) -> DataError {
+    DataError::Parquet {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
     }
 }

@@ -489,6 +489,7 @@ fn batches_pad_pack_truncate_and_drop() {
         truncation: Truncation::Truncate,
         packing: false,
         pad_id: 0,
+        group_by_length: 0,
     };
     let mut batches = Batches::new(examples.clone().into_iter().map(Ok), config.clone()).unwrap();
     let first = batches.next().unwrap().unwrap();
@@ -540,5 +541,256 @@ fn batches_pad_pack_truncate_and_drop() {
         rest[0].segment_ids.as_ref().unwrap()[6..8],
         [0, 0],
         "the 2-token example starts the next row"
+    );
+}
+
+#[test]
+fn length_grouping_sorts_each_window_and_resumes_mid_window() {
+    let example = |n: usize| Encoded {
+        ids: vec![7; n],
+        labels: vec![1; n],
+    };
+    let lengths = [3, 9, 1, 6, 4, 8, 2, 7, 5, 10, 11];
+    let examples: Vec<Encoded> = lengths.iter().map(|&n| example(n)).collect();
+    let config = BatchConfig {
+        batch_size: 2,
+        max_seq_len: 16,
+        truncation: Truncation::Truncate,
+        packing: false,
+        pad_id: 0,
+        group_by_length: 2,
+    };
+    let rows = |batch: &gmt_models::TokenBatch| -> Vec<usize> {
+        let mask = batch.attention_mask.as_ref().unwrap();
+        mask.chunks(batch.seq_len)
+            .map(|row| row.iter().filter(|&&m| m).count())
+            .collect()
+    };
+    let all: Vec<Vec<usize>> = Batches::new(examples.clone().into_iter().map(Ok), config.clone())
+        .unwrap()
+        .map(|b| rows(&b.unwrap()))
+        .collect();
+    // Windows of 2 batches × 2 rows: each sorted longest first; the last window is partial.
+    assert_eq!(
+        all,
+        vec![
+            vec![9, 6],
+            vec![3, 1],
+            vec![8, 7],
+            vec![4, 2],
+            vec![11, 10],
+            vec![5],
+        ]
+    );
+
+    // Stop after the first batch, save what the batcher holds, resume: same batches.
+    let mut batches = Batches::new(examples.clone().into_iter().map(Ok), config.clone()).unwrap();
+    batches.next().unwrap().unwrap();
+    let pending: Vec<Encoded> = batches.pending().cloned().collect();
+    assert_eq!(pending.len(), 2, "the window's second batch waits");
+    let consumed = 4; // the stream read the whole first window
+    let rest = examples[consumed..].iter().cloned().map(Ok);
+    let resumed: Vec<Vec<usize>> = Batches::resume(rest, config.clone(), pending, batches.report())
+        .unwrap()
+        .map(|b| rows(&b.unwrap()))
+        .collect();
+    assert_eq!(resumed, all[1..]);
+
+    let both = BatchConfig {
+        packing: true,
+        ..config
+    };
+    let err = Batches::new(examples.into_iter().map(Ok), both)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("group_by_length"), "{err}");
+}
+
+/// One leaf column of a Parquet row group: its non-null values with their definition and
+/// repetition levels (`None` where the schema needs none).
+struct ParquetColumn {
+    values: Vec<&'static str>,
+    def: Option<Vec<i16>>,
+    rep: Option<Vec<i16>>,
+}
+
+fn column(values: &[&'static str], def: Option<&[i16]>, rep: Option<&[i16]>) -> ParquetColumn {
+    ParquetColumn {
+        values: values.to_vec(),
+        def: def.map(<[i16]>::to_vec),
+        rep: rep.map(<[i16]>::to_vec),
+    }
+}
+
+/// Writes a Parquet file as `pyarrow` would for a Hugging Face dataset: one row group per
+/// entry of `row_groups`, string columns.
+fn write_parquet(
+    path: &Path,
+    schema: &str,
+    compression: parquet::basic::Compression,
+    row_groups: Vec<Vec<ParquetColumn>>,
+) {
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    let schema = std::sync::Arc::new(parquet::schema::parser::parse_message_type(schema).unwrap());
+    let props = std::sync::Arc::new(
+        WriterProperties::builder()
+            .set_compression(compression)
+            .build(),
+    );
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = SerializedFileWriter::new(file, schema, props).unwrap();
+    for columns in row_groups {
+        let mut group = writer.next_row_group().unwrap();
+        let mut columns = columns.into_iter();
+        while let Some(mut out) = group.next_column().unwrap() {
+            let c = columns
+                .next()
+                .expect("a column for every leaf of the schema");
+            let values: Vec<ByteArray> = c.values.iter().map(|v| ByteArray::from(*v)).collect();
+            out.typed::<ByteArrayType>()
+                .write_batch(&values, c.def.as_deref(), c.rep.as_deref())
+                .unwrap();
+            out.close().unwrap();
+        }
+        group.close().unwrap();
+    }
+    writer.close().unwrap();
+}
+
+#[test]
+fn parquet_rows_are_records_with_nested_lists_row_numbers_and_resume() {
+    use parquet::basic::{Compression, ZstdLevel};
+    let dir = temp("parquet");
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // Alpaca in two row groups (snappy, pyarrow's default), `input` null in row 2 and
+    // `output` null in row 3.
+    let alpaca = dir.join("alpaca.parquet");
+    write_parquet(
+        &alpaca,
+        "message schema {
+            REQUIRED BYTE_ARRAY instruction (UTF8);
+            OPTIONAL BYTE_ARRAY input (UTF8);
+            OPTIONAL BYTE_ARRAY output (UTF8);
+        }",
+        Compression::SNAPPY,
+        vec![
+            vec![
+                column(&["Add the numbers.", "Name a colour."], None, None),
+                column(&["2 3"], Some(&[1, 0]), None),
+                column(&["5", "Blue."], Some(&[1, 1]), None),
+            ],
+            vec![
+                column(&["Say hi."], None, None),
+                column(&[""], Some(&[1]), None),
+                column(&[], Some(&[0]), None),
+            ],
+        ],
+    );
+    let source = DataSource::open(&alpaca).unwrap();
+    let records: Vec<_> = source
+        .records(Default::default())
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(records.len(), 3);
+    assert_eq!(
+        records[0].value.as_ref().unwrap(),
+        &json!({"instruction": "Add the numbers.", "input": "2 3", "output": "5"})
+    );
+    assert_eq!(records[1].value.as_ref().unwrap()["input"], Value::Null);
+    // Resuming inside the second row group starts at row 3.
+    let resumed = source
+        .records(records[1].next)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(resumed.value.as_ref().unwrap()["instruction"], "Say hi.");
+    // Rows 1–2 train; row 3's null output is an error naming the row and the field.
+    let err = collect(&alpaca, ordered()).unwrap_err().to_string();
+    assert!(err.contains("alpaca.parquet row 3"), "{err}");
+    assert!(err.contains("`output`"), "{err}");
+    let skipping = StreamConfig {
+        skip_bad_records: true,
+        ..ordered()
+    };
+    assert_eq!(collect(&alpaca, skipping).unwrap().len(), 2);
+
+    // Chat messages as Hugging Face stores them: a LIST of role/content structs (zstd).
+    let chat = dir.join("chat.parquet");
+    write_parquet(
+        &chat,
+        "message schema {
+            REQUIRED GROUP messages (LIST) {
+                REPEATED GROUP list {
+                    REQUIRED GROUP element {
+                        REQUIRED BYTE_ARRAY role (UTF8);
+                        REQUIRED BYTE_ARRAY content (UTF8);
+                    }
+                }
+            }
+        }",
+        Compression::ZSTD(ZstdLevel::default()),
+        vec![vec![
+            column(
+                &["user", "assistant", "user", "assistant"],
+                Some(&[1, 1, 1, 1]),
+                Some(&[0, 1, 0, 1]),
+            ),
+            column(
+                &["What is 2+3?", "5", "And 4+4?", "8"],
+                Some(&[1, 1, 1, 1]),
+                Some(&[0, 1, 0, 1]),
+            ),
+        ]],
+    );
+    let first = DataSource::open(&chat)
+        .unwrap()
+        .records(Default::default())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.value.unwrap(),
+        json!({"messages": [
+            {"role": "user", "content": "What is 2+3?"},
+            {"role": "assistant", "content": "5"},
+        ]})
+    );
+    let enc = encoder(false);
+    let mut stream = DataStream::new(DataSource::open(&chat).unwrap(), &enc, ordered()).unwrap();
+    let examples: Vec<Encoded> = stream.by_ref().map(|e| e.unwrap()).collect();
+    assert_eq!(examples.len(), 2);
+    let answer: Vec<u32> = examples[1]
+        .ids
+        .iter()
+        .zip(&examples[1].labels)
+        .filter(|(_, l)| **l != IGNORE)
+        .map(|(id, _)| *id)
+        .collect();
+    assert!(
+        tokenizer().decode(&answer, false).unwrap().starts_with('8'),
+        "loss on the assistant turn only"
+    );
+    assert!(
+        stream
+            .report()
+            .format
+            .as_deref()
+            .unwrap()
+            .starts_with("messages")
+    );
+
+    // A file that is not Parquet says so, naming it.
+    let fake = dir.join("fake.parquet");
+    std::fs::write(&fake, "instruction,output\n").unwrap();
+    let err = collect(&fake, ordered()).unwrap_err().to_string();
+    assert!(
+        err.contains("fake.parquet: not a readable Parquet file"),
+        "{err}"
     );
 }

@@ -15,7 +15,8 @@
 //! - [`WeightMap`], [`HostTensor`]: named weights with mismatch reporting — `weights.rs`
 //! - [`named_weights`], [`named_gradients`]: tensors under Hugging Face names — `named.rs`
 //! - [`gguf`]: GGUF files — container, dequantization, config, tokenizer — `gguf/`
-//! - [`generate`]: greedy and sampled decoding with a KV cache — `generate.rs`
+//! - [`generate`], [`generate_batch`]: greedy and sampled decoding with a KV cache, one
+//!   prompt or a left-padded batch — `generate.rs`
 //! - [`smollm2_gguf_path`]: where the reference model is cached — `smollm2.rs`
 //! - [`ModelError`] — `error.rs`
 
@@ -39,7 +40,7 @@ pub use attention::{Attention, LayerCache};
 pub use batch::TokenBatch;
 pub use config::{Architecture, Llama3RopeScaling, LlamaConfig};
 pub use error::ModelError;
-pub use generate::{Generation, GenerationConfig, generate};
+pub use generate::{Generation, GenerationConfig, generate, generate_batch};
 pub use hf_checkpoint::{
     ExportDtype, load_hf_dir, read_hf_weights, read_safetensors, save_hf_dir, write_atomic,
     write_safetensors,

@@ -54,15 +54,18 @@ pub struct CausalLmOutput<B: Backend> {
     pub tokens: usize,
 }
 
-/// The per-layer caches of incremental decoding and the number of tokens they hold.
+/// The per-layer caches of incremental decoding: keys and values of every slot fed so far,
+/// for each row of the batch, and the position of each slot (`None` for padding).
 #[derive(Clone, Debug)]
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<LayerCache<B>>>,
     len: usize,
+    /// `[batch][len]`; empty until the first call fixes the batch size.
+    slots: Vec<Vec<Option<usize>>>,
 }
 
 impl<B: Backend> KvCache<B> {
-    /// Tokens cached so far.
+    /// Slots (tokens and padding) cached per row so far.
     pub fn len(&self) -> usize {
         self.len
     }
@@ -245,11 +248,13 @@ impl<B: Backend> LlamaForCausalLm<B> {
         })
     }
 
-    /// An empty cache for [`forward_cached`](Self::forward_cached).
+    /// An empty cache for [`forward_cached`](Self::forward_cached) and
+    /// [`forward_cached_batch`](Self::forward_cached_batch).
     pub fn new_cache(&self) -> KvCache<B> {
         KvCache {
             layers: vec![None; self.layers.len()],
             len: 0,
+            slots: Vec::new(),
         }
     }
 
@@ -260,22 +265,69 @@ impl<B: Backend> LlamaForCausalLm<B> {
         ids: &[u32],
         cache: &mut KvCache<B>,
     ) -> Result<Tensor<B, 3>, ModelError> {
-        TokenBatch::new(ids.to_vec(), 1, ids.len()).validate(self.config().vocab_size)?;
+        self.forward_cached_batch(ids, &vec![false; ids.len()], 1, cache)
+    }
+
+    /// Incremental decoding of `batch` sequences at once: feeds `ids` (`[batch, seq]`, row
+    /// major) after the cached slots and returns their logits `[batch, seq, vocab]`.
+    /// `padding` (same shape) marks fed slots that are not tokens — the left padding of
+    /// shorter prompts, or rows that have finished: they take no position, and no token
+    /// attends to them, so each row computes what it would alone.
+    pub fn forward_cached_batch(
+        &self,
+        ids: &[u32],
+        padding: &[bool],
+        batch: usize,
+        cache: &mut KvCache<B>,
+    ) -> Result<Tensor<B, 3>, ModelError> {
+        if batch == 0
+            || ids.is_empty()
+            || !ids.len().is_multiple_of(batch)
+            || padding.len() != ids.len()
+        {
+            return Err(ModelError::InvalidInput(format!(
+                "{} ids and {} padding flags do not form {batch} non-empty rows",
+                ids.len(),
+                padding.len()
+            )));
+        }
+        if cache.len > 0 && cache.slots.len() != batch {
+            return Err(ModelError::InvalidInput(format!(
+                "the cache holds {} rows, not {batch}",
+                cache.slots.len()
+            )));
+        }
+        let s = ids.len() / batch;
+        TokenBatch::new(ids.to_vec(), batch, s).validate(self.config().vocab_size)?;
         let device = self.devices()[0].clone();
-        let (s, past) = (ids.len(), cache.len);
-        let total = past + s;
-        let positions: Vec<usize> = (past..total).collect();
-        let (cos, sin) = self.rope.tables(&positions, 1, s, &device);
+        let (past, total) = (cache.len, cache.len + s);
+        cache.slots.resize_with(batch, Vec::new);
+        let mut positions = Vec::with_capacity(batch * s);
+        for (row, pads) in cache.slots.iter_mut().zip(padding.chunks(s)) {
+            let mut next = row.iter().flatten().count();
+            for &pad in pads {
+                row.push((!pad).then_some(next));
+                next += !pad as usize;
+            }
+            // Padding slots get position 0: their rotation is irrelevant, nothing sees them.
+            positions.extend(row[past..].iter().map(|p| p.unwrap_or(0)));
+        }
+        let (cos, sin) = self.rope.tables(&positions, batch, s, &device);
         let window = self.config().sliding_window;
-        let blocked: Vec<bool> = (0..s)
-            .flat_map(|i| {
-                let query = past + i;
-                (0..total).map(move |key| key > query || window.is_some_and(|w| query - key >= w))
-            })
-            .collect();
-        let blocked = bool_tensor(blocked, [1, 1, s, total], &device);
+        let mut blocked = Vec::with_capacity(batch * s * total);
+        for row in &cache.slots {
+            for query in past..total {
+                blocked.extend((0..total).map(|key| match (row[query], row[key]) {
+                    (_, None) => true,
+                    _ if key > query => true,
+                    (Some(q), Some(k)) => window.is_some_and(|w| q - k >= w),
+                    (None, Some(_)) => false,
+                }));
+            }
+        }
+        let blocked = bool_tensor(blocked, [batch, 1, s, total], &device);
         let logits = self.run(
-            ids_tensor(ids, 1, s, &device),
+            ids_tensor(ids, batch, s, &device),
             &cos,
             &sin,
             &blocked,

@@ -2,9 +2,7 @@
 //! held-out problems. Skipped (with a message) when the GGUF file is absent, except under CI,
 //! where `.ci/run` fetches it first and its absence is a failure.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn a_few_gmt_steps_lower_smollm2_loss_on_held_out_problems() {
@@ -61,16 +59,8 @@ fn a_few_gmt_steps_lower_smollm2_loss_on_held_out_problems() {
     };
     let before = eval(model);
     let run = dir.join("run");
-    gmt_ok(&[
-        "train",
-        "--backend",
-        "cpu",
-        "--model",
-        model,
-        "--data",
-        train,
-        "--output",
-        run.to_str().unwrap(),
+    let mut args = train_command(model, train, run.to_str().unwrap());
+    args.extend([
         "--max-steps",
         "4",
         "--micro-batch-size",
@@ -84,6 +74,7 @@ fn a_few_gmt_steps_lower_smollm2_loss_on_held_out_problems() {
         "--schedule",
         "constant",
     ]);
+    gmt_ok(&args);
     let after = eval(run.join("final").to_str().unwrap());
     assert!(after < before, "held-out loss {before} -> {after}");
     let steps = metrics(&run);

@@ -1,9 +1,7 @@
 //! `gmt train` end to end on the tiny fixture Llama: resume, export, accumulation, metrics,
 //! plot.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::Path;
 
 use gmt_models::{LlamaForCausalLm, TokenBatch, load_hf_dir, read_safetensors};
@@ -11,16 +9,8 @@ use gmt_models::{LlamaForCausalLm, TokenBatch, load_hf_dir, read_safetensors};
 type B = burn::backend::NdArray;
 
 fn train_args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
-    vec![
-        "train",
-        "--backend",
-        "cpu",
-        "--model",
-        model,
-        "--data",
-        data,
-        "--output",
-        out,
+    let mut args = train_command(model, data, out);
+    args.extend([
         "--max-seq-len",
         "32",
         "--micro-batch-size",
@@ -39,7 +29,8 @@ fn train_args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
         "8",
         "--seed",
         "3",
-    ]
+    ]);
+    args
 }
 
 fn logits(model: &LlamaForCausalLm<B>) -> Vec<f32> {
@@ -193,16 +184,8 @@ fn accumulating_four_micro_batches_of_one_equals_one_batch_of_four() {
     let (model, data) = (model.to_str().unwrap(), data.to_str().unwrap());
     let run = |name: &str, micro: &str, accum: &str| {
         let out = dir.join(name);
-        gmt_ok(&[
-            "train",
-            "--backend",
-            "cpu",
-            "--model",
-            model,
-            "--data",
-            data,
-            "--output",
-            out.to_str().unwrap(),
+        let mut args = train_command(model, data, out.to_str().unwrap());
+        args.extend([
             "--micro-batch-size",
             micro,
             "--grad-accum",
@@ -216,6 +199,7 @@ fn accumulating_four_micro_batches_of_one_equals_one_batch_of_four() {
             "--mask-ratio",
             "0",
         ]);
+        gmt_ok(&args);
         metrics(&out).remove(0)
     };
     let a = run("a", "1", "4");

@@ -1,15 +1,10 @@
 //! `gmt eval`, `generate`, `info`, `make-data`, and the errors users meet.
 
-mod common;
+use crate::common::*;
 
-use common::*;
-
-#[test]
-fn eval_reports_loss_perplexity_and_tokens_as_json() {
-    let dir = temp_dir("eval");
-    let model = tiny_model(&dir, "llama-tiny");
-    let data = sums(&dir, "test.jsonl", 6, 0);
-    let out = gmt_ok(&[
+/// `gmt eval --json` of `model` on `data` with `extra` flags, parsed.
+fn eval_json(model: &std::path::Path, data: &std::path::Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
         "eval",
         "--backend",
         "cpu",
@@ -18,8 +13,17 @@ fn eval_reports_loss_perplexity_and_tokens_as_json() {
         "--data",
         data.to_str().unwrap(),
         "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    ];
+    args.extend_from_slice(extra);
+    serde_json::from_str(gmt_ok(&args).trim()).unwrap()
+}
+
+#[test]
+fn eval_reports_loss_perplexity_and_tokens_as_json() {
+    let dir = temp_dir("eval");
+    let model = tiny_model(&dir, "llama-tiny");
+    let data = sums(&dir, "test.jsonl", 6, 0);
+    let v = eval_json(&model, &data, &[]);
     let (loss, ppl) = (
         v["loss"].as_f64().unwrap(),
         v["perplexity"].as_f64().unwrap(),
@@ -30,39 +34,13 @@ fn eval_reports_loss_perplexity_and_tokens_as_json() {
     // Plain text: every next token of each line is scored (no template around it).
     let text = dir.join("lines.txt");
     std::fs::write(&text, "what is 2 plus 3 ?\n\n1 + 2 = 3\n").unwrap();
-    let out = gmt_ok(&[
-        "eval",
-        "--backend",
-        "cpu",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        text.to_str().unwrap(),
-        "--format",
-        "text",
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let v = eval_json(&model, &text, &["--format", "text"]);
     // 6 + 5 tokens, each line scoring all but its first token.
     assert_eq!(v["tokens"].as_u64(), Some(5 + 4), "{v}");
 
     // GSM8K-style accuracy by generation (the untrained tiny model gets them wrong, but
     // every problem is tried and counted).
-    let out = gmt_ok(&[
-        "eval",
-        "--backend",
-        "cpu",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--task",
-        "gsm8k",
-        "--max-new-tokens",
-        "8",
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let v = eval_json(&model, &data, &["--task", "gsm8k", "--max-new-tokens", "8"]);
     assert_eq!(v["total"].as_u64(), Some(6), "{v}");
     assert!(v["accuracy"].as_f64().unwrap() <= 1.0);
     std::fs::remove_dir_all(&dir).unwrap();

@@ -4,8 +4,6 @@
 //! Needs the file from `scripts/fetch-smollm2.sh` (CI runs it). Without it the tests say so
 //! and pass locally, but fail under CI=true so CI can never skip them silently.
 
-use std::path::PathBuf;
-
 use burn::backend::NdArray;
 use gmt_models::gguf::{GgufFile, gguf_chat_template, gguf_config, gguf_tokenizer, gguf_weights};
 use gmt_models::{GenerationConfig, LlamaForCausalLm, generate, smollm2_gguf_path};
@@ -29,8 +27,7 @@ fn gguf() -> Option<GgufFile> {
 }
 
 fn encodings() -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/smollm2-tokenizer/encodings.json");
+    let path = crate::shared("fixtures/smollm2-tokenizer/encodings.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 

@@ -2,8 +2,7 @@
 //! converted the way llama.cpp converts it (Q/K rows permuted) loading to the same logits as
 //! its Hugging Face original, and truncated files failing clearly.
 
-use std::path::PathBuf;
-
+use crate::hf_fixture;
 use burn::backend::NdArray;
 use gmt_models::gguf::{GgmlType, GgufFile, load_gguf};
 use gmt_models::{LlamaForCausalLm, TokenBatch, load_hf_dir, read_hf_weights};
@@ -198,12 +197,6 @@ fn truncated_or_corrupt_files_are_clear_errors() {
     assert!(err.contains("version 9"), "{err}");
 }
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/hf")
-        .join(name)
-}
-
 /// llama.cpp's `permute` of Q/K rows: within a head, Hugging Face row `half·hd/2 + i`
 /// becomes row `2i + half`.
 fn permute(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
@@ -224,7 +217,7 @@ fn permute(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
 
 #[test]
 fn tiny_llama_as_gguf_gives_the_same_logits_as_its_hf_original() {
-    let dir = fixture("llama-tiny");
+    let dir = hf_fixture("llama-tiny");
     let mut w = Writer::default();
     w.str("general.architecture", "llama");
     for (key, v) in [

@@ -1,8 +1,6 @@
 //! Helpers of the CLI tests: a copy of the tiny fixture Llama with a word-level tokenizer
 //! that fits its 96-token vocabulary, small datasets, and running the `gmt` binary.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -154,4 +152,19 @@ pub fn metrics(run: &Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// `gmt train` on the CPU from `model` and `data` into `out`; callers add their settings.
+pub fn train_command<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--backend",
+        "cpu",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--output",
+        out,
+    ]
 }

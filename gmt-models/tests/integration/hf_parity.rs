@@ -2,19 +2,14 @@
 //! `shared/fixtures/hf/` (see its README): logits, loss and the gradient of every parameter.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use crate::hf_fixture;
 use burn::backend::{Autodiff, NdArray};
 use gmt_models::{HostTensor, LlamaForCausalLm, TokenBatch, load_hf_dir, named_gradients};
 use safetensors::SafeTensors;
 
 type B = Autodiff<NdArray>;
-
-fn fixture_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/hf")
-        .join(name)
-}
 
 /// `input_ids` and `labels` (i64) of the fixture's cases.
 fn ids(dir: &Path) -> (Vec<u32>, Vec<i64>, [usize; 2]) {
@@ -67,7 +62,7 @@ fn max_abs(v: &[f32]) -> f32 {
 }
 
 fn check(name: &str) {
-    let dir = fixture_dir(name);
+    let dir = hf_fixture(name);
     let device = Default::default();
     let model: LlamaForCausalLm<B> = load_hf_dir(&dir, &device).unwrap();
     let (input_ids, labels, [batch, seq]) = ids(&dir);

@@ -2,16 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::hf_fixture;
 use burn::backend::NdArray;
 use gmt_models::{
     ExportDtype, LlamaConfig, LlamaForCausalLm, ModelError, TokenBatch, load_hf_dir, save_hf_dir,
 };
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/hf")
-        .join(name)
-}
 
 fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("gmt-models-{tag}-{}", std::process::id()));
@@ -38,7 +33,7 @@ fn load(dir: &Path) -> Result<LlamaForCausalLm<NdArray>, ModelError> {
 #[test]
 fn exported_dirs_load_back_with_identical_logits() {
     for name in ["llama-tiny", "llama3-tiny", "mistral-tiny"] {
-        let original = load(&fixture(name)).unwrap();
+        let original = load(&hf_fixture(name)).unwrap();
         let out = temp_dir(name);
         save_hf_dir(&original, &out, ExportDtype::F32).unwrap();
         let reloaded = load(&out).unwrap();
@@ -64,7 +59,7 @@ fn exported_dirs_load_back_with_identical_logits() {
             n.sort();
             n
         };
-        assert_eq!(names(&out), names(&fixture(name)), "{name}: HF names");
+        assert_eq!(names(&out), names(&hf_fixture(name)), "{name}: HF names");
 
         save_hf_dir(&original, &out, ExportDtype::Bf16).unwrap();
         let bf16 = logits(&load(&out).unwrap());
@@ -81,7 +76,7 @@ fn exported_dirs_load_back_with_identical_logits() {
 fn copy_fixture(name: &str, tag: &str) -> PathBuf {
     let dir = temp_dir(tag);
     for file in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture(name).join(file), dir.join(file)).unwrap();
+        std::fs::copy(hf_fixture(name).join(file), dir.join(file)).unwrap();
     }
     dir
 }
@@ -169,10 +164,10 @@ fn mismatched_weights_list_every_problem_by_hf_name() {
 
 #[test]
 fn both_rope_key_styles_are_read() {
-    let legacy = LlamaConfig::from_hf_file(fixture("llama3-tiny").join("config.json")).unwrap();
+    let legacy = LlamaConfig::from_hf_file(hf_fixture("llama3-tiny").join("config.json")).unwrap();
     assert_eq!(legacy.rope_theta, 500000.0);
     assert_eq!(legacy.rope_scaling.as_ref().unwrap().factor, 8.0);
-    let newer = LlamaConfig::from_hf_file(fixture("mistral-tiny").join("config.json")).unwrap();
+    let newer = LlamaConfig::from_hf_file(hf_fixture("mistral-tiny").join("config.json")).unwrap();
     assert_eq!((newer.rope_theta, newer.sliding_window), (10000.0, Some(5)));
     // Round trip through our own config.json.
     let again = LlamaConfig::from_hf_value(&legacy.to_hf_value(), "again").unwrap();

@@ -1,0 +1,8 @@
+//! End-to-end tests of the `gmt` binary. One test binary for the whole crate: each test file
+//! would otherwise be linked (and the model code compiled) on its own.
+
+mod common;
+
+mod commands;
+mod smollm2;
+mod train;

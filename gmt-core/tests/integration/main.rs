@@ -1,0 +1,5 @@
+//! gmt-core's integration tests, in one test binary (each file would otherwise compile and
+//! link burn's autodiff stack on its own).
+
+mod conformance;
+mod optimizer;
