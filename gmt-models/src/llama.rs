@@ -59,7 +59,6 @@ pub struct CausalLmOutput<B: Backend> {
 #[derive(Clone, Debug)]
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<LayerCache<B>>>,
-    len: usize,
     /// `[batch][len]`; empty until the first call fixes the batch size.
     slots: Vec<Vec<Option<usize>>>,
 }
@@ -67,12 +66,12 @@ pub struct KvCache<B: Backend> {
 impl<B: Backend> KvCache<B> {
     /// Slots (tokens and padding) cached per row so far.
     pub fn len(&self) -> usize {
-        self.len
+        self.slots.first().map_or(0, Vec::len)
     }
 
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 }
 
@@ -253,7 +252,6 @@ impl<B: Backend> LlamaForCausalLm<B> {
     pub fn new_cache(&self) -> KvCache<B> {
         KvCache {
             layers: vec![None; self.layers.len()],
-            len: 0,
             slots: Vec::new(),
         }
     }
@@ -291,7 +289,7 @@ impl<B: Backend> LlamaForCausalLm<B> {
                 padding.len()
             )));
         }
-        if cache.len > 0 && cache.slots.len() != batch {
+        if !cache.is_empty() && cache.slots.len() != batch {
             return Err(ModelError::InvalidInput(format!(
                 "the cache holds {} rows, not {batch}",
                 cache.slots.len()
@@ -300,7 +298,7 @@ impl<B: Backend> LlamaForCausalLm<B> {
         let s = ids.len() / batch;
         TokenBatch::new(ids.to_vec(), batch, s).validate(self.config().vocab_size)?;
         let device = self.devices()[0].clone();
-        let (past, total) = (cache.len, cache.len + s);
+        let (past, total) = (cache.len(), cache.len() + s);
         cache.slots.resize_with(batch, Vec::new);
         let mut positions = Vec::with_capacity(batch * s);
         for (row, pads) in cache.slots.iter_mut().zip(padding.chunks(s)) {
@@ -333,7 +331,6 @@ impl<B: Backend> LlamaForCausalLm<B> {
             &blocked,
             Some(&mut cache.layers),
         );
-        cache.len = total;
         Ok(logits)
     }
 
