@@ -296,8 +296,8 @@ fn model_mask<B: AutodiffBackend>(scope: MaskScope, device: &B::Device) -> Model
         .unwrap()
         .params()
         .to_vec();
-    // One backward pass feeds both the mask comparison and the optimizer steps, so a near-tie
-    // cannot flip between the two (burn-ndarray's backward is not bit-reproducible).
+    // One backward pass feeds both the mask comparison and the optimizer steps: the steps are
+    // checked against exactly the Γ whose mask was compared.
     let is_vector = |path: &str| path.ends_with("norm.weight");
     let fresh_grads = || {
         let mut fresh = GradientsParams::new();
