@@ -8,7 +8,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use gmt_core::{
     GmtConfig, GmtError, GradientMean, MaskScope, MaskStrategy, MaskTarget, NonFinitePolicy,
-    Selection, SelectionEngine, StepReport,
+    ParamMaskStats, Selection, SelectionEngine, StepReport,
 };
 
 type B = Autodiff<NdArray>;
@@ -63,6 +63,15 @@ fn values(model: &Net<B>) -> Vec<Vec<f32>> {
 
 fn adamw() -> AdamWConfig {
     AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.1)
+}
+
+/// The last applied step's mask statistics of `weight`.
+fn weight_stats(report: Option<&StepReport>) -> ParamMaskStats {
+    report
+        .and_then(StepReport::stats)
+        .and_then(|stats| stats.get("weight"))
+        .expect("an applied step with stats for `weight`")
+        .clone()
 }
 
 fn bits(values: Vec<Vec<f32>>) -> Vec<Vec<u32>> {
@@ -181,14 +190,7 @@ fn all_zero_gradients_keep_everything_with_threshold_zero() {
     grads.register(model.weight.id, tensor(vec![0.0; 48], [6, 8]));
     let mut gmt = GmtConfig::new(0.5).init(adamw().init(), &model).unwrap();
     let _ = gmt.try_step(1e-2, model, grads).unwrap();
-    let weight = gmt
-        .last_report()
-        .unwrap()
-        .stats()
-        .unwrap()
-        .get("weight")
-        .unwrap()
-        .clone();
+    let weight = weight_stats(gmt.last_report());
     assert_eq!((weight.kept, weight.threshold), (48, Some(0.0)));
     assert_eq!(weight.kept_norm_fraction(), 1.0);
 }
@@ -228,15 +230,7 @@ fn update_target_keeps_masked_entries_exactly_despite_weight_decay() {
         .init(AdamWConfig::new().with_weight_decay(0.5).init(), &model)
         .unwrap();
     let model = gmt.try_step(0.1, model, g).unwrap();
-    let threshold = gmt
-        .last_report()
-        .unwrap()
-        .stats()
-        .unwrap()
-        .get("weight")
-        .unwrap()
-        .threshold
-        .unwrap();
+    let threshold = weight_stats(gmt.last_report()).threshold.unwrap();
     let after = values(&model);
     let mut kept = 0;
     for i in 0..48 {
@@ -269,15 +263,7 @@ fn gradient_target_still_decays_masked_entries() {
         .init(AdamWConfig::new().with_weight_decay(0.5).init(), &model)
         .unwrap();
     let model = gmt.try_step(0.1, model, g).unwrap();
-    let threshold = gmt
-        .last_report()
-        .unwrap()
-        .stats()
-        .unwrap()
-        .get("weight")
-        .unwrap()
-        .threshold
-        .unwrap();
+    let threshold = weight_stats(gmt.last_report()).threshold.unwrap();
     let after = values(&model);
     for i in (0..48).filter(|&i| gamma[i].abs() < threshold) {
         // Zero gradient: AdamW moves nothing but decays by (1 − lr·wd).
