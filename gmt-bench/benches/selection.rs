@@ -9,7 +9,7 @@ use burn::backend::NdArray;
 use burn::tensor::{Tensor, TensorData};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use gmt_bench::random_values;
-use gmt_core::selection::{
+use gmt_core::masking::{
     device_kth_largest_abs, kept_count, kth_largest_abs, kth_largest_abs_by_sort,
     sampled_kth_largest_abs,
 };

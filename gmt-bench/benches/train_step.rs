@@ -1,7 +1,8 @@
 //! A training step of SmolLM2-135M on the CPU backend (ndarray), batch 4 × 128 tokens:
 //! - `forward_backward`: loss and gradients — the throughput figure (tokens/s = 512 / time)
-//! - `sft_step` / `gmt_step`: forward, backward and an AdamW step, plain or with GMT
-//!   (ratio 0.3, tensor scope)
+//! - `sft_step` / `gmt_step`: one `gmt_train::Trainer` step (forward, backward, Γ, GMT,
+//!   AdamW) at mask ratio 0 (plain fine-tuning, as `gmt train --strategy none` runs it) or
+//!   0.3 (tensor scope)
 //!
 //! Weights are random with SmolLM2-135M's config (throughput does not depend on values).
 //! Peak resident memory of the whole run is printed at the end (VmHWM).
@@ -9,11 +10,12 @@
 use std::time::Duration;
 
 use burn::backend::{Autodiff, NdArray};
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::AdamWConfig;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gmt_bench::{peak_rss_bytes, random_model, smollm2_135m_config};
 use gmt_core::GmtConfig;
-use gmt_models::{LlamaForCausalLm, TokenBatch};
+use gmt_models::{LlamaConfig, LlamaForCausalLm, TokenBatch};
+use gmt_train::{CausalLm, LrSchedule, ScheduleKind, Trainer, TrainerConfig};
 use rand::{Rng, SeedableRng};
 
 type B = Autodiff<NdArray>;
@@ -29,14 +31,20 @@ fn batch(vocab: usize) -> TokenBatch {
     TokenBatch::new(ids, BATCH, SEQ).with_labels(labels)
 }
 
-fn step<O: Optimizer<LlamaForCausalLm<B>, B>>(
-    model: LlamaForCausalLm<B>,
-    optim: &mut O,
-    batch: &TokenBatch,
-) -> LlamaForCausalLm<B> {
-    let loss = model.forward(batch).unwrap().loss.unwrap();
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
-    optim.step(1e-5, model, grads)
+fn trainer(model: &LlamaConfig, mask_ratio: f64) -> Trainer<B, CausalLm> {
+    let config = TrainerConfig {
+        gmt: GmtConfig::new(mask_ratio),
+        adamw: AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.0),
+        schedule: LrSchedule {
+            lr: 1e-5,
+            kind: ScheduleKind::Constant,
+            warmup_steps: 0,
+            total_steps: u64::MAX,
+            min_lr_ratio: 0.0,
+        },
+    };
+    let model = random_model::<B>(model, &Default::default(), 0);
+    Trainer::new(model, CausalLm, &config).unwrap()
 }
 
 fn train_step(c: &mut Criterion) {
@@ -57,19 +65,11 @@ fn train_step(c: &mut Criterion) {
         })
     });
 
-    let adamw = || AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.0);
-    let mut sft_model = Some(random_model::<B>(&config, &device, 0));
-    let mut sft = adamw().init::<B, LlamaForCausalLm<B>>();
-    group.bench_function("sft_step", |b| {
-        b.iter(|| sft_model = Some(step(sft_model.take().unwrap(), &mut sft, &batch)))
-    });
-    let mut gmt_model = Some(random_model::<B>(&config, &device, 0));
-    let mut gmt = GmtConfig::new(0.3)
-        .init(adamw().init(), gmt_model.as_ref().unwrap())
-        .unwrap();
-    group.bench_function("gmt_step", |b| {
-        b.iter(|| gmt_model = Some(step(gmt_model.take().unwrap(), &mut gmt, &batch)))
-    });
+    drop(model);
+    for (name, ratio) in [("sft_step", 0.0), ("gmt_step", 0.3)] {
+        let mut trainer = trainer(&config, ratio);
+        group.bench_function(name, |b| b.iter(|| trainer.step([batch.clone()]).unwrap()));
+    }
     group.finish();
     if let Some(bytes) = peak_rss_bytes() {
         eprintln!(

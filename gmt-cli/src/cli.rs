@@ -3,12 +3,13 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use gmt_core::{MaskScope, MaskTarget};
+use gmt_core::{MaskScope, MaskStrategy, MaskTarget};
 use gmt_data::Truncation;
 
 use crate::backend::BackendChoice;
-use crate::schedule::ScheduleKind;
-use crate::settings::{StrategySetting, TrainSettings};
+use gmt_train::ScheduleKind;
+
+use crate::settings::TrainSettings;
 
 /// Fine-tune Llama and Mistral models with Gradient-Mask Tuning (GMT).
 ///
@@ -141,9 +142,10 @@ pub struct TrainArgs {
     /// Mask the gradient AdamW sees, or the whole update (masked entries do not move).
     #[arg(long, value_parser = parse_enum::<MaskTarget>, value_name = "gradient|update")]
     pub target: Option<MaskTarget>,
-    /// gmt (largest |gradient|), random (same-ratio control) or none (plain fine-tuning).
-    #[arg(long, value_enum)]
-    pub strategy: Option<StrategySetting>,
+    /// magnitude (GMT: keep the largest |gradient|; `gmt` also works), random (the paper's
+    /// same-ratio control) or none (plain fine-tuning).
+    #[arg(long, value_parser = parse_enum::<MaskStrategy>, value_name = "magnitude|random|none")]
+    pub strategy: Option<MaskStrategy>,
     /// Parameters never masked (glob over module paths, e.g. `*norm*`); repeatable.
     #[arg(long)]
     pub exclude: Vec<String>,
@@ -167,7 +169,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub max_grad_norm: Option<f64>,
     /// Learning-rate decay after warmup.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = parse_enum::<ScheduleKind>, value_name = "constant|linear|cosine")]
     pub schedule: Option<ScheduleKind>,
     /// Steps of linear warmup.
     #[arg(long)]

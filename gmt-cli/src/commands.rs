@@ -7,18 +7,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
-use gmt_data::{DataSource, Encoder, Example, FieldMapping, RecordFormat, Split, Truncation};
+use gmt_data::{
+    DataSource, Encoder, Example, ExampleReader, FieldMapping, ReaderConfig, RecordFormat, Split,
+    Truncation,
+};
 use gmt_models::{ExportDtype, GenerationConfig, generate};
+use gmt_train::CausalLm;
 use serde_json::json;
 
 use crate::backend::{self, BackendChoice, BackendJob, run_job};
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint;
 use crate::cli::{
     DtypeArg, EvalArgs, EvalTask, ExportArgs, FormatArgs, GenerateArgs, InfoArgs, MakeDataArgs,
     ModelArgs, TrainArgs,
 };
 use crate::dataset::{StreamSettings, batch_config, eval_batches};
-use crate::evaluate::{answer_accuracy, mean_loss};
+use crate::evaluate::answer_accuracy;
 use crate::export::export_model;
 use crate::model_source::{LoadedModel, Overrides, load_model};
 use crate::settings::record_format;
@@ -168,7 +172,7 @@ impl BackendJob for EvalJob<'_> {
             batching,
             args.max_examples,
         )?;
-        let loss = mean_loss(&model, &batches)?;
+        let loss = gmt_train::evaluate(&model, &CausalLm, &batches)?;
         let mut out = json!({
             "loss": loss.loss,
             "perplexity": loss.perplexity,
@@ -205,39 +209,23 @@ impl BackendJob for EvalJob<'_> {
 }
 
 /// The examples of a dataset, parsed (not tokenized), in file order.
+/// The examples of `path` in file order (at most `max` when not 0), bad records skipped
+/// (and logged) or fatal as `streams` says.
 fn read_examples(path: &Path, streams: &StreamSettings, max: usize) -> Result<Vec<Example>> {
-    let source = DataSource::open(path)?;
-    let mut format = streams.format.clone();
-    let mut examples = Vec::new();
-    for record in source.records(Default::default())? {
-        if max > 0 && examples.len() == max {
-            break;
-        }
-        let record = record?;
-        let location = record.location.clone();
-        let value = record
-            .value
-            .map_err(|reason| anyhow::anyhow!("{location}: {reason}"))?;
-        let format = match &mut format {
-            Some(f) => f,
-            slot @ None => slot.insert(
-                RecordFormat::detect(&value)
-                    .with_context(|| format!("{location}: cannot detect the record format"))?,
-            ),
-        };
-        match format.parse(&value) {
-            Ok(example) => examples.push(example),
-            Err(e) if streams.skip_bad_records => {
-                tracing::warn!("skipped {location}: {}", e.reason);
-            }
-            Err(e) => anyhow::bail!(
-                "{location}: {}{}",
-                e.field
-                    .map(|f| format!("field `{f}`: "))
-                    .unwrap_or_default(),
-                e.reason
-            ),
-        }
+    let config = ReaderConfig {
+        format: streams.format.clone(),
+        skip_bad_records: streams.skip_bad_records,
+        ..ReaderConfig::default()
+    };
+    let mut reader = ExampleReader::new(DataSource::open(path)?, config)?;
+    let limit = if max == 0 { usize::MAX } else { max };
+    let examples = reader
+        .by_ref()
+        .take(limit)
+        .map(|read| read.map(|(_, example)| example))
+        .collect::<Result<Vec<_>, _>>()?;
+    for error in &reader.report().skipped_errors {
+        tracing::warn!("skipped {error}");
     }
     Ok(examples)
 }
@@ -337,10 +325,10 @@ pub fn generate_text(args: &GenerateArgs) -> Result<Finished> {
 
 /// `gmt export`
 pub fn export(args: &ExportArgs) -> Result<Finished> {
-    let checkpoint = if Checkpoint::is_checkpoint(&args.checkpoint) {
-        Checkpoint::open(&args.checkpoint)?
+    let checkpoint = if checkpoint::is_run_checkpoint(&args.checkpoint) {
+        checkpoint::open(&args.checkpoint)?
     } else {
-        Checkpoint::latest(&args.checkpoint)?.with_context(|| {
+        checkpoint::latest(&args.checkpoint)?.with_context(|| {
             format!(
                 "{} is neither a checkpoint nor a run directory with checkpoints",
                 args.checkpoint.display()

@@ -1,7 +1,7 @@
 //! The data side of a run: encoder, training stream and evaluation batches, built from the
 //! settings with gmt-data.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use gmt_data::{
@@ -9,6 +9,146 @@ use gmt_data::{
     Truncation,
 };
 use gmt_models::{LlamaConfig, TokenBatch};
+use gmt_train::{DataPosition, TrainingBatches};
+
+use crate::settings::TrainSettings;
+
+/// The data of a `gmt train` run: where training and evaluation examples come from and how
+/// they are batched.
+pub struct RunData {
+    train: PathBuf,
+    train_split: Split,
+    eval: Option<(PathBuf, Split)>,
+    eval_max_examples: usize,
+    streams: StreamSettings,
+    batching: BatchConfig,
+    grad_accum: usize,
+    max_steps: u64,
+    epochs: u64,
+}
+
+impl RunData {
+    /// The data named by validated `settings`, batched for a model of `config`.
+    pub fn new(settings: &TrainSettings, config: &LlamaConfig) -> Result<Self> {
+        let (data, t) = (&settings.data, &settings.train);
+        let train = data.train.clone().context("no training data given")?;
+        let (train_split, eval) = match (&data.eval, data.eval_fraction) {
+            (Some(eval), _) => (Split::All, Some((eval.clone(), Split::All))),
+            (None, f) if f > 0.0 => (
+                Split::Train { eval_fraction: f },
+                Some((train.clone(), Split::Eval { eval_fraction: f })),
+            ),
+            (None, _) => (Split::All, None),
+        };
+        Ok(Self {
+            train,
+            train_split,
+            eval,
+            eval_max_examples: data.eval_max_examples,
+            streams: StreamSettings {
+                format: settings.record_format()?,
+                seed: t.seed,
+                shuffle_buffer: data.shuffle_buffer,
+                skip_bad_records: data.skip_bad_records,
+            },
+            batching: batch_config(
+                config,
+                t.micro_batch_size,
+                data.max_seq_len,
+                data.truncation,
+                data.packing,
+                data.group_by_length,
+            ),
+            grad_accum: t.grad_accum,
+            max_steps: t.max_steps,
+            epochs: t.epochs,
+        })
+    }
+
+    /// The evaluation batches, if the run has evaluation data.
+    pub fn eval_batches(&self, encoder: &Encoder) -> Result<Option<Vec<TokenBatch>>> {
+        let Some((path, split)) = &self.eval else {
+            return Ok(None);
+        };
+        // Evaluation order does not matter; packing would change what the model sees.
+        let batching = BatchConfig {
+            packing: false,
+            group_by_length: 0,
+            ..self.batching.clone()
+        };
+        let batches = eval_batches(
+            path,
+            encoder,
+            &self.streams,
+            *split,
+            batching,
+            self.eval_max_examples,
+        )?;
+        Ok(Some(batches))
+    }
+
+    /// Optimizer steps of the run: `max_steps`, or those of `epochs` passes over the data.
+    pub fn total_steps(&self, encoder: &Encoder) -> Result<u64> {
+        if self.max_steps > 0 {
+            return Ok(self.max_steps);
+        }
+        count_steps(
+            &self.train,
+            encoder,
+            &self.streams.config(self.train_split),
+            self.batching.clone(),
+            self.grad_accum,
+            self.epochs,
+        )
+    }
+
+    /// The training batches, from the start or from a checkpoint's `position`.
+    pub fn training_batches<'e>(
+        &self,
+        encoder: &'e Encoder,
+        position: Option<DataPosition>,
+    ) -> Result<TrainingBatches<'e>> {
+        let source = open_source(&self.train)?;
+        let config = self.streams.config(self.train_split);
+        let stream = match &position {
+            Some(p) => DataStream::resume(source, encoder, config, p.stream.clone())?,
+            None => DataStream::new(source, encoder, config)?,
+        };
+        if let Some(format) = &stream.report().format {
+            tracing::info!("training data: {} ({format})", self.train.display());
+        }
+        let epochs = (self.max_steps == 0).then_some(self.epochs);
+        Ok(TrainingBatches::new(
+            stream,
+            self.batching.clone(),
+            epochs,
+            position,
+        )?)
+    }
+
+    /// Micro-batches per optimizer step.
+    pub fn grad_accum(&self) -> usize {
+        self.grad_accum
+    }
+}
+
+/// Logs what the training data held and what batching did to it.
+pub fn report_data(batches: &TrainingBatches<'_>) {
+    let report = batches.stream().report();
+    let fit = batches.fit_report();
+    tracing::info!(
+        "data: {} records read, {} examples, {} held out, {} bad records skipped, {} truncated, {} dropped as too long",
+        report.records,
+        report.examples,
+        report.held_out,
+        report.skipped,
+        fit.truncated,
+        fit.dropped
+    );
+    for error in &report.skipped_errors {
+        tracing::warn!("skipped: {error}");
+    }
+}
 
 /// How a stream is read: format, order and split.
 #[derive(Clone, Debug)]

@@ -1,50 +1,11 @@
-//! Evaluation: mean loss and perplexity over a dataset, and GSM8K-style answer accuracy by
-//! generation.
+//! GSM8K-style answer accuracy by generation (mean loss is `gmt_train::evaluate`).
 
 use anyhow::{Context, Result};
-use burn::tensor::ElementConversion;
 use burn::tensor::backend::Backend;
 use gmt_data::{ChatTemplate, Example, Message};
-use gmt_models::{GenerationConfig, LlamaForCausalLm, TokenBatch, generate_batch};
+use gmt_models::{GenerationConfig, LlamaForCausalLm, generate_batch};
 use serde::Serialize;
 use tokenizers::Tokenizer;
-
-/// Mean loss over the counted tokens of some batches.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct LossReport {
-    /// Mean cross-entropy per counted token (nats).
-    pub loss: f64,
-    /// exp(loss).
-    pub perplexity: f64,
-    /// Tokens the loss counts.
-    pub tokens: u64,
-}
-
-/// Token-weighted mean loss of `model` over `batches` (no gradients).
-pub fn mean_loss<B: Backend>(
-    model: &LlamaForCausalLm<B>,
-    batches: &[TokenBatch],
-) -> Result<LossReport> {
-    let mut sum = 0.0f64;
-    let mut tokens = 0u64;
-    for batch in batches {
-        let out = model.forward(batch)?;
-        if out.tokens == 0 {
-            continue;
-        }
-        let loss = out.loss.context("evaluation batches carry labels")?;
-        let loss: f32 = loss.into_scalar().elem();
-        sum += loss as f64 * out.tokens as f64;
-        tokens += out.tokens as u64;
-    }
-    anyhow::ensure!(tokens > 0, "the evaluation data has no tokens to score");
-    let loss = sum / tokens as f64;
-    Ok(LossReport {
-        loss,
-        perplexity: loss.exp(),
-        tokens,
-    })
-}
 
 /// Generation accuracy on question/answer data.
 #[derive(Clone, Debug, PartialEq, Serialize)]

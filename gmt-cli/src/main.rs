@@ -14,7 +14,6 @@ mod export;
 mod metrics;
 mod model_source;
 mod plot;
-mod schedule;
 mod settings;
 mod train;
 

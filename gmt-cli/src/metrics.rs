@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use gmt_train::StepSummary;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +37,24 @@ pub struct StepMetrics {
     pub elapsed_secs: f64,
 }
 
+impl StepMetrics {
+    /// The record of `step`, `elapsed_secs` into the run, for a model of `layers` layers.
+    pub fn from_step(step: &StepSummary, elapsed_secs: f64, layers: usize) -> Self {
+        Self {
+            step: step.step,
+            loss: step.loss(),
+            eval_loss: None,
+            lr: step.lr,
+            grad_norm: step.grad_norm(),
+            kept_fraction: step.mask.kept_fraction(),
+            layer_kept: step.layer_kept_fractions(layers),
+            tokens: step.totals.weight as u64,
+            tokens_per_sec: step.tokens_per_sec(),
+            elapsed_secs,
+        }
+    }
+}
+
 /// Appends steps to `metrics.jsonl`.
 pub struct MetricsLog {
     path: PathBuf,
@@ -47,8 +66,14 @@ impl MetricsLog {
     /// run rewrites what an interrupted run logged after its checkpoint).
     pub fn open(output_dir: &Path, resume_step: u64) -> Result<Self> {
         let path = output_dir.join("metrics.jsonl");
-        let kept: Vec<StepMetrics> = read_metrics(&path)
-            .unwrap_or_default()
+        // A history that cannot be read stops the run rather than being replaced by an empty
+        // one: it is the record of every step so far.
+        let earlier = if path.exists() && resume_step > 0 {
+            read_metrics(&path).context("the run's metrics history cannot be continued")?
+        } else {
+            Vec::new()
+        };
+        let kept: Vec<StepMetrics> = earlier
             .into_iter()
             .filter(|m| m.step <= resume_step)
             .collect();

@@ -12,7 +12,7 @@ use gmt_models::gguf::{GgufFile, gguf_chat_template, gguf_config, gguf_tokenizer
 use gmt_models::{LlamaForCausalLm, load_hf_dir};
 use tokenizers::Tokenizer;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint;
 
 /// A model with its tokenizer and chat template.
 pub struct LoadedModel<B: Backend> {
@@ -44,9 +44,9 @@ pub fn load_model<B: Backend>(
     if !path.exists() {
         bail!("model {} does not exist", path.display());
     }
-    if Checkpoint::is_checkpoint(path) {
-        let checkpoint = Checkpoint::open(path)?;
-        let settings = checkpoint.settings()?;
+    if checkpoint::is_run_checkpoint(path) {
+        let checkpoint = checkpoint::open(path)?;
+        let settings = checkpoint::settings(&checkpoint)?;
         let base = settings
             .model
             .path
@@ -60,7 +60,8 @@ pub fn load_model<B: Backend>(
         merged.chat_template = overrides.chat_template.clone().or(merged.chat_template);
         let mut loaded = load_model::<B>(&base, &merged, device)
             .with_context(|| format!("loading the base model of checkpoint {}", path.display()))?;
-        loaded.model = load_weights_record(loaded.model, &checkpoint.model_file(), device)?;
+        let weights = checkpoint.file(gmt_train::checkpoint::MODEL_FILE);
+        loaded.model = load_weights_record(loaded.model, &weights, device)?;
         return Ok(loaded);
     }
     let (model, tokenizer, own_template) = if path.is_dir() {
@@ -180,11 +181,4 @@ pub fn load_weights_record<B: Backend>(
             )
         })?;
     Ok(model.load_record(record))
-}
-
-/// The weights of `model` as bytes for [`load_weights_record`].
-pub fn weights_record_bytes<B: Backend>(model: &LlamaForCausalLm<B>) -> Result<Vec<u8>> {
-    BinBytesRecorder::<FullPrecisionSettings>::default()
-        .record(model.clone().into_record(), ())
-        .map_err(|e| anyhow::anyhow!("cannot serialize the model: {e}"))
 }

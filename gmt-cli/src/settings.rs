@@ -7,12 +7,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use gmt_core::{MaskScope, MaskTarget};
+use gmt_core::{GmtConfig, MaskScope, MaskStrategy, MaskTarget};
 use gmt_data::{FieldMapping, RecordFormat, Truncation};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendChoice;
-use crate::schedule::ScheduleKind;
+use crate::model_source::Overrides;
+use burn::optim::AdamWConfig;
+use gmt_train::{LrSchedule, ScheduleKind, TrainerConfig};
 
 /// Everything `gmt train` needs, as saved to `<output>/config.toml`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -105,20 +107,6 @@ impl Default for DataSettings {
     }
 }
 
-/// `gmt | random | none`: magnitude masks (GMT), the same-ratio random control, or plain
-/// fine-tuning.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum StrategySetting {
-    /// Keep the entries with the largest |Γ| (Gradient-Mask Tuning).
-    #[default]
-    Gmt,
-    /// A seeded random mask of the same ratio (the paper's control).
-    Random,
-    /// No mask: plain fine-tuning (SFT).
-    None,
-}
-
 /// `[gmt]`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -129,8 +117,9 @@ pub struct GmtSettings {
     pub scope: MaskScope,
     /// `gradient` (AdamW sees Γ·mask) or `update` (masked entries do not move).
     pub target: MaskTarget,
-    /// `gmt`, `random` or `none`.
-    pub strategy: StrategySetting,
+    /// `magnitude` (GMT; `gmt` is accepted too), `random` (the paper's control) or `none`
+    /// (plain fine-tuning).
+    pub strategy: MaskStrategy,
     /// Glob patterns of parameters never masked (still trained), e.g. `*norm*`.
     pub exclude: Vec<String>,
 }
@@ -141,7 +130,7 @@ impl Default for GmtSettings {
             mask_ratio: 0.2,
             scope: MaskScope::Tensor,
             target: MaskTarget::Gradient,
-            strategy: StrategySetting::Gmt,
+            strategy: MaskStrategy::Magnitude,
             exclude: Vec::new(),
         }
     }
@@ -167,8 +156,8 @@ pub struct OptimSettings {
 
 impl Default for OptimSettings {
     fn default() -> Self {
-        // PyTorch's AdamW defaults except weight decay, which fine-tuning recipes usually
-        // set to 0.
+        // PyTorch's AdamW defaults except weight decay (PyTorch's is 0.01), which fine-tuning
+        // recipes usually set to 0.
         Self {
             lr: 1e-5,
             beta1: 0.9,
@@ -275,7 +264,7 @@ impl TrainSettings {
             bail!("no output directory given: set --output or `[train] output_dir`");
         }
         let t = &self.train;
-        let checks: [(bool, &str, String); 11] = [
+        let checks: [(bool, &str, String); 10] = [
             (
                 t.grad_accum == 0,
                 "train.grad_accum",
@@ -300,14 +289,6 @@ impl TrainSettings {
                 !(self.optim.lr >= 0.0 && self.optim.lr.is_finite()),
                 "optim.lr",
                 format!("{} is not a learning rate ≥ 0", self.optim.lr),
-            ),
-            (
-                !(0.0..1.0).contains(&self.gmt.mask_ratio),
-                "gmt.mask_ratio",
-                format!(
-                    "{} is outside [0, 1): it is the fraction of gradient entries set to zero; 1 would train nothing",
-                    self.gmt.mask_ratio
-                ),
             ),
             (
                 !(0.0..1.0).contains(&self.data.eval_fraction),
@@ -342,7 +323,93 @@ impl TrainSettings {
             }
         }
         self.record_format()?;
+        // GMT's own settings are checked by gmt-core, named as the config file names them.
+        self.gmt_config().validate().map_err(|e| match e {
+            gmt_core::GmtError::InvalidConfig { key, reason } => {
+                let section = if key == "max_grad_norm" {
+                    "optim"
+                } else {
+                    "gmt"
+                };
+                anyhow::anyhow!("invalid setting `{section}.{key}`: {reason}")
+            }
+            other => other.into(),
+        })?;
         Ok(())
+    }
+
+    /// A resumed run must be the run that wrote the checkpoint: everything but the backend and
+    /// the output location must match the `saved` settings.
+    pub fn ensure_same_run(&self, saved: &TrainSettings) -> Result<()> {
+        let mut a = self.clone();
+        let mut b = saved.clone();
+        for s in [&mut a, &mut b] {
+            s.train.backend = Default::default();
+            s.train.output_dir = None;
+        }
+        if a != b {
+            let (ta, tb) = (a.to_toml(), b.to_toml());
+            let differing: Vec<String> = ta
+                .lines()
+                .zip(tb.lines())
+                .filter(|(x, y)| x != y)
+                .map(|(x, y)| format!("  now: {x}\n  checkpoint: {y}"))
+                .take(5)
+                .collect();
+            bail!(
+                "the settings differ from those of the checkpoint being resumed:\n{}\n(resume with the same config, or start a new run in another --output)",
+                differing.join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    /// The model to load (validated settings always name one).
+    pub fn model_path(&self) -> Result<&Path> {
+        self.model
+            .path
+            .as_deref()
+            .context("no model given: set --model or `[model] path` in the config file")
+    }
+
+    /// The tokenizer and chat template that replace the model's own.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            tokenizer: self.model.tokenizer.clone(),
+            chat_template: self.model.chat_template.clone(),
+        }
+    }
+
+    /// The GMT optimizer's configuration.
+    pub fn gmt_config(&self) -> GmtConfig {
+        let (g, max_norm) = (&self.gmt, self.optim.max_grad_norm);
+        GmtConfig::new(g.mask_ratio)
+            .with_scope(g.scope)
+            .with_target(g.target)
+            .with_strategy(g.strategy)
+            .with_exclude(g.exclude.clone())
+            .with_seed(self.train.seed)
+            .with_max_grad_norm((max_norm > 0.0).then_some(max_norm))
+    }
+
+    /// The trainer's configuration for a run of `total_steps` steps.
+    pub fn trainer_config(&self, total_steps: u64) -> TrainerConfig {
+        let o = &self.optim;
+        TrainerConfig {
+            gmt: self.gmt_config(),
+            adamw: AdamWConfig::new()
+                .with_beta_1(o.beta1)
+                .with_beta_2(o.beta2)
+                .with_epsilon(o.eps)
+                .with_weight_decay(o.weight_decay),
+            schedule: LrSchedule {
+                lr: o.lr,
+                kind: self.schedule.kind,
+                warmup_steps: self.schedule.warmup_steps,
+                total_steps,
+                min_lr_ratio: self.schedule.min_lr_ratio,
+            },
+        }
     }
 
     /// The record format named in `[data]`, `None` to detect it.
@@ -368,26 +435,18 @@ pub fn record_format(
         None => return Ok(None),
         Some(name) => name,
     };
-    Ok(Some(match format {
-        "alpaca" => RecordFormat::Alpaca,
-        "messages" => RecordFormat::Messages,
-        "sharegpt" => RecordFormat::Sharegpt,
-        "prompt_completion" => RecordFormat::PromptCompletion,
-        "text" => RecordFormat::Text,
-        "fields" => match (user, assistant) {
-            (Some(user), Some(assistant)) => RecordFormat::Fields(FieldMapping {
-                system: system.clone(),
-                user: user.clone(),
-                assistant: assistant.clone(),
-            }),
-            _ => bail!(
-                "format `fields` needs both a user field and an assistant field (--user-field, --assistant-field)"
-            ),
+    let mapping = match (format, user, assistant) {
+        ("fields", Some(user), Some(assistant)) => FieldMapping {
+            system: system.clone(),
+            user: user.clone(),
+            assistant: assistant.clone(),
         },
-        other => bail!(
-            "unknown data format `{other}`: expected alpaca, messages, sharegpt, prompt_completion, text or fields"
+        ("fields", ..) => bail!(
+            "format `fields` needs both a user field and an assistant field (--user-field, --assistant-field)"
         ),
-    }))
+        (name, ..) => return Ok(Some(name.parse()?)),
+    };
+    Ok(Some(RecordFormat::Fields(mapping)))
 }
 
 /// TOML's message, with "did you mean" for an unknown key.
@@ -430,6 +489,33 @@ mod tests {
             format!("{err:#}").contains("did you mean `train`"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn the_strategy_is_named_as_in_gmt_core_and_gmt_is_an_alias() {
+        for (name, strategy) in [
+            ("magnitude", MaskStrategy::Magnitude),
+            ("gmt", MaskStrategy::Magnitude),
+            ("random", MaskStrategy::Random),
+            ("none", MaskStrategy::None),
+        ] {
+            let s = TrainSettings::from_toml(&format!("[gmt]\nstrategy = \"{name}\"\n")).unwrap();
+            assert_eq!(s.gmt.strategy, strategy, "{name}");
+            assert_eq!(s.gmt_config().strategy, strategy, "{name}");
+        }
+        let err = TrainSettings::from_toml("[gmt]\nstrategy = \"magnitud\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("magnitud"), "{err:#}");
+    }
+
+    #[test]
+    fn gmt_settings_are_checked_by_gmt_core_and_named_by_their_key() {
+        let mut s = TrainSettings::default();
+        s.model.path = Some("m".into());
+        s.data.train = Some("d".into());
+        s.train.output_dir = Some("o".into());
+        s.optim.max_grad_norm = f64::INFINITY;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("optim.max_grad_norm"), "{err}");
     }
 
     #[test]

@@ -33,8 +33,9 @@ pub enum MaskTarget {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MaskStrategy {
-    /// GMT: keep the entries with the largest |Γ|.
+    /// GMT: keep the entries with the largest |Γ|. Also read as `gmt`.
     #[default]
+    #[serde(alias = "gmt")]
     Magnitude,
     /// The paper's control: a seeded uniformly random mask that keeps exactly as many entries
     /// per group as `Magnitude` would without ties (n − floor(r·n)).

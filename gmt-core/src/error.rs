@@ -54,4 +54,24 @@ pub enum GmtError {
         /// The weight given.
         weight: f64,
     },
+    /// The module stepped is not the one the optimizer was built for: its float parameters
+    /// differ in number, order or path.
+    #[error(
+        "the module does not match the one the GMT optimizer was built for ({expected} float parameters): found {found}"
+    )]
+    ModuleMismatch {
+        /// Float parameters listed at `init`.
+        expected: usize,
+        /// What was found instead.
+        found: String,
+    },
+    /// A step's gradients hold none of the module's parameters: nothing would be masked or
+    /// updated (e.g. gradients computed for another copy of the model).
+    #[error(
+        "optimizer step {step}: the gradients hold no parameter of the module; were they computed for another copy of the model?"
+    )]
+    NoGradients {
+        /// Optimizer step (0-based).
+        step: u64,
+    },
 }

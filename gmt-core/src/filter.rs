@@ -9,7 +9,7 @@ use crate::GmtError;
 /// `*` matches any run of characters, dots included, so `*norm*` matches every norm weight.
 ///
 /// ```
-/// use gmt_core::ParamFilter;
+/// use gmt_core::masking::ParamFilter;
 ///
 /// let filter = ParamFilter::new(&["*norm*".to_string()]).unwrap();
 /// assert!(filter.is_match("layers.3.input_layernorm.weight"));

@@ -19,22 +19,46 @@
 //! ## Map
 //! - [`GmtConfig`] and its vocabulary ([`MaskScope`], [`MaskTarget`], [`MaskStrategy`],
 //!   [`Selection`], [`SelectionEngine`], [`NonFinitePolicy`]) — `config.rs`
-//! - [`GmtOptimizer`], its record [`GmtRecord`] — `optimizer.rs`
-//! - [`mask_gradients`]: one step's Γ·mask and statistics — `mask.rs`
-//! - [`selection`]: exact and sampled threshold selection, host and device — `selection/`
+//! - [`GmtOptimizer`] (its `try_step` returns the module and the step's [`StepReport`]), its
+//!   record [`GmtRecord`] — `optimizer.rs`
 //! - [`GradientMean`]: Γ from micro-batches, plain or token-weighted — `accumulate.rs`
-//! - [`MaskStats`], [`StepReport`]: what a step kept — `stats.rs`
-//! - [`ParamFilter`]: parameters never masked — `filter.rs`
+//! - [`StepReport`], [`MaskStats`]: what a step kept — `stats.rs`
 //! - [`GmtError`] — `error.rs`
+//! - [`masking`]: the building blocks (mask function, threshold selection, parameter
+//!   listing), for benchmarks and for masking without the optimizer
+//!
+//! ## Example
+//! ```
+//! use burn::backend::{Autodiff, NdArray};
+//! use burn::nn::{Linear, LinearConfig};
+//! use burn::optim::{AdamWConfig, GradientsParams};
+//! use burn::tensor::{Distribution, Tensor};
+//! use gmt_core::GmtConfig;
+//!
+//! type B = Autodiff<NdArray>;
+//! let device = Default::default();
+//! let model: Linear<B> = LinearConfig::new(8, 4).init(&device);
+//! let mut optim = GmtConfig::new(0.3).init(AdamWConfig::new().init(), &model)?;
+//!
+//! let x = Tensor::<B, 2>::random([16, 8], Distribution::Default, &device);
+//! let grads = GradientsParams::from_grads(model.forward(x).powi_scalar(2).mean().backward(), &model);
+//! let (model, report) = optim.try_step(1e-3, model, grads)?;
+//! println!("kept {:.0}% of the gradient's entries", 100.0 * report.kept_fraction());
+//! # let _ = model;
+//! # Ok::<(), gmt_core::GmtError>(())
+//! ```
+
+#![warn(missing_docs)]
 
 mod accumulate;
 mod config;
 mod error;
 mod filter;
 mod mask;
+pub mod masking;
 mod optimizer;
 mod params;
-pub mod selection;
+mod selection;
 mod stats;
 
 pub use accumulate::GradientMean;
@@ -42,8 +66,6 @@ pub use config::{
     GmtConfig, MaskScope, MaskStrategy, MaskTarget, NonFinitePolicy, Selection, SelectionEngine,
 };
 pub use error::GmtError;
-pub use filter::ParamFilter;
-pub use mask::{MaskInput, MaskedGradients, mask_gradients};
 pub use optimizer::{GmtOptimizer, GmtRecord, GmtRecordItem, GmtState, StepFailure};
-pub use params::{ParamInfo, list_params};
+pub use params::ParamInfo;
 pub use stats::{MaskStats, ParamMaskStats, StepReport};

@@ -17,7 +17,7 @@ pub struct MaskInput<B: Backend> {
     /// Dotted module path.
     pub path: String,
     /// Whether the parameter takes part in masking (false: excluded by a pattern).
-    pub masked: bool,
+    pub maskable: bool,
     /// Γ flattened to one dimension.
     pub grad: Tensor<B, 1>,
 }
@@ -51,11 +51,12 @@ enum Rule {
 /// ```
 /// use burn::backend::NdArray;
 /// use burn::tensor::Tensor;
-/// use gmt_core::{GmtConfig, MaskInput, mask_gradients};
+/// use gmt_core::GmtConfig;
+/// use gmt_core::masking::{MaskInput, mask_gradients};
 /// use rand::SeedableRng;
 ///
 /// let grad = Tensor::<NdArray, 1>::from_floats([0.1, -0.4, 0.3, 0.0], &Default::default());
-/// let input = MaskInput { path: "w".into(), masked: true, grad };
+/// let input = MaskInput { path: "w".into(), maskable: true, grad };
 /// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
 /// let out = mask_gradients(&GmtConfig::new(0.5), vec![input], false, &mut rng);
 /// // floor(0.5·4) = 2 masked; threshold = 2nd largest |Γ| = 0.3.
@@ -77,7 +78,7 @@ pub fn mask_gradients<B: Backend>(
     let rules = decide_rules(config, &inputs, &groups, host, rng);
 
     let (paths, flags): (Vec<String>, Vec<bool>) =
-        inputs.iter().map(|i| (i.path.clone(), i.masked)).unzip();
+        inputs.iter().map(|i| (i.path.clone(), i.maskable)).unzip();
     let mut pending: Vec<Option<Tensor<B, 1>>> = inputs.into_iter().map(|i| Some(i.grad)).collect();
     let mut outputs: Vec<Option<Masked<B>>> = (0..pending.len()).map(|_| None).collect();
     let work: Vec<GroupWork<B>> = groups
@@ -197,7 +198,7 @@ fn active_groups<B: Backend>(
     config: &GmtConfig,
     inputs: &[MaskInput<B>],
 ) -> Vec<(Vec<usize>, usize)> {
-    let masked = (0..inputs.len()).filter(|&i| inputs[i].masked);
+    let masked = (0..inputs.len()).filter(|&i| inputs[i].maskable);
     let groups: Vec<Vec<usize>> = match config.scope {
         MaskScope::Tensor => masked.map(|i| vec![i]).collect(),
         MaskScope::Global => vec![masked.collect()],
@@ -427,7 +428,7 @@ fn collect_stats<B: Backend>(paths: &[String], flags: &[bool], outputs: &[Masked
                 threshold: out.threshold,
                 grad_sq_norm,
                 kept_sq_norm,
-                masked: flags[i],
+                maskable: flags[i],
             }
         })
         .collect();

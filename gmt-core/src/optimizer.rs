@@ -13,16 +13,15 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::filter::ParamFilter;
+use crate::mask::{MaskInput, mask_gradients};
 use crate::params::{ParamInfo, list_params};
-use crate::{
-    GmtConfig, GmtError, MaskInput, MaskTarget, NonFinitePolicy, ParamFilter, StepReport,
-    mask_gradients,
-};
+use crate::{GmtConfig, GmtError, MaskTarget, NonFinitePolicy, StepReport};
 
 /// Gradient-Mask Tuning around any burn optimizer (AdamW, Adam, SGD, …).
 ///
 /// Each step takes Γ (the step's mean gradient, see [`GradientMean`](crate::GradientMean)),
-/// checks it is finite, masks it with [`mask_gradients`](crate::mask_gradients), optionally
+/// checks it is finite, masks it with [`mask_gradients`](crate::masking::mask_gradients), optionally
 /// clips the global norm of Γ·mask ([`GmtConfig::max_grad_norm`]), hands the result to the
 /// inner optimizer and, for [`MaskTarget::Update`], puts masked entries back to their
 /// previous values.
@@ -43,9 +42,9 @@ use crate::{
 /// let x = Tensor::<B, 2>::random([16, 8], Distribution::Default, &device);
 /// let loss = model.forward(x).powi_scalar(2).mean();
 /// let grads = GradientsParams::from_grads(loss.backward(), &model);
-/// let model = optim.try_step(1e-3, model, grads).unwrap();
+/// let (model, report) = optim.try_step(1e-3, model, grads).unwrap();
 ///
-/// let stats = optim.last_report().unwrap().stats().unwrap();
+/// let stats = report.stats().unwrap();
 /// assert_eq!(stats.get("weight").unwrap().kept, 32 - 9); // floor(0.3·32) = 9 masked
 /// # let _ = model;
 /// ```
@@ -53,7 +52,6 @@ pub struct GmtOptimizer<O, M, B> {
     config: GmtConfig,
     inner: O,
     params: Vec<ParamInfo>,
-    index: HashMap<ParamId, usize>,
     state: GmtState,
     last_report: Option<StepReport>,
     marker: PhantomData<fn() -> (M, B)>,
@@ -65,7 +63,6 @@ impl<O: Clone, M, B> Clone for GmtOptimizer<O, M, B> {
             config: self.config.clone(),
             inner: self.inner.clone(),
             params: self.params.clone(),
-            index: self.index.clone(),
             state: self.state.clone(),
             last_report: self.last_report.clone(),
             marker: PhantomData,
@@ -120,6 +117,8 @@ impl<B: Backend, R: Record<B>> Record<B> for GmtRecord<R> {
 }
 
 /// A failed step: the error, and the module given to the step, unchanged.
+///
+/// `?` turns it into its [`GmtError`] where the module is not needed back.
 #[derive(Debug, thiserror::Error)]
 #[error("{error}")]
 pub struct StepFailure<M> {
@@ -128,6 +127,12 @@ pub struct StepFailure<M> {
     pub error: GmtError,
     /// The module, as it was before the step.
     pub module: M,
+}
+
+impl<M> From<StepFailure<M>> for GmtError {
+    fn from(failure: StepFailure<M>) -> Self {
+        failure.error
+    }
 }
 
 impl GmtConfig {
@@ -161,9 +166,8 @@ where
         let filter = ParamFilter::new(&config.exclude)?;
         filter.check_all_used(params.iter().map(|p| p.path.as_str()))?;
         for param in &mut params {
-            param.masked = !filter.is_match(&param.path);
+            param.maskable = !filter.is_match(&param.path);
         }
-        let index = params.iter().enumerate().map(|(i, p)| (p.id, i)).collect();
         let state = GmtState {
             rng_seed: config.seed,
             ..GmtState::default()
@@ -172,7 +176,6 @@ where
             config,
             inner,
             params,
-            index,
             state,
             last_report: None,
             marker: PhantomData,
@@ -204,28 +207,28 @@ where
         self.last_report.as_ref()
     }
 
-    /// One optimizer step with Γ = `grads`.
+    /// One optimizer step with Γ = `grads`; returns the updated module and what the step did.
     ///
-    /// Returns the updated module. A non-finite gradient fails the step under
-    /// [`NonFinitePolicy::Error`], handing the module back unchanged inside the
-    /// [`StepFailure`]; under [`NonFinitePolicy::Skip`] the step is skipped, the module
-    /// returned unchanged and [`last_report`](Self::last_report) says so.
+    /// Parameters are found by their module path on every step, not by the ids they had at
+    /// [`init`](GmtConfig::init): loading a record into the module (as burn's `Learner` does
+    /// when it resumes) brings back saved ids, and the step still finds every parameter. A
+    /// module whose parameters no longer match those of `init`, or a `grads` holding a gradient
+    /// for none of them, is an error rather than a step that silently masks nothing.
+    ///
+    /// A non-finite gradient fails the step under [`NonFinitePolicy::Error`], handing the
+    /// module back unchanged inside the [`StepFailure`]; under [`NonFinitePolicy::Skip`] the
+    /// step is skipped, the module returned unchanged and the report says so.
     pub fn try_step(
         &mut self,
         lr: LearningRate,
         module: M,
         mut grads: GradientsParams,
-    ) -> Result<M, StepFailure<M>> {
+    ) -> Result<(M, StepReport), StepFailure<M>> {
         let step = self.state.step;
-        let mut taken = TakeGradients::<B> {
-            grads: &mut grads,
-            index: &self.index,
-            keep_values: self.config.target == MaskTarget::Update && !self.config.is_identity(),
-            entries: Vec::new(),
-            marker: PhantomData,
+        let entries = match self.take_gradients(&module, &mut grads) {
+            Ok(entries) => entries,
+            Err(error) => return Err(StepFailure { error, module }),
         };
-        module.visit(&mut taken);
-        let entries = taken.entries;
 
         if let Some(bad) = first_non_finite(&entries) {
             let param = self.params[entries[bad].param].path.clone();
@@ -236,8 +239,9 @@ where
                 }),
                 NonFinitePolicy::Skip => {
                     self.state.skipped_steps += 1;
-                    self.last_report = Some(StepReport::Skipped { step, param });
-                    Ok(module)
+                    let report = StepReport::Skipped { step, param };
+                    self.last_report = Some(report.clone());
+                    Ok((module, report))
                 }
             };
         }
@@ -252,7 +256,7 @@ where
                 let param = &self.params[e.param];
                 MaskInput {
                     path: param.path.clone(),
-                    masked: param.masked,
+                    maskable: param.maskable,
                     grad: e.grad, // moved: CPU backends then mask it in place
                 }
             })
@@ -295,12 +299,46 @@ where
         }
 
         self.state.step += 1;
-        self.last_report = Some(StepReport::Applied {
+        let report = StepReport::Applied {
             step,
             stats: out.stats,
             clip_scale,
-        });
-        Ok(module)
+        };
+        self.last_report = Some(report.clone());
+        Ok((module, report))
+    }
+
+    /// Takes each parameter's gradient out of `grads`, finding the parameters of `module` by
+    /// place and path; fails when the module is not the one of `init` or when no gradient is
+    /// found for any of its parameters.
+    fn take_gradients(
+        &self,
+        module: &M,
+        grads: &mut GradientsParams,
+    ) -> Result<Vec<TakenGradient<B::InnerBackend>>, GmtError> {
+        let mut taken = TakeGradients::<B> {
+            grads,
+            params: &self.params,
+            path: Vec::new(),
+            visited: 0,
+            mismatch: None,
+            keep_values: self.config.target == MaskTarget::Update && !self.config.is_identity(),
+            entries: Vec::new(),
+            marker: PhantomData,
+        };
+        module.visit(&mut taken);
+        let expected = self.params.len();
+        match taken.mismatch {
+            Some(found) => Err(GmtError::ModuleMismatch { expected, found }),
+            None if taken.visited != expected => Err(GmtError::ModuleMismatch {
+                expected,
+                found: format!("a module with {} float parameters", taken.visited),
+            }),
+            None if taken.entries.is_empty() => Err(GmtError::NoGradients {
+                step: self.state.step,
+            }),
+            None => Ok(taken.entries),
+        }
     }
 }
 
@@ -317,7 +355,7 @@ where
     /// or [`NonFinitePolicy::Skip`], to handle that case.
     fn step(&mut self, lr: LearningRate, module: M, grads: GradientsParams) -> M {
         match self.try_step(lr, module, grads) {
-            Ok(module) => module,
+            Ok((module, _)) => module,
             Err(failure) => panic!("GMT optimizer step failed: {}", failure.error),
         }
     }
@@ -357,19 +395,41 @@ struct TakenGradient<B: Backend> {
     value: Option<Tensor<B, 1>>,
 }
 
+/// Takes each parameter's gradient out of `GradientsParams`, finding the parameters by their
+/// place and path in the module (the ids are the module's current ones).
 struct TakeGradients<'a, B: AutodiffBackend> {
     grads: &'a mut GradientsParams,
-    index: &'a HashMap<ParamId, usize>,
+    params: &'a [ParamInfo],
+    path: Vec<String>,
+    /// Float parameters visited so far: the next one is `params[visited]`.
+    visited: usize,
+    /// The first parameter that is not the one `init` listed at its place.
+    mismatch: Option<String>,
     keep_values: bool,
     entries: Vec<TakenGradient<B::InnerBackend>>,
     marker: PhantomData<B>,
 }
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for TakeGradients<'_, B> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let Some(&index) = self.index.get(&param.id) else {
+        let index = self.visited;
+        self.visited += 1;
+        if self.mismatch.is_some() {
             return;
-        };
+        }
+        let path = self.path.join(".");
+        if self.params.get(index).is_none_or(|p| p.path != path) {
+            self.mismatch = Some(format!("parameter `{path}` at position {index}"));
+            return;
+        }
         let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) else {
             return; // frozen or unused: no gradient, nothing to do
         };

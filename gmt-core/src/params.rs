@@ -12,8 +12,8 @@ pub struct ParamInfo {
     pub path: String,
     /// Number of entries.
     pub numel: usize,
-    /// Whether GMT masks it (false when an `exclude` pattern matches).
-    pub masked: bool,
+    /// Whether GMT may mask it: false when an `exclude` pattern matches (it is still trained).
+    pub maskable: bool,
 }
 
 /// Lists a module's float parameters in the order burn visits them (field order), which is
@@ -46,7 +46,7 @@ impl<B: Backend> ModuleVisitor<B> for ParamLister {
             id: param.id,
             path: self.stack.join("."),
             numel: param.lazy_shape().num_elements(),
-            masked: true,
+            maskable: true,
         });
     }
 }

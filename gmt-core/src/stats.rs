@@ -16,8 +16,8 @@ pub struct ParamMaskStats {
     pub grad_sq_norm: f64,
     /// ‖Γ·mask‖²: the part of the squared norm that was kept.
     pub kept_sq_norm: f64,
-    /// False when an `exclude` pattern keeps the parameter out of masking.
-    pub masked: bool,
+    /// Whether GMT may mask it: false when an `exclude` pattern keeps it out of masking.
+    pub maskable: bool,
 }
 
 impl ParamMaskStats {
@@ -113,6 +113,11 @@ impl StepReport {
             Self::Applied { stats, .. } => Some(stats),
             Self::Skipped { .. } => None,
         }
+    }
+
+    /// Fraction of gradient entries that reached the inner optimizer: 0 for a skipped step.
+    pub fn kept_fraction(&self) -> f64 {
+        self.stats().map_or(0.0, MaskStats::kept_fraction)
     }
 
     /// The global L2 norm of the masked gradient before clipping, for an applied step.

@@ -2,6 +2,8 @@
 
 use serde_json::Value;
 
+use crate::DataError;
+
 /// One turn of a conversation. Roles are `system`, `user` or `assistant`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Message {
@@ -105,8 +107,40 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
+impl std::str::FromStr for RecordFormat {
+    type Err = DataError;
+
+    /// A format by its [`name`](RecordFormat::name). `fields` needs the field names, so it
+    /// is built as `RecordFormat::Fields(FieldMapping { … })` instead.
+    fn from_str(name: &str) -> Result<Self, DataError> {
+        let format = match name {
+            "alpaca" => Self::Alpaca,
+            "messages" => Self::Messages,
+            "sharegpt" => Self::Sharegpt,
+            "prompt_completion" => Self::PromptCompletion,
+            "text" => Self::Text,
+            "fields" => {
+                return Err(DataError::InvalidConfig {
+                    key: "format",
+                    reason: "format `fields` needs a user field and an assistant field".into(),
+                });
+            }
+            other => {
+                return Err(DataError::InvalidConfig {
+                    key: "format",
+                    reason: format!(
+                        "unknown data format `{other}`: expected alpaca, messages, sharegpt, prompt_completion, text or fields"
+                    ),
+                });
+            }
+        };
+        Ok(format)
+    }
+}
+
 impl RecordFormat {
-    /// A short name for messages (`alpaca`, `messages`, …).
+    /// A short name for messages (`alpaca`, `messages`, …); [`str::parse`] reads it back
+    /// (all but `fields`).
     pub fn name(&self) -> &'static str {
         match self {
             Self::Alpaca => "alpaca",

@@ -15,14 +15,19 @@
 //! - [`DataSource`], [`SourcePosition`], [`RawRecord`] — `source.rs`
 //! - [`RecordFormat`], [`FieldMapping`], [`Example`], [`Message`] — `format.rs`
 //! - [`ChatTemplate`], [`BUILTIN_TEMPLATES`] — `template.rs`
+//! - [`ExampleReader`], [`ReaderConfig`]: records → examples in file order (detection,
+//!   split, bad records) — `examples.rs`
 //! - [`Encoder`], [`Encoded`]: rendering, tokenization, response-only labels — `encode.rs`
 //! - [`BatchConfig`], [`Batches`], [`Truncation`]: padding and packing into `TokenBatch` — `batcher.rs`
 //! - [`DataStream`], [`StreamConfig`], [`StreamState`], [`Split`], [`DataReport`] — `stream.rs`
 //! - [`DataError`], [`RecordLocation`] — `error.rs`
 
+#![warn(missing_docs)]
+
 mod batcher;
 mod encode;
 mod error;
+mod examples;
 mod format;
 mod source;
 mod stream;
@@ -31,6 +36,7 @@ mod template;
 pub use batcher::{BatchConfig, Batches, FitReport, Truncation};
 pub use encode::{Encoded, Encoder, IGNORE};
 pub use error::{DataError, RecordLocation};
+pub use examples::{ExampleReader, ReaderConfig};
 pub use format::{Example, FieldError, FieldMapping, Message, RecordFormat};
 pub use source::{DataSource, RawRecord, RecordIter, SourcePosition};
 pub use stream::{DataReport, DataStream, Split, StreamConfig, StreamState};

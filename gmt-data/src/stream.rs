@@ -5,7 +5,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::{
-    DataError, DataSource, Encoded, Encoder, RecordFormat, RecordIter, RecordLocation,
+    DataError, DataSource, Encoded, Encoder, ExampleReader, ReaderConfig, RecordFormat,
     SourcePosition,
 };
 
@@ -92,11 +92,11 @@ pub struct StreamState {
 
 /// A deterministic, resumable stream of encoded examples over one pass of the data.
 pub struct DataStream<'a> {
-    source: DataSource,
+    examples: ExampleReader,
     encoder: &'a Encoder,
     config: StreamConfig,
-    records: RecordIter,
-    state: StreamState,
+    buffer: Vec<Encoded>,
+    epoch: u64,
     rng: ChaCha8Rng,
     exhausted: bool,
 }
@@ -132,23 +132,21 @@ impl<'a> DataStream<'a> {
                 reason: "must be at least 1".into(),
             });
         }
-        if let Split::Train { eval_fraction } | Split::Eval { eval_fraction } = config.split
-            && !(0.0..1.0).contains(&eval_fraction)
-        {
-            return Err(DataError::InvalidConfig {
-                key: "eval_fraction",
-                reason: format!("{eval_fraction} is outside [0, 1)"),
-            });
-        }
-        let records = source.records(state.position)?;
+        let reading = ReaderConfig {
+            format: state.format,
+            skip_bad_records: config.skip_bad_records,
+            split: config.split,
+            seed: config.seed,
+        };
+        let examples = ExampleReader::resume(source, reading, state.position, state.report)?;
         let mut rng = epoch_rng(config.seed, state.epoch);
         rng.set_word_pos(state.rng_word_pos);
         Ok(Self {
-            source,
+            examples,
             encoder,
             config,
-            records,
-            state,
+            buffer: state.buffer,
+            epoch: state.epoch,
             rng,
             exhausted: false,
         })
@@ -156,119 +154,68 @@ impl<'a> DataStream<'a> {
 
     /// The position to save (call between examples).
     pub fn state(&self) -> StreamState {
-        let mut state = self.state.clone();
-        state.rng_word_pos = self.rng.get_word_pos();
-        state
+        StreamState {
+            position: self.examples.position(),
+            buffer: self.buffer.clone(),
+            rng_word_pos: self.rng.get_word_pos(),
+            epoch: self.epoch,
+            report: self.examples.report().clone(),
+            format: self.examples.format().cloned(),
+        }
     }
 
     /// Starts the next pass over the data, with a fresh shuffle order (ChaCha8 stream =
     /// epoch). Examples still in the shuffle buffer stay there and come first.
     pub fn next_epoch(&mut self) -> Result<(), DataError> {
-        self.records = self.source.records(SourcePosition::default())?;
-        self.state.position = SourcePosition::default();
-        self.state.epoch += 1;
-        self.rng = epoch_rng(self.config.seed, self.state.epoch);
+        self.examples.restart()?;
+        self.epoch += 1;
+        self.rng = epoch_rng(self.config.seed, self.epoch);
         self.exhausted = false;
         Ok(())
     }
 
     /// Completed passes over the data.
     pub fn epoch(&self) -> u64 {
-        self.state.epoch
+        self.epoch
     }
 
     /// Counters so far.
     pub fn report(&self) -> &DataReport {
-        &self.state.report
+        self.examples.report()
     }
 
     /// The dataset's files.
     pub fn source(&self) -> &DataSource {
-        &self.source
+        self.examples.source()
     }
 
-    fn held_out(&self, location: &RecordLocation, file: usize) -> bool {
-        let fraction = match self.config.split {
-            Split::All => return false,
-            Split::Train { eval_fraction } | Split::Eval { eval_fraction } => eval_fraction,
-        };
-        // A hash of (seed, file, line): stable whatever the order, shuffle or resumption.
-        let mut x = self.config.seed
-            ^ (file as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            ^ location.line.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        x ^= x >> 31;
-        let in_eval = (x as f64 / u64::MAX as f64) < fraction;
-        match self.config.split {
-            Split::Eval { .. } => !in_eval,
-            _ => in_eval,
-        }
-    }
-
-    /// Reads the next usable record into an example, or `None` at the end of the data.
+    /// Reads the next usable record into an encoded example, or `None` at the end of the data.
     fn read_one(&mut self) -> Option<Result<Encoded, DataError>> {
         loop {
-            let raw = match self.records.next()? {
-                Ok(raw) => raw,
+            let (location, example) = match self.examples.next()? {
+                Ok(read) => read,
                 Err(e) => return Some(Err(e)),
             };
-            let file = raw.next.file;
-            self.state.position = raw.next;
-            self.state.report.records += 1;
-            if self.held_out(&raw.location, file) {
-                self.state.report.held_out += 1;
-                continue;
-            }
-            let result = self.interpret(raw.location, raw.value);
-            match result {
-                Ok(encoded) => return Some(Ok(encoded)),
-                Err(e)
-                    if self.config.skip_bad_records && matches!(e, DataError::BadRecord { .. }) =>
-                {
-                    self.state.report.skipped += 1;
-                    if self.state.report.skipped_errors.len() < 100 {
-                        self.state.report.skipped_errors.push(e.to_string());
+            // Template errors depend on the record's content: report them at the record.
+            let encoded = self.encoder.encode(&example).map_err(|e| match e {
+                DataError::Template(reason) | DataError::Tokenizer(reason) => {
+                    DataError::BadRecord {
+                        location,
+                        field: None,
+                        reason,
                     }
                 }
-                Err(e) => return Some(Err(e)),
+                other => other,
+            });
+            match encoded {
+                Ok(encoded) => return Some(Ok(encoded)),
+                Err(e) => {
+                    if let Err(e) = self.examples.skip_or_fail(e) {
+                        return Some(Err(e));
+                    }
+                }
             }
         }
-    }
-
-    fn interpret(
-        &mut self,
-        location: RecordLocation,
-        value: Result<serde_json::Value, String>,
-    ) -> Result<Encoded, DataError> {
-        let bad = |field: Option<String>, reason: String| DataError::BadRecord {
-            location: location.clone(),
-            field,
-            reason,
-        };
-        let value = value.map_err(|reason| bad(None, reason))?;
-        if self.state.format.is_none() {
-            let detected = RecordFormat::detect(&value).ok_or_else(|| {
-                bad(None, "cannot detect the record format (no messages, conversations, instruction/output, prompt/completion or text field); name the format or a field mapping".into())
-            })?;
-            let name = match &detected {
-                RecordFormat::Fields(m) => {
-                    format!("fields {} → user, {} → assistant", m.user, m.assistant)
-                }
-                other => other.name().to_string(),
-            };
-            self.state.report.format = Some(format!("{name} (detected from {location})"));
-            self.state.format = Some(detected);
-        } else if self.state.report.format.is_none() {
-            self.state.report.format = self.state.format.as_ref().map(|f| f.name().to_string());
-        }
-        let format = self.state.format.as_ref().expect("set above");
-        let example = format.parse(&value).map_err(|e| bad(e.field, e.reason))?;
-        // Template errors depend on the record's content: report them at the record.
-        self.encoder.encode(&example).map_err(|e| match e {
-            DataError::Template(reason) | DataError::Tokenizer(reason) => bad(None, reason),
-            other => other,
-        })
     }
 }
 
@@ -283,18 +230,18 @@ impl Iterator for DataStream<'_> {
     type Item = Result<Encoded, DataError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        while !self.exhausted && self.state.buffer.len() < self.config.shuffle_buffer {
+        while !self.exhausted && self.buffer.len() < self.config.shuffle_buffer {
             match self.read_one() {
-                Some(Ok(example)) => self.state.buffer.push(example),
+                Some(Ok(example)) => self.buffer.push(example),
                 Some(Err(e)) => return Some(Err(e)),
                 None => self.exhausted = true,
             }
         }
-        if self.state.buffer.is_empty() {
+        if self.buffer.is_empty() {
             return None;
         }
-        let index = self.rng.random_range(0..self.state.buffer.len());
-        self.state.report.examples += 1;
-        Some(Ok(self.state.buffer.swap_remove(index)))
+        let index = self.rng.random_range(0..self.buffer.len());
+        self.examples.count_example();
+        Some(Ok(self.buffer.swap_remove(index)))
     }
 }

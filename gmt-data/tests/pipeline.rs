@@ -12,9 +12,7 @@ use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
 fn shared(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared")
-        .join(rel)
+    gmt_tests::shared(rel)
 }
 
 fn tokenizer() -> Tokenizer {

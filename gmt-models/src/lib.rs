@@ -17,8 +17,9 @@
 //! - [`gguf`]: GGUF files — container, dequantization, config, tokenizer — `gguf/`
 //! - [`generate`], [`generate_batch`]: greedy and sampled decoding with a KV cache, one
 //!   prompt or a left-padded batch — `generate.rs`
-//! - [`smollm2_gguf_path`]: where the reference model is cached — `smollm2.rs`
 //! - [`ModelError`] — `error.rs`
+
+#![warn(missing_docs)]
 
 mod attention;
 mod batch;
@@ -33,7 +34,6 @@ mod mlp;
 mod named;
 mod rms_norm;
 mod rope;
-mod smollm2;
 mod weights;
 
 pub use attention::{Attention, LayerCache};
@@ -51,5 +51,4 @@ pub use mlp::Mlp;
 pub use named::{named_gradients, named_weights};
 pub use rms_norm::RmsNorm;
 pub use rope::{RotaryEmbedding, apply_rotary};
-pub use smollm2::{SMOLLM2_SHA256, smollm2_gguf_path};
 pub use weights::{HostTensor, WeightMap};

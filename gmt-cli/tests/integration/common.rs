@@ -8,15 +8,12 @@ use serde_json::json;
 
 /// The repository's shared fixtures.
 pub fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+    gmt_tests::shared("")
 }
 
-/// A fresh temporary directory for one test.
-pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gmt-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh temporary directory for one test, removed when the test ends.
+pub fn temp_dir(name: &str) -> gmt_tests::TempDir {
+    gmt_tests::TempDir::new(&format!("cli-{name}"))
 }
 
 const SPECIAL: [&str; 5] = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"];

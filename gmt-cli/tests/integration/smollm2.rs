@@ -6,19 +6,9 @@ use crate::common::*;
 
 #[test]
 fn a_few_gmt_steps_lower_smollm2_loss_on_held_out_problems() {
-    let path = gmt_models::smollm2_gguf_path();
-    if !path.is_file() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must fetch SmolLM2 first (scripts/fetch-smollm2.sh): {} is missing",
-            path.display()
-        );
-        eprintln!(
-            "SKIPPED: {} absent; run scripts/fetch-smollm2.sh",
-            path.display()
-        );
+    let Some(path) = gmt_tests::smollm2_or_skip("SmolLM2 CPU smoke run") else {
         return;
-    }
+    };
     let model = path.to_str().unwrap();
     let dir = temp_dir("smollm2");
     let d = dir.to_str().unwrap();

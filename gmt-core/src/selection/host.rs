@@ -22,7 +22,7 @@ const SMALL: usize = 1 << 14;
 /// If `k` is 0 or larger than the number of entries: the caller computes `k` from the size.
 ///
 /// ```
-/// use gmt_core::selection::kth_largest_abs;
+/// use gmt_core::masking::kth_largest_abs;
 /// let x = [0.5f32, -3.0, 2.0, -2.0, 1.0];
 /// assert_eq!(kth_largest_abs(&[&x], 1), 3.0);
 /// assert_eq!(kth_largest_abs(&[&x], 3), 2.0); // ties count separately

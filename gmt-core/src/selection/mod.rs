@@ -23,8 +23,8 @@ pub use sampled::{sample_count, sampled_kth_largest_abs};
 /// Entries kept in a group of `n` at `mask_ratio`: `n − floor(ratio·n)`.
 ///
 /// ```
-/// assert_eq!(gmt_core::selection::kept_count(60, 0.3), 42);
-/// assert_eq!(gmt_core::selection::kept_count(3, 0.3), 3); // floor(0.9) = 0: nothing masked
+/// assert_eq!(gmt_core::masking::kept_count(60, 0.3), 42);
+/// assert_eq!(gmt_core::masking::kept_count(3, 0.3), 3); // floor(0.9) = 0: nothing masked
 /// ```
 pub fn kept_count(n: usize, mask_ratio: f64) -> usize {
     // f64 like the Python reference, so floor(0.3 * 60) agrees bit for bit.

@@ -10,7 +10,8 @@ use burn::module::{Module, Param};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use gmt_core::{GmtConfig, GradientMean, MaskInput, MaskScope, MaskTarget, mask_gradients};
+use gmt_core::masking::{MaskInput, mask_gradients};
+use gmt_core::{GmtConfig, GradientMean, MaskScope, MaskTarget};
 use rand::SeedableRng;
 
 type B = Autodiff<NdArray>;
@@ -145,7 +146,7 @@ fn run(scope: MaskScope, target: MaskTarget) {
             };
             MaskInput {
                 path: name.to_string(),
-                masked: true,
+                maskable: true,
                 grad,
             }
         });
@@ -166,7 +167,7 @@ fn run(scope: MaskScope, target: MaskTarget) {
             assert_eq!(kept, expected, "{key}");
         }
 
-        model = optim.try_step(fx.meta_f64("lr"), model, gamma).unwrap();
+        model = optim.try_step(fx.meta_f64("lr"), model, gamma).unwrap().0;
 
         let stats = optim.last_report().unwrap().stats().unwrap().clone();
         for (name, value) in [

@@ -100,7 +100,7 @@ fn ratio_zero_is_bit_identical_to_the_inner_optimizer() {
                 let g = grads(&plain_model, step);
                 plain_model = plain.step(1e-2, plain_model, g);
                 let g = grads(&gmt_model, step);
-                gmt_model = gmt.try_step(1e-2, gmt_model, g).unwrap();
+                gmt_model = gmt.try_step(1e-2, gmt_model, g).unwrap().0;
             }
             assert_eq!(
                 bits(values(&plain_model)),
@@ -124,7 +124,8 @@ fn strategy_none_is_plain_fine_tuning_at_any_ratio() {
         plain_model = plain.step(1e-2, plain_model.clone(), grads(&plain_model, step));
         gmt_model = gmt
             .try_step(1e-2, gmt_model.clone(), grads(&gmt_model, step))
-            .unwrap();
+            .unwrap()
+            .0;
     }
     assert_eq!(bits(values(&plain_model)), bits(values(&gmt_model)));
 }
@@ -135,7 +136,7 @@ fn one_entry_tensor_and_floor_zero_are_never_masked() {
     let model = net();
     let mut gmt = GmtConfig::new(0.1).init(adamw().init(), &model).unwrap();
     let g = grads(&model, 0);
-    let _ = gmt.try_step(1e-2, model, g).unwrap();
+    let _ = gmt.try_step(1e-2, model, g).unwrap().0;
     let stats = gmt.last_report().unwrap().stats().unwrap();
     let scale = stats.get("scale").unwrap();
     assert_eq!((scale.kept, scale.threshold), (1, None));
@@ -147,7 +148,7 @@ fn one_entry_tensor_and_floor_zero_are_never_masked() {
     let model = net();
     let mut gmt = GmtConfig::new(0.99).init(adamw().init(), &model).unwrap();
     let g = grads(&model, 0);
-    let _ = gmt.try_step(1e-2, model, g).unwrap();
+    let _ = gmt.try_step(1e-2, model, g).unwrap().0;
     let stats = gmt.last_report().unwrap().stats().unwrap();
     assert_eq!(stats.get("scale").unwrap().kept, 1, "floor(0.99·1) = 0");
     assert_eq!(
@@ -170,7 +171,7 @@ fn entries_tied_with_the_threshold_are_all_kept() {
         .with_target(MaskTarget::Update)
         .init(SgdConfig::new().init(), &model)
         .unwrap();
-    let model = gmt.try_step(0.1, model, grads).unwrap();
+    let model = gmt.try_step(0.1, model, grads).unwrap().0;
     let stats = gmt.last_report().unwrap().stats().unwrap();
     let bias = stats.get("bias").unwrap();
     assert_eq!((bias.kept, bias.threshold), (6, Some(2.0)));
@@ -189,7 +190,7 @@ fn all_zero_gradients_keep_everything_with_threshold_zero() {
     let mut grads = GradientsParams::new();
     grads.register(model.weight.id, tensor(vec![0.0; 48], [6, 8]));
     let mut gmt = GmtConfig::new(0.5).init(adamw().init(), &model).unwrap();
-    let _ = gmt.try_step(1e-2, model, grads).unwrap();
+    let _ = gmt.try_step(1e-2, model, grads).unwrap().0;
     let weight = weight_stats(gmt.last_report());
     assert_eq!((weight.kept, weight.threshold), (48, Some(0.0)));
     assert_eq!(weight.kept_norm_fraction(), 1.0);
@@ -207,7 +208,7 @@ fn frozen_parameters_are_untouched() {
         let g = grads(&model, 0);
         let mut g2 = GradientsParams::new();
         g2.register(model.bias.id, g.get::<Inner, 1>(model.bias.id).unwrap());
-        let after = values(&gmt.try_step(1e-2, model.clone(), g2).unwrap());
+        let after = values(&gmt.try_step(1e-2, model.clone(), g2).unwrap().0);
         assert_eq!(after[0], before[0], "frozen weight moved ({target:?})");
         assert_eq!(after[2], before[2], "frozen scale moved ({target:?})");
         assert_ne!(after[1], before[1]);
@@ -229,7 +230,7 @@ fn update_target_keeps_masked_entries_exactly_despite_weight_decay() {
         .with_target(MaskTarget::Update)
         .init(AdamWConfig::new().with_weight_decay(0.5).init(), &model)
         .unwrap();
-    let model = gmt.try_step(0.1, model, g).unwrap();
+    let model = gmt.try_step(0.1, model, g).unwrap().0;
     let threshold = weight_stats(gmt.last_report()).threshold.unwrap();
     let after = values(&model);
     let mut kept = 0;
@@ -262,7 +263,7 @@ fn gradient_target_still_decays_masked_entries() {
     let mut gmt = GmtConfig::new(0.4)
         .init(AdamWConfig::new().with_weight_decay(0.5).init(), &model)
         .unwrap();
-    let model = gmt.try_step(0.1, model, g).unwrap();
+    let model = gmt.try_step(0.1, model, g).unwrap().0;
     let threshold = weight_stats(gmt.last_report()).threshold.unwrap();
     let after = values(&model);
     for i in (0..48).filter(|&i| gamma[i].abs() < threshold) {
@@ -280,7 +281,7 @@ fn global_scope_shares_one_threshold() {
         .init(adamw().init(), &model)
         .unwrap();
     let g = grads(&model, 1);
-    let _ = gmt.try_step(1e-2, model, g).unwrap();
+    let _ = gmt.try_step(1e-2, model, g).unwrap().0;
     let stats = gmt.last_report().unwrap().stats().unwrap();
     let thresholds: Vec<_> = stats.params.iter().map(|p| p.threshold).collect();
     assert!(
@@ -304,7 +305,7 @@ fn random_strategy_keeps_exact_counts_and_follows_its_seed() {
         let mut kept = Vec::new();
         for step in 0..3 {
             let g = grads(&model, step);
-            model = gmt.try_step(0.1, model, g).unwrap();
+            model = gmt.try_step(0.1, model, g).unwrap().0;
             let stats = gmt.last_report().unwrap().stats().unwrap();
             kept.push(stats.params.iter().map(|p| p.kept).collect::<Vec<_>>());
         }
@@ -335,7 +336,7 @@ fn save_load_continue_equals_an_uninterrupted_run() {
         let mut gmt = config.init(adamw().init(), &model).unwrap();
         for step in 0..4 {
             let g = grads(&model, step);
-            model = gmt.try_step(1e-2, model, g).unwrap();
+            model = gmt.try_step(1e-2, model, g).unwrap().0;
         }
         let uninterrupted = bits(values(&model));
 
@@ -343,7 +344,7 @@ fn save_load_continue_equals_an_uninterrupted_run() {
         let mut gmt = config.init(adamw().init(), &model).unwrap();
         for step in 0..2 {
             let g = grads(&model, step);
-            model = gmt.try_step(1e-2, model, g).unwrap();
+            model = gmt.try_step(1e-2, model, g).unwrap().0;
         }
         let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
         let bytes = recorder.record(gmt.to_record(), ()).unwrap();
@@ -362,10 +363,94 @@ fn save_load_continue_equals_an_uninterrupted_run() {
         assert_eq!(gmt.state().step, 2);
         for step in 2..4 {
             let g = grads(&model, step);
-            model = gmt.try_step(1e-2, model, g).unwrap();
+            model = gmt.try_step(1e-2, model, g).unwrap().0;
         }
         assert_eq!(bits(values(&model)), uninterrupted, "{strategy:?}");
     }
+}
+
+/// burn's `Learner` resumes by building model and optimizer first, then loading both
+/// records: the model then carries the saved parameter ids, not those the optimizer saw at
+/// `init`. The continued run must still mask, and equal an uninterrupted one.
+#[test]
+fn resume_in_learner_order_still_masks_every_parameter() {
+    let config = GmtConfig::new(0.3).with_seed(3);
+    let mut model = net();
+    let mut gmt = config.init(adamw().init(), &model).unwrap();
+    for step in 0..4 {
+        let g = grads(&model, step);
+        model = gmt.try_step(1e-2, model, g).unwrap().0;
+    }
+    let uninterrupted = bits(values(&model));
+
+    let mut model = net();
+    let mut gmt = config.init(adamw().init(), &model).unwrap();
+    for step in 0..2 {
+        let g = grads(&model, step);
+        model = gmt.try_step(1e-2, model, g).unwrap().0;
+    }
+    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+    let optim_bytes = recorder.record(gmt.to_record(), ()).unwrap();
+    let model_bytes = recorder.record(model.into_record(), ()).unwrap();
+
+    // Learner order: a fresh model (new ids) and its optimizer, then both records.
+    let device = Default::default();
+    let fresh = net();
+    let gmt = config.init(adamw().init(), &fresh).unwrap();
+    let mut model = fresh.load_record(recorder.load(model_bytes, &device).unwrap());
+    let mut gmt = gmt.load_record(recorder.load(optim_bytes, &device).unwrap());
+    for step in 2..4 {
+        let g = grads(&model, step);
+        let (next, report) = gmt.try_step(1e-2, model, g).unwrap();
+        model = next;
+        let stats = report.stats().unwrap();
+        assert_eq!(stats.params.len(), 3, "every parameter is found");
+        assert_eq!(stats.get("weight").unwrap().kept, 48 - 14); // floor(0.3·48) = 14
+        assert!(report.kept_fraction() < 1.0);
+    }
+    assert_eq!(bits(values(&model)), uninterrupted);
+}
+
+#[test]
+fn gradients_of_another_model_or_another_module_are_errors() {
+    let model = net();
+    let mut gmt = GmtConfig::new(0.3).init(adamw().init(), &model).unwrap();
+    // Gradients keyed by another copy's ids hold nothing for this module.
+    let other = net();
+    let failure = gmt.try_step(1e-2, model, grads(&other, 0)).err().unwrap();
+    assert!(
+        matches!(failure.error, GmtError::NoGradients { step: 0 }),
+        "{}",
+        failure.error
+    );
+    assert_eq!(gmt.state().step, 0, "nothing was stepped");
+
+    // A module whose parameter list changed since `init` (here a layer stack grown by one).
+    #[derive(Module, Debug)]
+    struct Stack<B: Backend> {
+        layers: Vec<Param<Tensor<B, 1>>>,
+    }
+    let stack = |n: usize| Stack::<B> {
+        layers: (0..n).map(|i| param(wave(4, i as f32), [4])).collect(),
+    };
+    let two = stack(2);
+    let mut gmt = GmtConfig::new(0.5).init(adamw().init(), &two).unwrap();
+    let three = stack(3);
+    let mut g = GradientsParams::new();
+    for layer in &three.layers {
+        g.register(layer.id, tensor(wave(4, 9.0), [4]));
+    }
+    let failure = gmt.try_step(1e-2, three, g).err().unwrap();
+    assert!(
+        matches!(failure.error, GmtError::ModuleMismatch { expected: 2, .. }),
+        "{}",
+        failure.error
+    );
+    assert!(
+        failure.error.to_string().contains("`layers.2`"),
+        "{}",
+        failure.error
+    );
 }
 
 #[test]
@@ -416,10 +501,10 @@ fn excluded_parameters_are_optimized_but_never_masked() {
     let config = GmtConfig::new(0.5).with_exclude(vec!["bias".into()]);
     let mut gmt = config.init(adamw().init(), &model).unwrap();
     let g = grads(&model, 0);
-    let _ = gmt.try_step(1e-2, model, g).unwrap();
+    let _ = gmt.try_step(1e-2, model, g).unwrap().0;
     let stats = gmt.last_report().unwrap().stats().unwrap();
     let bias = stats.get("bias").unwrap();
-    assert!(!bias.masked);
+    assert!(!bias.maskable);
     assert_eq!((bias.kept, bias.threshold), (8, None));
     assert_eq!(stats.get("weight").unwrap().kept, 24);
 }
@@ -463,7 +548,7 @@ fn non_finite_gradients_fail_or_skip_naming_the_parameter() {
         .init(adamw().init(), &model)
         .unwrap();
     let g = bad(&model);
-    let model = gmt.try_step(1e-2, model, g).unwrap();
+    let model = gmt.try_step(1e-2, model, g).unwrap().0;
     assert_eq!(bits(values(&model)), before);
     assert_eq!(
         gmt.last_report(),
@@ -495,7 +580,7 @@ fn device_engine_and_host_engine_agree() {
                 .init(adamw().init(), &model)
                 .unwrap();
             let g = grads(&model, 2);
-            let _ = gmt.try_step(1e-2, model, g).unwrap();
+            let _ = gmt.try_step(1e-2, model, g).unwrap().0;
             gmt.last_report().unwrap().stats().unwrap().clone()
         };
         let host = thresholds(SelectionEngine::Host);
@@ -528,7 +613,7 @@ fn sampled_selection_keeps_about_the_requested_fraction() {
         sample_size: 20_000,
     });
     let mut gmt = config.init(SgdConfig::new().init(), &model).unwrap();
-    let _ = gmt.try_step(1e-3, model, g).unwrap();
+    let _ = gmt.try_step(1e-3, model, g).unwrap().0;
     let kept = gmt.last_report().unwrap().stats().unwrap().kept_fraction();
     assert!((kept - 0.7).abs() < 0.02, "kept fraction {kept}");
 }
@@ -599,7 +684,7 @@ fn clipping_scales_the_masked_gradient_to_the_global_norm() {
     let before = values(&model);
     let masked_norm = |config: GmtConfig| {
         let mut gmt = config.init(SgdConfig::new().init(), &model).unwrap();
-        let after = values(&gmt.try_step(lr, model.clone(), grads(&model, 0)).unwrap());
+        let after = values(&gmt.try_step(lr, model.clone(), grads(&model, 0)).unwrap().0);
         let report = gmt.last_report().unwrap().clone();
         (after, report)
     };

@@ -1,6 +1,6 @@
 //! Export round trips and bad-file errors for Hugging Face checkpoints.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::hf_fixture;
 use burn::backend::NdArray;
@@ -8,11 +8,8 @@ use gmt_models::{
     ExportDtype, LlamaConfig, LlamaForCausalLm, ModelError, TokenBatch, load_hf_dir, save_hf_dir,
 };
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gmt-models-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp_dir(tag: &str) -> gmt_tests::TempDir {
+    gmt_tests::TempDir::new(&format!("models-{tag}"))
 }
 
 fn logits(model: &LlamaForCausalLm<NdArray>) -> Vec<f32> {
@@ -73,7 +70,7 @@ fn exported_dirs_load_back_with_identical_logits() {
     }
 }
 
-fn copy_fixture(name: &str, tag: &str) -> PathBuf {
+fn copy_fixture(name: &str, tag: &str) -> gmt_tests::TempDir {
     let dir = temp_dir(tag);
     for file in ["config.json", "model.safetensors"] {
         std::fs::copy(hf_fixture(name).join(file), dir.join(file)).unwrap();

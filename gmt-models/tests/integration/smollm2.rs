@@ -6,23 +6,11 @@
 
 use burn::backend::NdArray;
 use gmt_models::gguf::{GgufFile, gguf_chat_template, gguf_config, gguf_tokenizer, gguf_weights};
-use gmt_models::{GenerationConfig, LlamaForCausalLm, generate, smollm2_gguf_path};
+use gmt_models::{GenerationConfig, LlamaForCausalLm, generate};
 use serde_json::Value;
 
 fn gguf() -> Option<GgufFile> {
-    let path = smollm2_gguf_path();
-    if !path.exists() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "{} is missing: CI must run scripts/fetch-smollm2.sh first",
-            path.display()
-        );
-        eprintln!(
-            "SKIPPED: {} not found; run scripts/fetch-smollm2.sh",
-            path.display()
-        );
-        return None;
-    }
+    let path = gmt_tests::smollm2_or_skip("SmolLM2 tests")?;
     Some(GgufFile::read(&path).unwrap())
 }
 

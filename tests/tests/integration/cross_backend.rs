@@ -35,7 +35,8 @@ use burn::module::{AutodiffModule, Module, Param};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
-use gmt_core::{GmtConfig, GradientMean, MaskInput, MaskScope, MaskTarget, mask_gradients};
+use gmt_core::masking::{MaskInput, mask_gradients};
+use gmt_core::{GmtConfig, GradientMean, MaskScope, MaskTarget};
 use gmt_models::{HostTensor, LlamaForCausalLm, TokenBatch, load_hf_dir, named_gradients};
 use rand::SeedableRng;
 
@@ -45,7 +46,7 @@ const TARGETS: [MaskTarget; 2] = [MaskTarget::Gradient, MaskTarget::Update];
 const GRAD_TOLERANCE: f32 = 1e-3;
 
 fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
+    gmt_tests::shared("fixtures")
 }
 
 /// The float tensors, integer tensors and metadata of a safetensors file.
@@ -234,7 +235,7 @@ fn check_conformance<B: AutodiffBackend>(device: &B::Device, backend: &str) {
                 let inputs = vec![
                     MaskInput {
                         path: "w".into(),
-                        masked: true,
+                        maskable: true,
                         grad: gamma
                             .get::<B::InnerBackend, 2>(model.w.id)
                             .unwrap()
@@ -242,7 +243,7 @@ fn check_conformance<B: AutodiffBackend>(device: &B::Device, backend: &str) {
                     },
                     MaskInput {
                         path: "b".into(),
-                        masked: true,
+                        maskable: true,
                         grad: gamma.get::<B::InnerBackend, 1>(model.b.id).unwrap(),
                     },
                 ];
@@ -257,7 +258,7 @@ fn check_conformance<B: AutodiffBackend>(device: &B::Device, backend: &str) {
                     };
                     assert_eq!(kept, expected, "{backend} {key}");
                 }
-                model = optim.try_step(f("lr"), model, gamma).unwrap();
+                model = optim.try_step(f("lr"), model, gamma).unwrap().0;
                 for (name, value) in [
                     ("w", HostTensor::from_tensor(model.w.val()).data),
                     ("b", HostTensor::from_tensor(model.b.val()).data),
@@ -324,7 +325,7 @@ fn model_mask<B: AutodiffBackend>(scope: MaskScope, device: &B::Device) -> Model
             };
             MaskInput {
                 path: p.path.clone(),
-                masked: true,
+                maskable: true,
                 grad,
             }
         })
@@ -357,7 +358,10 @@ fn model_mask<B: AutodiffBackend>(scope: MaskScope, device: &B::Device) -> Model
                 .with_target(target)
                 .init(adamw, &model)
                 .unwrap();
-            let after = optim.try_step(1e-3, model.clone(), fresh_grads()).unwrap();
+            let after = optim
+                .try_step(1e-3, model.clone(), fresh_grads())
+                .unwrap()
+                .0;
             // In the order of `params`, so entries line up with the masks.
             let weights: BTreeMap<String, HostTensor> = gmt_models::named_weights(&after.valid())
                 .into_iter()

@@ -1,16 +1,15 @@
-//! The three library crates together: GSM8K batches from gmt-data train a (small, random)
-//! Llama from gmt-models with the GMT optimizer from gmt-core, and the loss falls.
-
-use std::path::PathBuf;
+//! The library crates together: GSM8K batches from gmt-data train a (small, random) Llama
+//! from gmt-models with gmt-train's trainer (GMT from gmt-core), and the loss falls.
 
 use burn::backend::{Autodiff, NdArray};
-use burn::optim::{AdamWConfig, GradientsParams};
-use gmt_core::{GmtConfig, GradientMean};
+use burn::optim::AdamWConfig;
+use gmt_core::GmtConfig;
 use gmt_data::{
     BatchConfig, Batches, ChatTemplate, DataSource, DataStream, Encoder, FieldMapping,
     RecordFormat, StreamConfig, Truncation,
 };
 use gmt_models::{Architecture, LlamaConfig, LlamaForCausalLm, WeightMap};
+use gmt_train::{CausalLm, LrSchedule, ScheduleKind, Trainer, TrainerConfig};
 use tokenizers::Tokenizer;
 
 type B = Autodiff<NdArray>;
@@ -42,7 +41,7 @@ fn small_llama(vocab: usize) -> LlamaForCausalLm<B> {
 
 #[test]
 fn gsm8k_batches_train_a_llama_with_gmt() {
-    let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared");
+    let shared = gmt_tests::shared("");
     let tok_dir = shared.join("fixtures/smollm2-tokenizer");
     let tokenizer = Tokenizer::from_file(tok_dir.join("tokenizer.json")).unwrap();
     let vocab = tokenizer.get_vocab_size(true);
@@ -79,40 +78,28 @@ fn gsm8k_batches_train_a_llama_with_gmt() {
         .map(Result::unwrap)
         .collect();
 
-    let mut model = small_llama(vocab);
-    let adamw = AdamWConfig::new()
-        .with_epsilon(1e-8)
-        .with_weight_decay(0.0)
-        .init();
-    let mut optim = GmtConfig::new(0.2)
-        .with_exclude(vec!["*norm*".into()])
-        .init(adamw, &model)
-        .unwrap();
-    let mean_loss = |model: &LlamaForCausalLm<B>| -> f32 {
-        batches
-            .iter()
-            .map(|b| model.forward(b).unwrap().loss.unwrap().into_scalar())
-            .sum::<f32>()
-            / batches.len() as f32
+    let config = TrainerConfig {
+        gmt: GmtConfig::new(0.2).with_exclude(vec!["*norm*".into()]),
+        adamw: AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.0),
+        schedule: LrSchedule {
+            lr: 1e-2,
+            kind: ScheduleKind::Constant,
+            warmup_steps: 0,
+            total_steps: 10,
+            min_lr_ratio: 0.0,
+        },
     };
-    let before = mean_loss(&model);
-    let mut accumulate = GradientMean::new();
-    for _ in 0..10 {
-        for batch in &batches {
-            let out = model.forward(batch).unwrap();
-            let grads = GradientsParams::from_grads(out.loss.unwrap().backward(), &model);
-            accumulate
-                .add_weighted(&model, grads, out.tokens as f64)
-                .unwrap();
-        }
-        let gamma = accumulate.finish(&model).unwrap();
-        model = optim.try_step(1e-2, model, gamma).unwrap();
+    let mut trainer = Trainer::new(small_llama(vocab), CausalLm, &config).unwrap();
+    let before = trainer.evaluate(&batches).unwrap().loss;
+    let mut last = None;
+    while !trainer.is_done() {
+        last = Some(trainer.step(batches.clone()).unwrap());
     }
-    let after = mean_loss(&model);
+    let after = trainer.evaluate(&batches).unwrap().loss;
     assert!(after < before * 0.8, "loss {before} -> {after}");
-    let kept = optim
-        .last_report()
+    let kept = last
         .unwrap()
+        .mask
         .stats()
         .unwrap()
         .get("layers.0.mlp.up_proj.weight")

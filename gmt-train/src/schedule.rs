@@ -7,20 +7,31 @@
 use serde::{Deserialize, Serialize};
 
 /// The decay after warmup.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ScheduleKind {
     /// The peak rate until the end.
     Constant,
-    /// Straight down to `min_lr_ratio · lr` at the last step.
+    /// Straight down to `min_lr_ratio · lr`, reached at step `total_steps` (one past the
+    /// last step, whose rate is one decay step above the floor).
     Linear,
-    /// Half a cosine down to `min_lr_ratio · lr` at the last step.
+    /// Half a cosine down to `min_lr_ratio · lr`, reached at step `total_steps` as for
+    /// `Linear`.
     #[default]
     Cosine,
 }
 
 /// A schedule over a known number of steps.
-#[derive(Clone, Copy, Debug, PartialEq)]
+///
+/// ```
+/// use gmt_train::{LrSchedule, ScheduleKind};
+///
+/// let schedule = LrSchedule { lr: 1e-4, kind: ScheduleKind::Cosine, warmup_steps: 2,
+///                             total_steps: 10, min_lr_ratio: 0.0 };
+/// assert_eq!(schedule.at(0), 0.5e-4); // warmup
+/// assert_eq!(schedule.at(2), 1e-4);   // the peak, then half a cosine down
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LrSchedule {
     /// Peak rate.
     pub lr: f64,

@@ -1,0 +1,73 @@
+//! Errors of gmt-train.
+
+use std::path::PathBuf;
+
+use gmt_core::GmtError;
+use gmt_data::DataError;
+use gmt_models::ModelError;
+
+/// Everything that can stop a training run built with gmt-train.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The model refused a batch or could not be built.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The GMT optimizer refused its settings or a step (e.g. a non-finite gradient).
+    #[error(transparent)]
+    Gmt(#[from] GmtError),
+    /// The training or evaluation data could not be read.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// A file could not be read or written.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done ("cannot write", …).
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The system's error.
+        source: std::io::Error,
+    },
+    /// A checkpoint is missing a file or holds one that cannot be read back.
+    #[error("checkpoint {}: {reason}", dir.display())]
+    Checkpoint {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Every micro-batch of a step had no token to learn from (all labels masked).
+    #[error(
+        "optimizer step {step}: none of its {micro_batches} micro-batches has a token that carries loss (every label is masked; is max_seq_len cutting off the responses?)"
+    )]
+    NothingToLearn {
+        /// The step (1-based) that would have run.
+        step: u64,
+        /// Micro-batches it was given.
+        micro_batches: usize,
+    },
+    /// Training data from which no example comes (empty, or every record held out, dropped
+    /// or skipped).
+    #[error("the training data ({}) yields no examples", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "))]
+    NoExamples {
+        /// The data files.
+        files: Vec<PathBuf>,
+    },
+    /// Evaluation data with no token that carries loss.
+    #[error("the evaluation data has no tokens to score")]
+    NothingToEvaluate,
+}
+
+impl TrainError {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        Self::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! # gmt-train: the Gradient-Mask Tuning fine-tuning run as a library
+//!
+//! A [`Trainer`] holds one run — a Llama-family model, GMT around AdamW, the learning-rate
+//! schedule and the counters — and takes it forward one optimizer step at a time; the caller
+//! owns the loop, the data and everything printed. Each step: the [`Objective`]'s loss and
+//! backward pass per micro-batch, Γ = their weighted mean (combined over replicas by a
+//! [`GradientAllReduce`] in data-parallel runs), then GMT masks Γ, clips it and AdamW
+//! applies it. Checkpoints are written atomically and resume exactly: on the CPU a resumed
+//! run is bit-identical to an uninterrupted one.
+//!
+//! ```no_run
+//! # fn run(model: gmt_models::LlamaForCausalLm<burn::backend::Autodiff<burn::backend::NdArray>>,
+//! #        batches: Vec<gmt_models::TokenBatch>) -> Result<(), gmt_train::TrainError> {
+//! use burn::optim::AdamWConfig;
+//! use gmt_core::GmtConfig;
+//! use gmt_train::{CausalLm, LrSchedule, ScheduleKind, Trainer, TrainerConfig};
+//!
+//! let config = TrainerConfig {
+//!     gmt: GmtConfig::new(0.2).with_max_grad_norm(Some(1.0)),
+//!     adamw: AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.0),
+//!     schedule: LrSchedule { lr: 1e-4, kind: ScheduleKind::Cosine, warmup_steps: 2,
+//!                            total_steps: batches.len() as u64, min_lr_ratio: 0.0 },
+//! };
+//! let mut trainer = Trainer::new(model, CausalLm, &config)?;
+//! for batch in batches {
+//!     let step = trainer.step([batch])?;   // one micro-batch per step here
+//!     println!("step {}: loss {:.4}, kept {:.1}%", step.step, step.loss(),
+//!              100.0 * step.mask.kept_fraction());
+//! }
+//! trainer.save_checkpoint("run/checkpoints".as_ref(), &(), &[], 2)?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Map
+//! - [`Trainer`], [`TrainerConfig`], [`StepSummary`], [`TrainProgress`], [`GmtAdamW`] —
+//!   `trainer.rs`
+//! - [`Objective`], [`MicroBatchLoss`], [`CausalLm`] (supervised fine-tuning) — `objective.rs`
+//! - [`GradientAllReduce`], [`SingleReplica`], [`StepTotals`]: where Γ is produced —
+//!   `all_reduce.rs`
+//! - [`evaluate`], [`LossReport`] — `evaluate.rs`
+//! - [`Checkpoint`], [`write_checkpoint`]: atomic checkpoint directories — `checkpoint.rs`
+//! - [`TrainingBatches`], [`DataPosition`]: gmt-data batches over epochs, resumable —
+//!   `data.rs`
+//! - [`LrSchedule`], [`ScheduleKind`] — `schedule.rs`
+//! - [`TrainError`] — `error.rs`
+
+#![warn(missing_docs)]
+
+mod all_reduce;
+pub mod checkpoint;
+mod data;
+mod error;
+mod evaluate;
+mod objective;
+mod schedule;
+mod trainer;
+
+pub use all_reduce::{GradientAllReduce, SingleReplica, StepTotals};
+pub use checkpoint::{Checkpoint, write_checkpoint};
+pub use data::{DataPosition, TrainingBatches};
+pub use error::TrainError;
+pub use evaluate::{LossReport, evaluate};
+pub use objective::{CausalLm, MicroBatchLoss, Objective};
+pub use schedule::{LrSchedule, ScheduleKind};
+pub use trainer::{GmtAdamW, StepSummary, TrainProgress, Trainer, TrainerConfig};
+
+/// The README's Rust examples, compiled (and, where not marked `no_run`, run) as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeExamples;

@@ -1,0 +1,354 @@
+//! [`Trainer`]: one fine-tuning run — model, GMT around AdamW, schedule and counters — stepped
+//! one optimizer step at a time.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::{AutodiffModule, Module};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+use burn::tensor::ElementConversion;
+use burn::tensor::backend::AutodiffBackend;
+use gmt_core::{GmtConfig, GmtOptimizer, GradientMean, MaskStats, StepReport};
+use gmt_models::LlamaForCausalLm;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{MODEL_FILE, OPTIMIZER_FILE, TRAINER_FILE, write_checkpoint};
+use crate::{
+    Checkpoint, GradientAllReduce, LossReport, LrSchedule, Objective, SingleReplica, StepTotals,
+    TrainError, evaluate,
+};
+
+/// GMT around burn's AdamW, for a Llama-family model: the optimizer a [`Trainer`] steps.
+pub type GmtAdamW<B> =
+    GmtOptimizer<OptimizerAdaptor<AdamW, LlamaForCausalLm<B>, B>, LlamaForCausalLm<B>, B>;
+
+/// How a run optimizes: the mask, AdamW's hyper-parameters and the learning-rate schedule.
+#[derive(Clone, Debug)]
+pub struct TrainerConfig {
+    /// Gradient-Mask Tuning (ratio, scope, target, strategy, exclusions, clipping, seed).
+    pub gmt: GmtConfig,
+    /// AdamW (β1, β2, ε, weight decay). burn's defaults differ from PyTorch's
+    /// (ε 1e-5 against 1e-8, weight decay 1e-4 against 0.01): set them.
+    pub adamw: AdamWConfig,
+    /// The learning rate of every step.
+    pub schedule: LrSchedule,
+}
+
+/// The counters of a run, saved in checkpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainProgress {
+    /// Optimizer steps completed.
+    pub step: u64,
+    /// Steps of the whole run (fixes the schedule).
+    pub total_steps: u64,
+    /// Σ of the steps' weights: tokens that carried loss, for the causal-LM objective.
+    pub tokens_seen: u64,
+    /// Seconds spent in steps (evaluation and checkpoints excluded).
+    pub elapsed_secs: f64,
+}
+
+/// What one optimizer step did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepSummary {
+    /// Steps completed, this one included (1-based).
+    pub step: u64,
+    /// The learning rate it used.
+    pub lr: f64,
+    /// Its loss, weight, tokens and micro-batches (over every replica).
+    pub totals: StepTotals,
+    /// What GMT did: mask statistics, clipping, or why the step was skipped.
+    pub mask: StepReport,
+    /// Wall-clock seconds of the step.
+    pub secs: f64,
+}
+
+impl StepSummary {
+    /// The step's mean loss over its counted tokens (or pairs).
+    pub fn loss(&self) -> f64 {
+        self.totals.loss()
+    }
+
+    /// Global L2 norm of the masked gradient before clipping; NaN for a skipped step.
+    pub fn grad_norm(&self) -> f64 {
+        self.mask.grad_norm().unwrap_or(f64::NAN)
+    }
+
+    /// Tokens processed per second (padding excluded).
+    pub fn tokens_per_sec(&self) -> f64 {
+        self.totals.tokens as f64 / self.secs
+    }
+
+    /// Kept fraction of each decoder layer's gradient entries (parameters `layers.<i>.…`);
+    /// zeros for a skipped step.
+    pub fn layer_kept_fractions(&self, layers: usize) -> Vec<f64> {
+        match self.mask.stats() {
+            Some(stats) => layer_kept_fractions(stats, layers),
+            None => vec![0.0; layers],
+        }
+    }
+}
+
+/// One fine-tuning run.
+///
+/// Each [`step`](Self::step) takes that step's micro-batches: for each, the objective's loss
+/// and its backward pass; Γ = the weighted mean of their gradients (combined over replicas by
+/// the [`GradientAllReduce`]); then GMT masks Γ, clips it and AdamW applies it at the
+/// schedule's rate.
+pub struct Trainer<B: AutodiffBackend, O: Objective> {
+    /// `None` only inside a step, while the optimizer owns the model.
+    model: Option<LlamaForCausalLm<B>>,
+    optim: GmtAdamW<B>,
+    objective: O,
+    schedule: LrSchedule,
+    progress: TrainProgress,
+    all_reduce: Box<dyn GradientAllReduce<B>>,
+}
+
+impl<B: AutodiffBackend, O: Objective> Trainer<B, O> {
+    /// A run from step 0.
+    pub fn new(
+        model: LlamaForCausalLm<B>,
+        objective: O,
+        config: &TrainerConfig,
+    ) -> Result<Self, TrainError> {
+        let optim = config.gmt.init(config.adamw.init(), &model)?;
+        Ok(Self {
+            model: Some(model),
+            optim,
+            objective,
+            schedule: config.schedule,
+            progress: TrainProgress {
+                total_steps: config.schedule.total_steps,
+                ..TrainProgress::default()
+            },
+            all_reduce: Box::new(SingleReplica),
+        })
+    }
+
+    /// The run saved in `checkpoint`, continued: `model` (built as for [`new`](Self::new))
+    /// receives the saved weights, the optimizer its saved state, and the counters and the
+    /// schedule's length are the saved ones.
+    pub fn resume(
+        model: LlamaForCausalLm<B>,
+        objective: O,
+        config: &TrainerConfig,
+        checkpoint: &Checkpoint,
+        device: &B::Device,
+    ) -> Result<Self, TrainError> {
+        let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+        let corrupt = |file: &str, e: burn::record::RecorderError| TrainError::Checkpoint {
+            dir: checkpoint.dir().to_path_buf(),
+            reason: format!("{file} cannot be read back: {e}"),
+        };
+        let weights = recorder
+            .load(checkpoint.read(MODEL_FILE)?, device)
+            .map_err(|e| corrupt(MODEL_FILE, e))?;
+        let progress = checkpoint.progress()?;
+        let mut trainer = Self::new(model.load_record(weights), objective, config)?;
+        let record = recorder
+            .load(checkpoint.read(OPTIMIZER_FILE)?, device)
+            .map_err(|e| corrupt(OPTIMIZER_FILE, e))?;
+        trainer.optim = trainer.optim.load_record(record);
+        trainer.schedule.total_steps = progress.total_steps;
+        trainer.progress = progress;
+        Ok(trainer)
+    }
+
+    /// Combines each step's Γ with other replicas' through `all_reduce` (data-parallel runs).
+    pub fn with_all_reduce(mut self, all_reduce: impl GradientAllReduce<B> + 'static) -> Self {
+        self.all_reduce = Box::new(all_reduce);
+        self
+    }
+
+    /// One optimizer step over `micro_batches`.
+    ///
+    /// Micro-batches with nothing to learn from (weight 0) are counted and passed over; a step
+    /// in which every one is so is an error, as is a non-finite gradient (under GMT's default
+    /// policy). After an error the model and optimizer are as before the step.
+    pub fn step(
+        &mut self,
+        micro_batches: impl IntoIterator<Item = O::Batch>,
+    ) -> Result<StepSummary, TrainError> {
+        let started = Instant::now();
+        let lr = self.lr();
+        let model = self
+            .model
+            .as_ref()
+            .expect("the trainer holds its model between steps");
+        let mut mean = GradientMean::new();
+        let mut totals = StepTotals::default();
+        for batch in micro_batches {
+            totals.micro_batches += 1;
+            let out = self.objective.loss(model, &batch)?;
+            totals.tokens += out.tokens;
+            let Some(loss) = out.loss else {
+                totals.empty_micro_batches += 1;
+                continue;
+            };
+            let value: f32 = loss.clone().into_scalar().elem();
+            totals.loss_sum += value as f64 * out.weight;
+            totals.weight += out.weight;
+            let grads = GradientsParams::from_grads(loss.backward(), model);
+            mean.add_weighted(model, grads, out.weight)?;
+        }
+        if totals.weight <= 0.0 {
+            return Err(TrainError::NothingToLearn {
+                step: self.progress.step + 1,
+                micro_batches: totals.micro_batches,
+            });
+        }
+        let gamma = mean.finish(model)?;
+        let (gamma, totals) = self.all_reduce.all_reduce(model, gamma, totals)?;
+
+        let model = self
+            .model
+            .take()
+            .expect("the trainer holds its model between steps");
+        let mask = match self.optim.try_step(lr, model, gamma) {
+            Ok((model, report)) => {
+                self.model = Some(model);
+                report
+            }
+            Err(failure) => {
+                self.model = Some(failure.module);
+                return Err(failure.error.into());
+            }
+        };
+        let secs = started.elapsed().as_secs_f64();
+        self.progress.step += 1;
+        self.progress.tokens_seen += totals.weight as u64;
+        self.progress.elapsed_secs += secs;
+        Ok(StepSummary {
+            step: self.progress.step,
+            lr,
+            totals,
+            mask,
+            secs,
+        })
+    }
+
+    /// The weighted mean loss of the current model over `batches`, without gradients.
+    pub fn evaluate(&self, batches: &[O::Batch]) -> Result<LossReport, TrainError> {
+        evaluate(&self.model().valid(), &self.objective, batches)
+    }
+
+    /// Saves model, optimizer, counters and `data` (the caller's data position) as the
+    /// checkpoint of the current step under `root`, with `extra` files beside them, and keeps
+    /// the newest `keep` checkpoints. Returns the checkpoint's directory.
+    pub fn save_checkpoint<D: Serialize>(
+        &self,
+        root: &Path,
+        data: &D,
+        extra: &[(&str, &[u8])],
+        keep: usize,
+    ) -> Result<PathBuf, TrainError> {
+        let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+        let unserializable = |what: &str, e: burn::record::RecorderError| TrainError::Checkpoint {
+            dir: root.to_path_buf(),
+            reason: format!("cannot serialize the {what}: {e}"),
+        };
+        let model = recorder
+            .record(self.model().clone().into_record(), ())
+            .map_err(|e| unserializable("model", e))?;
+        let optim = recorder
+            .record(
+                Optimizer::<LlamaForCausalLm<B>, B>::to_record(&self.optim),
+                (),
+            )
+            .map_err(|e| unserializable("optimizer", e))?;
+        let trainer = serde_json::to_vec(&TrainerFile {
+            progress: &self.progress,
+            data,
+        })
+        .map_err(|e| TrainError::Checkpoint {
+            dir: root.to_path_buf(),
+            reason: format!("cannot serialize {TRAINER_FILE}: {e}"),
+        })?;
+        let mut files = vec![
+            (MODEL_FILE, model.as_slice()),
+            (OPTIMIZER_FILE, optim.as_slice()),
+            (TRAINER_FILE, trainer.as_slice()),
+        ];
+        files.extend_from_slice(extra);
+        write_checkpoint(root, self.progress.step, &files, keep)
+    }
+
+    /// Ends the run at the current step (the data ran out, or every step ran): a checkpoint
+    /// saved after this continues with no further step.
+    pub fn finish_here(&mut self) {
+        self.progress.total_steps = self.progress.step;
+    }
+
+    /// Whether every step of the run has been taken.
+    pub fn is_done(&self) -> bool {
+        self.progress.step >= self.progress.total_steps
+    }
+
+    /// The learning rate of the next step.
+    pub fn lr(&self) -> f64 {
+        self.schedule.at(self.progress.step)
+    }
+
+    /// The model.
+    pub fn model(&self) -> &LlamaForCausalLm<B> {
+        self.model
+            .as_ref()
+            .expect("the trainer holds its model between steps")
+    }
+
+    /// The model, ending the run.
+    pub fn into_model(mut self) -> LlamaForCausalLm<B> {
+        self.model
+            .take()
+            .expect("the trainer holds its model between steps")
+    }
+
+    /// The GMT optimizer (its config, state and last report).
+    pub fn optimizer(&self) -> &GmtAdamW<B> {
+        &self.optim
+    }
+
+    /// The objective.
+    pub fn objective(&self) -> &O {
+        &self.objective
+    }
+
+    /// The run's counters.
+    pub fn progress(&self) -> &TrainProgress {
+        &self.progress
+    }
+
+    /// The learning-rate schedule.
+    pub fn schedule(&self) -> &LrSchedule {
+        &self.schedule
+    }
+}
+
+/// `trainer.json`: the counters, and the caller's data position under `data`.
+#[derive(Serialize)]
+struct TrainerFile<'a, D> {
+    #[serde(flatten)]
+    progress: &'a TrainProgress,
+    data: &'a D,
+}
+
+/// Kept fraction of each decoder layer (parameters named `layers.<i>.…`).
+fn layer_kept_fractions(stats: &MaskStats, layers: usize) -> Vec<f64> {
+    let mut kept = vec![(0usize, 0usize); layers];
+    for p in &stats.params {
+        let layer = p
+            .path
+            .strip_prefix("layers.")
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok());
+        if let Some(slot) = layer.and_then(|l| kept.get_mut(l)) {
+            slot.0 += p.kept;
+            slot.1 += p.numel;
+        }
+    }
+    kept.into_iter()
+        .map(|(k, n)| if n == 0 { 1.0 } else { k as f64 / n as f64 })
+        .collect()
+}

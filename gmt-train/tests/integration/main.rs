@@ -1,0 +1,3 @@
+//! gmt-train driven as a library, without the `gmt` binary.
+
+mod trainer;

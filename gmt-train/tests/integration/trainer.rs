@@ -1,0 +1,222 @@
+//! A few steps, a checkpoint, a resume: the continued run is the uninterrupted one, to the bit.
+
+use burn::backend::{Autodiff, NdArray};
+use burn::optim::AdamWConfig;
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
+use gmt_core::{GmtConfig, MaskScope};
+use gmt_models::{LlamaForCausalLm, TokenBatch, load_hf_dir};
+use gmt_tests::TempDir;
+use gmt_train::{
+    CausalLm, Checkpoint, GradientAllReduce, LrSchedule, ScheduleKind, StepTotals, TrainError,
+    Trainer, TrainerConfig,
+};
+
+type B = Autodiff<NdArray>;
+
+fn tiny_llama() -> LlamaForCausalLm<B> {
+    load_hf_dir(gmt_tests::hf_fixture("llama-tiny"), &Default::default())
+        .expect("the tiny Llama fixture in ../shared")
+}
+
+/// Micro-batch `i`: 2 rows of 12 deterministic tokens (vocabulary 96), labels on the last 8.
+fn batch(i: u64) -> TokenBatch {
+    let ids: Vec<u32> = (0..24u64)
+        .map(|j| ((i * 31 + j * 7 + (j * j) % 5) % 93 + 3) as u32)
+        .collect();
+    let labels = ids
+        .iter()
+        .enumerate()
+        .map(|(j, &t)| if j % 12 < 4 { -100 } else { t as i64 })
+        .collect();
+    TokenBatch::new(ids, 2, 12).with_labels(labels)
+}
+
+fn config(total_steps: u64) -> TrainerConfig {
+    TrainerConfig {
+        gmt: GmtConfig::new(0.3)
+            .with_scope(MaskScope::Global)
+            .with_seed(5)
+            .with_max_grad_norm(Some(1.0)),
+        adamw: AdamWConfig::new()
+            .with_epsilon(1e-8)
+            .with_weight_decay(0.01),
+        schedule: LrSchedule {
+            lr: 3e-3,
+            kind: ScheduleKind::Cosine,
+            warmup_steps: 1,
+            total_steps,
+            min_lr_ratio: 0.1,
+        },
+    }
+}
+
+/// The model's weights as raw bits.
+fn bits(model: &LlamaForCausalLm<impl AutodiffBackend>) -> Vec<(String, Vec<u32>)> {
+    model
+        .hf_weights()
+        .into_iter()
+        .map(|(name, t)| (name, t.data.iter().map(|x| x.to_bits()).collect()))
+        .collect()
+}
+
+/// Two micro-batches per step, step `s` reading batches 2s and 2s + 1.
+fn step_batches(step: u64) -> [TokenBatch; 2] {
+    [batch(2 * step), batch(2 * step + 1)]
+}
+
+#[test]
+fn checkpoint_and_resume_continue_the_run_bit_for_bit() {
+    let mut straight = Trainer::new(tiny_llama(), CausalLm, &config(4)).unwrap();
+    let mut losses = Vec::new();
+    for s in 0..4 {
+        let step = straight.step(step_batches(s)).unwrap();
+        assert_eq!(step.step, s + 1);
+        assert_eq!(step.totals.micro_batches, 2);
+        assert_eq!(
+            step.totals.weight, 32.0,
+            "2 micro-batches × 2 rows × 8 labels"
+        );
+        let kept = step.mask.kept_fraction();
+        assert!(
+            (kept - 0.7).abs() < 0.01,
+            "global ratio 0.3 keeps ~70%: {kept}"
+        );
+        losses.push(step.loss());
+    }
+    assert!(straight.is_done());
+    assert!(losses[3] < losses[0], "the loss falls: {losses:?}");
+
+    let dir = TempDir::new("train-resume");
+    let root = dir.path().join("checkpoints");
+    let mut first = Trainer::new(tiny_llama(), CausalLm, &config(4)).unwrap();
+    for s in 0..2 {
+        first.step(step_batches(s)).unwrap();
+    }
+    let position = 2u64; // the caller's data position: here, the next step's index
+    let saved = first
+        .save_checkpoint(&root, &position, &[("note.txt", b"extra")], 1)
+        .unwrap();
+    drop(first);
+    assert_eq!(saved, Checkpoint::latest(&root).unwrap().unwrap().dir());
+    assert_eq!(std::fs::read(saved.join("note.txt")).unwrap(), b"extra");
+
+    // A fresh model and a config with another length: the checkpoint's state wins.
+    let checkpoint = Checkpoint::open(&saved).unwrap();
+    let mut resumed = Trainer::resume(
+        tiny_llama(),
+        CausalLm,
+        &config(99),
+        &checkpoint,
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(resumed.progress().step, 2);
+    assert_eq!(resumed.progress().total_steps, 4);
+    let mut next: u64 = checkpoint.data_position().unwrap();
+    while !resumed.is_done() {
+        let step = resumed.step(step_batches(next)).unwrap();
+        assert!(
+            step.mask.kept_fraction() < 0.75,
+            "the resumed run still masks"
+        );
+        assert_eq!(step.loss(), losses[next as usize], "step {}", step.step);
+        next += 1;
+    }
+    assert_eq!(bits(resumed.model()), bits(straight.model()));
+    assert_eq!(
+        resumed.evaluate(&[batch(100)]).unwrap(),
+        straight.evaluate(&[batch(100)]).unwrap()
+    );
+
+    // keep = 1: saving step 4 prunes step 2.
+    resumed.save_checkpoint(&root, &next, &[], 1).unwrap();
+    let latest = Checkpoint::latest(&root).unwrap().unwrap();
+    assert!(latest.dir().ends_with("step-00000004"));
+    assert!(!saved.exists());
+}
+
+#[test]
+fn a_step_with_nothing_to_learn_is_an_error_and_changes_nothing() {
+    let mut trainer = Trainer::new(tiny_llama(), CausalLm, &config(2)).unwrap();
+    let before = bits(trainer.model());
+    let unlabeled = TokenBatch::new((3..27).collect(), 2, 12).with_labels(vec![-100; 24]);
+    let err = trainer.step([unlabeled.clone()]).err().unwrap();
+    assert!(
+        matches!(
+            err,
+            TrainError::NothingToLearn {
+                step: 1,
+                micro_batches: 1
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(trainer.progress().step, 0);
+    assert_eq!(bits(trainer.model()), before);
+    // One empty micro-batch among others is counted and passed over.
+    let step = trainer.step([unlabeled, batch(0)]).unwrap();
+    assert_eq!(step.totals.empty_micro_batches, 1);
+    assert_eq!(step.totals.weight, 16.0);
+}
+
+/// An all-reduce stand-in for a second replica that saw the same micro-batches: Γ is then
+/// unchanged and the totals double.
+struct MirrorReplica;
+
+impl GradientAllReduce<B> for MirrorReplica {
+    fn all_reduce(
+        &mut self,
+        _model: &LlamaForCausalLm<B>,
+        gamma: GradientsParams,
+        mut totals: StepTotals,
+    ) -> Result<(GradientsParams, StepTotals), TrainError> {
+        totals.weight *= 2.0;
+        totals.loss_sum *= 2.0;
+        totals.tokens *= 2;
+        Ok((gamma, totals))
+    }
+}
+
+#[test]
+fn the_all_reduce_seam_sees_every_step() {
+    let mut plain = Trainer::new(tiny_llama(), CausalLm, &config(1)).unwrap();
+    let mut mirrored = Trainer::new(tiny_llama(), CausalLm, &config(1))
+        .unwrap()
+        .with_all_reduce(MirrorReplica);
+    let a = plain.step(step_batches(0)).unwrap();
+    let b = mirrored.step(step_batches(0)).unwrap();
+    assert_eq!(b.totals.weight, 2.0 * a.totals.weight);
+    assert_eq!(a.loss(), b.loss());
+    assert_eq!(bits(plain.model()), bits(mirrored.model()));
+}
+
+#[test]
+fn a_damaged_checkpoint_is_an_error_naming_it() {
+    let dir = TempDir::new("train-damaged");
+    let root = dir.path().join("checkpoints");
+    let trainer = Trainer::new(tiny_llama(), CausalLm, &config(1)).unwrap();
+    let saved = trainer.save_checkpoint(&root, &(), &[], 1).unwrap();
+    std::fs::write(saved.join("trainer.json"), b"{ not json").unwrap();
+    let checkpoint = Checkpoint::open(&saved).unwrap();
+    let err = Trainer::resume(
+        tiny_llama(),
+        CausalLm,
+        &config(1),
+        &checkpoint,
+        &Default::default(),
+    )
+    .err()
+    .unwrap();
+    let text = err.to_string();
+    assert!(
+        text.contains("trainer.json") && text.contains("step-00000000"),
+        "{text}"
+    );
+    std::fs::remove_file(saved.join("optimizer.bin")).unwrap();
+    assert!(Checkpoint::open(&saved).is_err());
+    assert!(
+        Checkpoint::latest(&root).unwrap().is_none(),
+        "incomplete: never resumed"
+    );
+}
