@@ -48,7 +48,7 @@ fn optimizer_step(c: &mut Criterion) {
         let mut optim = adamw().init::<B, ShapedParams<B>>();
         time_steps(1, &mut optim, &mut model, &grads); // moments allocated before timing
         group.bench_function("adamw", |b| {
-            b.iter_custom(|iters| time_steps(iters, &mut optim, &mut model, &grads))
+            b.iter_custom(|iters| time_steps(iters, &mut optim, &mut model, &grads));
         });
     }
     for (name, scope, target) in [
@@ -72,7 +72,7 @@ fn optimizer_step(c: &mut Criterion) {
             .unwrap();
         time_steps(1, &mut optim, &mut model, &grads);
         group.bench_function(name, |b| {
-            b.iter_custom(|iters| time_steps(iters, &mut optim, &mut model, &grads))
+            b.iter_custom(|iters| time_steps(iters, &mut optim, &mut model, &grads));
         });
     }
     group.finish();

@@ -30,7 +30,7 @@ fn selection(c: &mut Criterion) {
         group.throughput(criterion::Throughput::Elements(n as u64));
 
         group.bench_function(BenchmarkId::new("host_exact", &label), |b| {
-            b.iter(|| kth_largest_abs(&[&values], keep))
+            b.iter(|| kth_largest_abs(&[&values], keep));
         });
         let tensor = Tensor::<NdArray, 1>::from_data(
             TensorData::new(values.clone(), [n]),
@@ -41,16 +41,16 @@ fn selection(c: &mut Criterion) {
         // skipped at 64M where one run takes tens of seconds.
         if n <= 16 << 20 {
             group.bench_function(BenchmarkId::new("device_exact_ndarray", &label), |b| {
-                b.iter(|| device_kth_largest_abs(&abs, &[keep]))
+                b.iter(|| device_kth_largest_abs(&abs, &[keep]));
             });
         }
         group.bench_function(BenchmarkId::new("sampled_1M", &label), |b| {
             let mut rng = ChaCha8Rng::seed_from_u64(2);
-            b.iter(|| sampled_kth_largest_abs(&abs[0], keep, SAMPLE, &mut rng))
+            b.iter(|| sampled_kth_largest_abs(&abs[0], keep, SAMPLE, &mut rng));
         });
         if n == 1 << 20 {
             group.bench_function(BenchmarkId::new("sort_reference", &label), |b| {
-                b.iter(|| kth_largest_abs_by_sort(&[&values], keep))
+                b.iter(|| kth_largest_abs_by_sort(&[&values], keep));
             });
         }
     }

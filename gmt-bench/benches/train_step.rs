@@ -62,7 +62,7 @@ fn train_step(c: &mut Criterion) {
         b.iter(|| {
             let loss = model.forward(&batch).unwrap().loss.unwrap();
             loss.backward()
-        })
+        });
     });
 
     drop(model);

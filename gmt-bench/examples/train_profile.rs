@@ -47,7 +47,7 @@ fn main() {
     match mode {
         "gmt" => {
             let optim = GmtConfig::new(0.3).init(adamw.init(), &model).unwrap();
-            run(model, optim, steps, &batch)
+            run(model, optim, steps, &batch);
         }
         _ => run(model, adamw.init::<B, LlamaForCausalLm<B>>(), steps, &batch),
     }

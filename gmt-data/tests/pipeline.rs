@@ -173,13 +173,7 @@ fn every_format_is_read_and_detected() {
         let mut stream =
             DataStream::new(DataSource::open(&path).unwrap(), &enc, ordered()).unwrap();
         let first = stream.next().unwrap().unwrap();
-        let trained: Vec<u32> = first
-            .ids
-            .iter()
-            .zip(&first.labels)
-            .filter(|(_, l)| **l != IGNORE)
-            .map(|(i, _)| *i)
-            .collect();
+        let trained = trained_ids(&first);
         assert_eq!(
             enc.tokenizer().decode(&trained, false).unwrap(),
             format!("{assistant}<|im_end|>\n"),
@@ -200,6 +194,17 @@ fn every_format_is_read_and_detected() {
     let out = collect(&path, ordered()).unwrap();
     assert_eq!(out[0].ids, vec![19556, 28, 905, 17]);
     assert_eq!(out[0].labels, vec![19556, 28, 905, 17]);
+}
+
+/// The ids an example puts the loss on.
+fn trained_ids(example: &Encoded) -> Vec<u32> {
+    example
+        .ids
+        .iter()
+        .zip(&example.labels)
+        .filter(|(_, l)| **l != IGNORE)
+        .map(|(i, _)| *i)
+        .collect()
 }
 
 #[test]
@@ -225,13 +230,7 @@ fn gsm8k_through_a_field_mapping_trains_on_the_answer_only() {
     )
     .unwrap();
     let first = stream.next().unwrap().unwrap();
-    let trained: Vec<u32> = first
-        .ids
-        .iter()
-        .zip(&first.labels)
-        .filter(|(_, l)| **l != IGNORE)
-        .map(|(i, _)| *i)
-        .collect();
+    let trained = trained_ids(&first);
     let answer = first_record["answer"].as_str().unwrap();
     assert_eq!(
         enc.tokenizer().decode(&trained, false).unwrap(),
@@ -763,13 +762,7 @@ fn parquet_rows_are_records_with_nested_lists_row_numbers_and_resume() {
     let mut stream = DataStream::new(DataSource::open(&chat).unwrap(), &enc, ordered()).unwrap();
     let examples: Vec<Encoded> = stream.by_ref().map(|e| e.unwrap()).collect();
     assert_eq!(examples.len(), 2);
-    let answer: Vec<u32> = examples[1]
-        .ids
-        .iter()
-        .zip(&examples[1].labels)
-        .filter(|(_, l)| **l != IGNORE)
-        .map(|(id, _)| *id)
-        .collect();
+    let answer = trained_ids(&examples[1]);
     assert!(
         tokenizer().decode(&answer, false).unwrap().starts_with('8'),
         "loss on the assistant turn only"

@@ -2,13 +2,14 @@
 
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, Param};
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer, SgdConfig};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer, SgdConfig};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use gmt_core::{
-    GmtConfig, GmtError, GradientMean, MaskScope, MaskStrategy, MaskTarget, NonFinitePolicy,
-    ParamMaskStats, Selection, SelectionEngine, StepReport,
+    GmtConfig, GmtError, GmtOptimizer, GradientMean, MaskScope, MaskStrategy, MaskTarget,
+    NonFinitePolicy, ParamMaskStats, Selection, SelectionEngine, StepReport,
 };
 
 type B = Autodiff<NdArray>;
@@ -215,8 +216,11 @@ fn frozen_parameters_are_untouched() {
     }
 }
 
-#[test]
-fn update_target_keeps_masked_entries_exactly_despite_weight_decay() {
+/// A step's values: every parameter's before and after, `weight`'s Γ and its threshold.
+type DecayedStep = (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<f32>, f32);
+
+/// One step at ratio 0.4 with AdamW's weight decay 0.5 and lr 0.1.
+fn decayed_step(target: MaskTarget) -> DecayedStep {
     let model = net();
     let before = values(&model);
     let g = grads(&model, 0);
@@ -227,12 +231,17 @@ fn update_target_keeps_masked_entries_exactly_despite_weight_decay() {
         .to_vec()
         .unwrap();
     let mut gmt = GmtConfig::new(0.4)
-        .with_target(MaskTarget::Update)
+        .with_target(target)
         .init(AdamWConfig::new().with_weight_decay(0.5).init(), &model)
         .unwrap();
-    let model = gmt.try_step(0.1, model, g).unwrap().0;
-    let threshold = weight_stats(gmt.last_report()).threshold.unwrap();
-    let after = values(&model);
+    let (model, report) = gmt.try_step(0.1, model, g).unwrap();
+    let threshold = weight_stats(Some(&report)).threshold.unwrap();
+    (before, values(&model), gamma, threshold)
+}
+
+#[test]
+fn update_target_keeps_masked_entries_exactly_despite_weight_decay() {
+    let (before, after, gamma, threshold) = decayed_step(MaskTarget::Update);
     let mut kept = 0;
     for i in 0..48 {
         if gamma[i].abs() >= threshold {
@@ -251,21 +260,7 @@ fn update_target_keeps_masked_entries_exactly_despite_weight_decay() {
 
 #[test]
 fn gradient_target_still_decays_masked_entries() {
-    let model = net();
-    let before = values(&model);
-    let g = grads(&model, 0);
-    let gamma: Vec<f32> = g
-        .get::<Inner, 2>(model.weight.id)
-        .unwrap()
-        .into_data()
-        .to_vec()
-        .unwrap();
-    let mut gmt = GmtConfig::new(0.4)
-        .init(AdamWConfig::new().with_weight_decay(0.5).init(), &model)
-        .unwrap();
-    let model = gmt.try_step(0.1, model, g).unwrap().0;
-    let threshold = weight_stats(gmt.last_report()).threshold.unwrap();
-    let after = values(&model);
+    let (before, after, gamma, threshold) = decayed_step(MaskTarget::Gradient);
     for i in (0..48).filter(|&i| gamma[i].abs() < threshold) {
         // Zero gradient: AdamW moves nothing but decays by (1 − lr·wd).
         let expected = before[0][i] * (1.0 - 0.1 * 0.5);
@@ -325,6 +320,31 @@ fn random_strategy_keeps_exact_counts_and_follows_its_seed() {
     }
 }
 
+type Gmt = GmtOptimizer<OptimizerAdaptor<AdamW, Net<B>, B>, Net<B>, B>;
+
+/// Steps `steps` of `model` under `gmt` (gradients from [`grads`]).
+fn take_steps(gmt: &mut Gmt, mut model: Net<B>, steps: std::ops::Range<usize>) -> Net<B> {
+    for step in steps {
+        let g = grads(&model, step);
+        model = gmt.try_step(1e-2, model, g).unwrap().0;
+    }
+    model
+}
+
+/// The weights after 4 steps under `config`, and the optimizer and model records after 2.
+fn straight_and_saved(config: &GmtConfig) -> (Vec<Vec<u32>>, Vec<u8>, Vec<u8>) {
+    let model = net();
+    let mut gmt = config.init(adamw().init(), &model).unwrap();
+    let uninterrupted = bits(values(&take_steps(&mut gmt, model, 0..4)));
+    let model = net();
+    let mut gmt = config.init(adamw().init(), &model).unwrap();
+    let model = take_steps(&mut gmt, model, 0..2);
+    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+    let optim_bytes = recorder.record(gmt.to_record(), ()).unwrap();
+    let model_bytes = recorder.record(model.into_record(), ()).unwrap();
+    (uninterrupted, optim_bytes, model_bytes)
+}
+
 #[test]
 fn save_load_continue_equals_an_uninterrupted_run() {
     for strategy in [MaskStrategy::Magnitude, MaskStrategy::Random] {
@@ -332,39 +352,20 @@ fn save_load_continue_equals_an_uninterrupted_run() {
             .with_strategy(strategy)
             .with_seed(3)
             .with_target(MaskTarget::Update);
-        let mut model = net();
-        let mut gmt = config.init(adamw().init(), &model).unwrap();
-        for step in 0..4 {
-            let g = grads(&model, step);
-            model = gmt.try_step(1e-2, model, g).unwrap().0;
-        }
-        let uninterrupted = bits(values(&model));
+        let (uninterrupted, optim_bytes, model_bytes) = straight_and_saved(&config);
 
-        let mut model = net();
-        let mut gmt = config.init(adamw().init(), &model).unwrap();
-        for step in 0..2 {
-            let g = grads(&model, step);
-            model = gmt.try_step(1e-2, model, g).unwrap().0;
-        }
         let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
-        let bytes = recorder.record(gmt.to_record(), ()).unwrap();
-        let model_bytes = recorder.record(model.into_record(), ()).unwrap();
-        drop(gmt);
-
         let device = Default::default();
-        let mut model = net().load_record(recorder.load(model_bytes, &device).unwrap());
+        let model = net().load_record(recorder.load(model_bytes, &device).unwrap());
         // A fresh optimizer with another seed: the record's RNG state must win.
         let mut gmt = config
             .clone()
             .with_seed(99)
             .init(adamw().init(), &model)
             .unwrap();
-        gmt = gmt.load_record(recorder.load(bytes, &device).unwrap());
+        gmt = gmt.load_record(recorder.load(optim_bytes, &device).unwrap());
         assert_eq!(gmt.state().step, 2);
-        for step in 2..4 {
-            let g = grads(&model, step);
-            model = gmt.try_step(1e-2, model, g).unwrap().0;
-        }
+        let model = take_steps(&mut gmt, model, 2..4);
         assert_eq!(bits(values(&model)), uninterrupted, "{strategy:?}");
     }
 }
@@ -375,25 +376,10 @@ fn save_load_continue_equals_an_uninterrupted_run() {
 #[test]
 fn resume_in_learner_order_still_masks_every_parameter() {
     let config = GmtConfig::new(0.3).with_seed(3);
-    let mut model = net();
-    let mut gmt = config.init(adamw().init(), &model).unwrap();
-    for step in 0..4 {
-        let g = grads(&model, step);
-        model = gmt.try_step(1e-2, model, g).unwrap().0;
-    }
-    let uninterrupted = bits(values(&model));
-
-    let mut model = net();
-    let mut gmt = config.init(adamw().init(), &model).unwrap();
-    for step in 0..2 {
-        let g = grads(&model, step);
-        model = gmt.try_step(1e-2, model, g).unwrap().0;
-    }
-    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
-    let optim_bytes = recorder.record(gmt.to_record(), ()).unwrap();
-    let model_bytes = recorder.record(model.into_record(), ()).unwrap();
+    let (uninterrupted, optim_bytes, model_bytes) = straight_and_saved(&config);
 
     // Learner order: a fresh model (new ids) and its optimizer, then both records.
+    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
     let device = Default::default();
     let fresh = net();
     let gmt = config.init(adamw().init(), &fresh).unwrap();
