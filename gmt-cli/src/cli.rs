@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use gmt_core::{MaskScope, MaskStrategy, MaskTarget};
 use gmt_data::Truncation;
+use serde::Serialize;
 
 use crate::backend::BackendChoice;
 use gmt_train::ScheduleKind;
@@ -43,11 +44,12 @@ pub enum Command {
     MakeData(MakeDataArgs),
 }
 
-/// Which model, tokenizer and template to use.
-#[derive(Args, Debug, Clone)]
+/// Which model, tokenizer and template to use (`[model]` for `gmt train`).
+#[derive(Args, Debug, Clone, Serialize)]
 pub struct ModelArgs {
     /// A Hugging Face model directory, a .gguf file, or a gmt checkpoint directory.
     #[arg(long)]
+    #[serde(rename = "path")]
     pub model: Option<PathBuf>,
     /// A tokenizer.json (or a directory with one); default: the model's own.
     #[arg(long)]
@@ -59,7 +61,7 @@ pub struct ModelArgs {
 }
 
 /// How records are read.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone, Default, Serialize)]
 pub struct FormatArgs {
     /// Record format: alpaca, messages, sharegpt, prompt_completion, text or fields
     /// (default: detected from the first record).
@@ -79,39 +81,70 @@ pub struct FormatArgs {
     pub skip_bad_records: Option<bool>,
 }
 
-/// `gmt train`
-#[derive(Args, Debug)]
+/// `gmt train`.
+///
+/// Its settings flags are grouped as the config file's sections and named as its keys (a
+/// `serde` rename where the flag reads better otherwise), so that the flags given serialize
+/// into a TOML overlay of the file: adding a setting takes its field in
+/// [`TrainSettings`] and, if it has a flag, the flag here — no mapping code.
+#[derive(Args, Debug, Serialize)]
 pub struct TrainArgs {
     /// A TOML settings file; flags override its values.
     #[arg(long)]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Print the effective settings as TOML and exit.
     #[arg(long)]
+    #[serde(skip)]
     pub print_config: bool,
     /// Continue from the newest checkpoint in the output directory (same settings).
     #[arg(long)]
+    #[serde(skip)]
     pub resume: bool,
     /// Stop after this many steps in this invocation, leaving a checkpoint to --resume from
     /// (for time-limited or preemptible jobs; the schedule is unaffected).
     #[arg(long)]
+    #[serde(skip)]
     pub stop_after: Option<u64>,
 
+    /// `[model]`
     #[command(flatten)]
     pub model: ModelArgs,
+    /// `[data]`
+    #[command(flatten)]
+    pub data: DataFlags,
+    /// `[gmt]`
+    #[command(flatten)]
+    pub gmt: GmtFlags,
+    /// `[optim]`
+    #[command(flatten)]
+    pub optim: OptimFlags,
+    /// `[schedule]`
+    #[command(flatten)]
+    pub schedule: ScheduleFlags,
+    /// `[train]`
+    #[command(flatten)]
+    pub train: LoopFlags,
+}
 
+/// `[data]` flags of `gmt train`.
+#[derive(Args, Debug, Serialize)]
+pub struct DataFlags {
     /// Training data: a file (.jsonl, .json, .txt; .gz/.zst), a directory or a glob of shards.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
+    #[arg(long = "data")]
+    pub train: Option<PathBuf>,
     /// Evaluation data (default: --eval-fraction of the training data, if set).
-    #[arg(long)]
-    pub eval_data: Option<PathBuf>,
+    #[arg(long = "eval-data")]
+    pub eval: Option<PathBuf>,
     /// Hold out this fraction of the training data for evaluation (deterministic).
     #[arg(long)]
     pub eval_fraction: Option<f64>,
     /// Evaluate on at most this many examples (0 = all).
     #[arg(long)]
     pub eval_max_examples: Option<usize>,
+    /// Record format and fields.
     #[command(flatten)]
+    #[serde(flatten)]
     pub format: FormatArgs,
     /// Also put the loss on prompt tokens, not only on assistant turns.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
@@ -132,7 +165,11 @@ pub struct TrainArgs {
     /// Examples in the shuffle buffer (1 = file order).
     #[arg(long)]
     pub shuffle_buffer: Option<usize>,
+}
 
+/// `[gmt]` flags of `gmt train`.
+#[derive(Args, Debug, Serialize)]
+pub struct GmtFlags {
     /// Fraction of gradient entries set to zero each step, in [0, 1).
     #[arg(long)]
     pub mask_ratio: Option<f64>,
@@ -148,8 +185,13 @@ pub struct TrainArgs {
     pub strategy: Option<MaskStrategy>,
     /// Parameters never masked (glob over module paths, e.g. `*norm*`); repeatable.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
+}
 
+/// `[optim]` flags of `gmt train`.
+#[derive(Args, Debug, Serialize)]
+pub struct OptimFlags {
     /// Peak learning rate.
     #[arg(long)]
     pub lr: Option<f64>,
@@ -168,19 +210,28 @@ pub struct TrainArgs {
     /// Clip the global norm of the masked gradient (after masking) to this; 0 = off.
     #[arg(long)]
     pub max_grad_norm: Option<f64>,
+}
+
+/// `[schedule]` flags of `gmt train`.
+#[derive(Args, Debug, Serialize)]
+pub struct ScheduleFlags {
     /// Learning-rate decay after warmup.
-    #[arg(long, value_parser = parse_enum::<ScheduleKind>, value_name = "constant|linear|cosine")]
-    pub schedule: Option<ScheduleKind>,
+    #[arg(long = "schedule", value_parser = parse_enum::<ScheduleKind>, value_name = "constant|linear|cosine")]
+    pub kind: Option<ScheduleKind>,
     /// Steps of linear warmup.
     #[arg(long)]
     pub warmup_steps: Option<u64>,
     /// Final learning rate as a fraction of --lr.
     #[arg(long)]
     pub min_lr_ratio: Option<f64>,
+}
 
+/// `[train]` flags of `gmt train`.
+#[derive(Args, Debug, Serialize)]
+pub struct LoopFlags {
     /// Output directory: config.toml, metrics.jsonl, plot.svg, checkpoints/, final/.
-    #[arg(long)]
-    pub output: Option<PathBuf>,
+    #[arg(long = "output")]
+    pub output_dir: Option<PathBuf>,
     /// Compute backend.
     #[arg(long, value_enum)]
     pub backend: Option<BackendChoice>,
@@ -215,75 +266,30 @@ fn parse_enum<T: serde::de::DeserializeOwned>(value: &str) -> Result<T, String> 
     serde_json::from_value(serde_json::Value::String(value.to_string())).map_err(|e| e.to_string())
 }
 
-fn set<T>(slot: &mut T, value: Option<T>) {
-    if let Some(v) = value {
-        *slot = v;
-    }
-}
-
-fn set_some<T>(slot: &mut Option<T>, value: Option<T>) {
-    if value.is_some() {
-        *slot = value;
-    }
-}
-
 impl TrainArgs {
-    /// The settings of `--config` (or the defaults) with every given flag applied.
+    /// The settings of `--config` (or the defaults) with every given flag applied: the flags
+    /// given, serialized as TOML (absent ones are `None` and leave no key), overlay the file.
     pub fn settings(&self) -> anyhow::Result<TrainSettings> {
-        let mut s = match &self.config {
-            Some(path) => TrainSettings::from_file(path)?,
-            None => TrainSettings::default(),
+        let mut table = match &self.config {
+            Some(path) => TrainSettings::read_table(path)?,
+            None => toml::Table::new(),
         };
-        let a = self;
-        set_some(&mut s.model.path, a.model.model.clone());
-        set_some(&mut s.model.tokenizer, a.model.tokenizer.clone());
-        set_some(&mut s.model.chat_template, a.model.chat_template.clone());
-        let d = &mut s.data;
-        set_some(&mut d.train, a.data.clone());
-        set_some(&mut d.eval, a.eval_data.clone());
-        set(&mut d.eval_fraction, a.eval_fraction);
-        set(&mut d.eval_max_examples, a.eval_max_examples);
-        set_some(&mut d.format, a.format.format.clone());
-        set_some(&mut d.user_field, a.format.user_field.clone());
-        set_some(&mut d.assistant_field, a.format.assistant_field.clone());
-        set_some(&mut d.system_field, a.format.system_field.clone());
-        set(&mut d.skip_bad_records, a.format.skip_bad_records);
-        set(&mut d.train_on_prompt, a.train_on_prompt);
-        set(&mut d.max_seq_len, a.max_seq_len);
-        set(&mut d.truncation, a.truncation);
-        set(&mut d.packing, a.packing);
-        set(&mut d.group_by_length, a.group_by_length);
-        set(&mut d.shuffle_buffer, a.shuffle_buffer);
-        let g = &mut s.gmt;
-        set(&mut g.mask_ratio, a.mask_ratio);
-        set(&mut g.scope, a.scope);
-        set(&mut g.target, a.target);
-        set(&mut g.strategy, a.strategy);
-        if !a.exclude.is_empty() {
-            g.exclude = a.exclude.clone();
+        let flags = toml::Table::try_from(self)
+            .map_err(|e| anyhow::anyhow!("cannot read the flags as settings: {e}"))?;
+        overlay(&mut table, flags);
+        TrainSettings::from_table(table)
+    }
+}
+
+/// Puts every key of `top` into `base`, section by section.
+fn overlay(base: &mut toml::Table, top: toml::Table) {
+    for (key, value) in top {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(inner)), toml::Value::Table(value)) => overlay(inner, value),
+            (_, value) => {
+                base.insert(key, value);
+            }
         }
-        let o = &mut s.optim;
-        set(&mut o.lr, a.lr);
-        set(&mut o.beta1, a.beta1);
-        set(&mut o.beta2, a.beta2);
-        set(&mut o.eps, a.eps);
-        set(&mut o.weight_decay, a.weight_decay);
-        set(&mut o.max_grad_norm, a.max_grad_norm);
-        set(&mut s.schedule.kind, a.schedule);
-        set(&mut s.schedule.warmup_steps, a.warmup_steps);
-        set(&mut s.schedule.min_lr_ratio, a.min_lr_ratio);
-        let t = &mut s.train;
-        set_some(&mut t.output_dir, a.output.clone());
-        set(&mut t.backend, a.backend);
-        set(&mut t.micro_batch_size, a.micro_batch_size);
-        set(&mut t.grad_accum, a.grad_accum);
-        set(&mut t.max_steps, a.max_steps);
-        set(&mut t.epochs, a.epochs);
-        set(&mut t.seed, a.seed);
-        set(&mut t.eval_every, a.eval_every);
-        set(&mut t.checkpoint_every, a.checkpoint_every);
-        set(&mut t.keep_checkpoints, a.keep_checkpoints);
-        Ok(s)
     }
 }
 

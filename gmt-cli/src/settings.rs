@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use gmt_core::{GmtConfig, MaskScope, MaskStrategy, MaskTarget};
-use gmt_data::{FieldMapping, RecordFormat, Truncation};
+use gmt_data::{FieldMapping, RecordFormat, Split, Truncation};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendChoice;
@@ -242,6 +242,22 @@ impl TrainSettings {
         Self::from_toml(&text).with_context(|| format!("in config file {}", path.display()))
     }
 
+    /// A settings file as a TOML table, checked as settings first (so that its errors name
+    /// the file, line and key).
+    pub fn read_table(path: &Path) -> Result<toml::Table> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("in config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("in config file {}", path.display()))
+    }
+
+    /// Settings from a TOML table (a file's, with flags laid over it).
+    pub fn from_table(table: toml::Table) -> Result<Self> {
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| anyhow::anyhow!(explain_toml_error(&e)))
+    }
+
     /// Parses TOML text; unknown keys are errors with the closest known key suggested.
     pub fn from_toml(text: &str) -> Result<Self> {
         toml::from_str(text).map_err(|e| anyhow::anyhow!(explain_toml_error(&e)))
@@ -264,7 +280,7 @@ impl TrainSettings {
             bail!("no output directory given: set --output or `[train] output_dir`");
         }
         let t = &self.train;
-        let checks: [(bool, &str, String); 10] = [
+        let checks: [(bool, &str, String); 9] = [
             (
                 t.grad_accum == 0,
                 "train.grad_accum",
@@ -289,11 +305,6 @@ impl TrainSettings {
                 !(self.optim.lr >= 0.0 && self.optim.lr.is_finite()),
                 "optim.lr",
                 format!("{} is not a learning rate ≥ 0", self.optim.lr),
-            ),
-            (
-                !(0.0..1.0).contains(&self.data.eval_fraction),
-                "data.eval_fraction",
-                format!("{} is outside [0, 1)", self.data.eval_fraction),
             ),
             (
                 self.data.max_seq_len < 2,
@@ -323,7 +334,13 @@ impl TrainSettings {
             }
         }
         self.record_format()?;
-        // GMT's own settings are checked by gmt-core, named as the config file names them.
+        // The libraries check their own settings; the messages name the config file's keys.
+        let split = Split::Train {
+            eval_fraction: self.data.eval_fraction,
+        };
+        if let Err(gmt_data::DataError::InvalidConfig { reason, .. }) = split.validate() {
+            bail!("invalid setting `data.eval_fraction`: {reason}");
+        }
         self.gmt_config().validate().map_err(|e| match e {
             gmt_core::GmtError::InvalidConfig { key, reason } => {
                 let section = if key == "max_grad_norm" {
@@ -525,7 +542,8 @@ mod tests {
         s.train.output_dir = Some("o".into());
         assert!(s.validate().is_ok());
         type Breaker = fn(&mut TrainSettings);
-        let cases: [(Breaker, &str); 4] = [
+        let cases: [(Breaker, &str); 5] = [
+            (|s| s.data.eval_fraction = 1.5, "data.eval_fraction"),
             (|s| s.train.grad_accum = 0, "train.grad_accum"),
             // Checked by gmt-core, named by its key in the config file.
             (

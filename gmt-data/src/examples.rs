@@ -60,14 +60,7 @@ impl ExampleReader {
         position: SourcePosition,
         report: DataReport,
     ) -> Result<Self, DataError> {
-        if let Split::Train { eval_fraction } | Split::Eval { eval_fraction } = config.split
-            && !(0.0..1.0).contains(&eval_fraction)
-        {
-            return Err(DataError::InvalidConfig {
-                key: "eval_fraction",
-                reason: format!("{eval_fraction} is outside [0, 1)"),
-            });
-        }
+        config.split.validate()?;
         let records = source.records(position)?;
         Ok(Self {
             source,

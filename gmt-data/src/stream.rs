@@ -28,6 +28,23 @@ pub enum Split {
     },
 }
 
+impl Split {
+    /// Checks the held-out fraction: it must lie in `[0, 1)`.
+    pub fn validate(&self) -> Result<(), DataError> {
+        match *self {
+            Self::Train { eval_fraction } | Self::Eval { eval_fraction }
+                if !(0.0..1.0).contains(&eval_fraction) =>
+            {
+                Err(DataError::InvalidConfig {
+                    key: "eval_fraction",
+                    reason: format!("{eval_fraction} is outside [0, 1)"),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Settings of a [`DataStream`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StreamConfig {
