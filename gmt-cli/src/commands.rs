@@ -32,7 +32,7 @@ use crate::train::{TrainJob, TrainOutcome};
 pub enum Finished {
     /// Exit 0.
     Done,
-    /// Stopped by Ctrl-C after saving: exit 130.
+    /// Stopped by Ctrl-C or SIGTERM after saving: exit 130.
     Interrupted,
 }
 
@@ -66,14 +66,18 @@ pub fn train(args: &TrainArgs) -> Result<Finished> {
     let selected = select(settings.train.backend)?;
     let interrupt = Arc::new(AtomicBool::new(false));
     let flag = interrupt.clone();
+    // Ctrl-C, SIGTERM and SIGHUP alike (ctrlc's `termination` feature): a scheduler's stop
+    // signal must leave a checkpoint, not a lost run.
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("second Ctrl-C: exiting without a checkpoint");
+            eprintln!("second interrupt: exiting without a checkpoint");
             std::process::exit(130);
         }
-        eprintln!("Ctrl-C: finishing this step and saving a checkpoint (press again to abort)");
+        eprintln!(
+            "interrupted (Ctrl-C or SIGTERM): finishing this step and saving a checkpoint (interrupt again to abort)"
+        );
     })
-    .context("cannot install the Ctrl-C handler")?;
+    .context("cannot install the interrupt (Ctrl-C, SIGTERM) handler")?;
     let job = TrainJob {
         settings,
         resume: args.resume,

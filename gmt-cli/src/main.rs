@@ -1,7 +1,7 @@
 //! `gmt`: fine-tune Llama and Mistral models with Gradient-Mask Tuning, on CPU, WGPU or CUDA.
 //!
 //! Exit codes: 0 success; 1 an error (message on stderr); 2 bad usage or an unavailable
-//! backend; 130 stopped by Ctrl-C after saving a checkpoint.
+//! backend; 130 stopped by Ctrl-C, SIGTERM or SIGHUP after saving a checkpoint.
 
 mod arithmetic;
 mod backend;

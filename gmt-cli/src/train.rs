@@ -31,13 +31,13 @@ pub enum TrainOutcome {
         /// The exported final model.
         final_dir: PathBuf,
     },
-    /// Stopped early (Ctrl-C or `--stop-after`) with a checkpoint to resume from.
+    /// Stopped early (Ctrl-C, SIGTERM or `--stop-after`) with a checkpoint to resume from.
     Stopped {
         /// Steps done.
         step: u64,
         /// The checkpoint written.
         checkpoint: PathBuf,
-        /// Whether Ctrl-C stopped it.
+        /// Whether an interrupt (Ctrl-C, SIGTERM) stopped it.
         interrupted: bool,
     },
 }
@@ -50,7 +50,7 @@ pub struct TrainJob {
     pub resume: bool,
     /// Stop (with a checkpoint) after this many steps in this invocation.
     pub stop_after: Option<u64>,
-    /// Set by the Ctrl-C handler.
+    /// Set by the interrupt handler (Ctrl-C, SIGTERM, SIGHUP).
     pub interrupt: Arc<AtomicBool>,
 }
 

@@ -32,6 +32,27 @@ const WORDS: [&str; 12] = [
     "####",
 ];
 
+/// A test's inputs: a fresh directory with the tiny Llama and `examples` summing problems.
+pub struct TinyRun {
+    /// The directory (removed when dropped).
+    pub dir: gmt_tests::TempDir,
+    /// The model directory.
+    pub model: String,
+    /// The training data.
+    pub data: String,
+}
+
+/// [`TinyRun`] in `temp_dir(name)`.
+pub fn tiny_run(name: &str, examples: usize) -> TinyRun {
+    let dir = temp_dir(name);
+    let model = tiny_model(&dir, "llama-tiny").to_str().unwrap().to_string();
+    let data = sums(&dir, "train.jsonl", examples, 0)
+        .to_str()
+        .unwrap()
+        .to_string();
+    TinyRun { dir, model, data }
+}
+
 /// A WordLevel `tokenizer.json` with the special tokens, a few words and the numbers 0–40:
 /// 5 + 12 + 41 = 58 tokens, inside the fixture model's 96.
 pub fn word_tokenizer() -> serde_json::Value {

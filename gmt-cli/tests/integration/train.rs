@@ -246,3 +246,80 @@ fn config_file_and_flags_combine_and_print() {
     assert!(err.contains("did you mean `weight_decay`"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A resumed run continues the metrics history; a history it cannot read stops the resume
+/// (naming the file and line) and is left as it was, never replaced by an empty one.
+#[test]
+fn resume_keeps_the_metrics_history_and_refuses_a_damaged_one() {
+    let t = tiny_run("metrics-history", 24);
+    let run = t.dir.join("run");
+    let (model, data) = (t.model.as_str(), t.data.as_str());
+    let mut first = train_args(model, data, run.to_str().unwrap());
+    first.extend(["--stop-after", "2"]);
+    gmt_ok(&first);
+
+    let path = run.join("metrics.jsonl");
+    let history = std::fs::read_to_string(&path).unwrap();
+    let damaged = history.replacen("{\"step\":2", "{\"step\":2,", 1);
+    std::fs::write(&path, &damaged).unwrap();
+    let mut resume = train_args(model, data, run.to_str().unwrap());
+    resume.push("--resume");
+    let err = gmt_fails(&resume, 1);
+    assert!(err.contains("metrics.jsonl:2"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        damaged,
+        "left as it was"
+    );
+
+    std::fs::write(&path, &history).unwrap();
+    gmt_ok(&resume);
+    let steps: Vec<u64> = metrics(&run)
+        .iter()
+        .map(|m| m["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3, 4]);
+}
+
+/// SIGTERM (a scheduler's stop) ends a run as Ctrl-C does: the step finishes, a checkpoint
+/// of it is saved, and the exit code is 130.
+#[test]
+fn sigterm_saves_a_checkpoint_to_resume_from() {
+    let t = tiny_run("sigterm", 24);
+    let run = t.dir.join("run");
+    let mut args = train_args(&t.model, &t.data, run.to_str().unwrap());
+    let at = args.iter().position(|&a| a == "--max-steps").unwrap();
+    args[at + 1] = "100000"; // far more than the test waits for
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_gmt"))
+        .args(&args)
+        .env("GMT_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for a first step, so the signal arrives mid-run.
+    let metrics_file = run.join("metrics.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics_file).map_or(true, |m| m.is_empty()) {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "no step within 2 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("continue with --resume"), "{stdout}");
+    let steps = metrics(&run).len();
+    assert!(
+        run.join(format!("checkpoints/step-{steps:08}")).is_dir(),
+        "{stdout}"
+    );
+}
