@@ -103,7 +103,7 @@ pub struct Trainer<B: AutodiffBackend, O: Objective> {
     objective: O,
     schedule: LrSchedule,
     progress: TrainProgress,
-    all_reduce: Box<dyn GradientAllReduce<B>>,
+    all_reduce: Box<dyn GradientAllReduce<B> + Send>,
 }
 
 impl<B: AutodiffBackend, O: Objective> Trainer<B, O> {
@@ -157,7 +157,11 @@ impl<B: AutodiffBackend, O: Objective> Trainer<B, O> {
     }
 
     /// Combines each step's Γ with other replicas' through `all_reduce` (data-parallel runs).
-    pub fn with_all_reduce(mut self, all_reduce: impl GradientAllReduce<B> + 'static) -> Self {
+    /// It must be `Send`, so that a trainer can be moved to the thread that drives its device.
+    pub fn with_all_reduce(
+        mut self,
+        all_reduce: impl GradientAllReduce<B> + Send + 'static,
+    ) -> Self {
         self.all_reduce = Box::new(all_reduce);
         self
     }

@@ -178,6 +178,16 @@ impl GradientAllReduce<B> for MirrorReplica {
     }
 }
 
+/// A trainer can be moved to the thread that drives its device (data-parallel runs).
+#[test]
+fn a_trainer_moves_between_threads() {
+    fn send<T: Send>(_: &T) {}
+    let trainer = Trainer::new(tiny_llama(), CausalLm, &config(1))
+        .unwrap()
+        .with_all_reduce(MirrorReplica);
+    send(&trainer);
+}
+
 #[test]
 fn the_all_reduce_seam_sees_every_step() {
     let mut plain = Trainer::new(tiny_llama(), CausalLm, &config(1)).unwrap();
