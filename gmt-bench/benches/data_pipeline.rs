@@ -34,6 +34,7 @@ fn pipeline(c: &mut Criterion) {
         packing: false,
         pad_id: 2,
         group_by_length: 0,
+        max_prompt_len: None,
     };
     let run = || {
         let stream =

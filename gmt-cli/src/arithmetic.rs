@@ -1,6 +1,8 @@
 //! A small instruction dataset the project generates itself: arithmetic word problems with
 //! worked answers in GSM8K's format (`… #### <answer>`), split into disjoint train and test
 //! sets. Used by the README's demo to show GMT improving a real model on held-out problems.
+//! As preference pairs (for DPO), each problem's worked answer is chosen over the same answer
+//! with one arithmetic slip.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -86,9 +88,35 @@ pub fn problem(rng: &mut impl Rng) -> (String, String) {
     }
 }
 
+/// The worked `answer` with one arithmetic slip: its final result off by 1 or 2, in the last
+/// equation and after `####`.
+pub fn slip(answer: &str, rng: &mut impl Rng) -> String {
+    let value: i64 = answer
+        .rsplit_once("#### ")
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .expect("generated answers end in #### <number>");
+    let wrong = loop {
+        let w = value + [-2, -1, 1, 2][rng.random_range(0..4)];
+        if w >= 0 && w != value {
+            break w;
+        }
+    };
+    let mut text = answer.replace(&format!("#### {value}"), &format!("#### {wrong}"));
+    let last = [format!("= {value} "), format!("= {value}.")]
+        .iter()
+        .filter_map(|p| text.rfind(p.as_str()))
+        .max();
+    if let Some(at) = last {
+        let end = at + 2 + value.to_string().len();
+        text.replace_range(at + 2..end, &wrong.to_string());
+    }
+    text
+}
+
 /// Writes `train.jsonl` and `test.jsonl` (fields `question`, `answer`) into `dir`; no test
-/// question is also a training question.
-pub fn write_dataset(dir: &Path, train: usize, test: usize, seed: u64) -> Result<()> {
+/// question is also a training question. With `pairs`, `train.jsonl` and `test_pairs.jsonl`
+/// hold preference pairs (`prompt`, `chosen`, `rejected`) instead, from the same problems.
+pub fn write_dataset(dir: &Path, train: usize, test: usize, seed: u64, pairs: bool) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut seen = HashSet::new();
@@ -113,19 +141,34 @@ pub fn write_dataset(dir: &Path, train: usize, test: usize, seed: u64) -> Result
         test_set.len() == test && train_set.len() == train,
         "cannot generate that many distinct problems"
     );
-    for (name, set) in [("train.jsonl", &train_set), ("test.jsonl", &test_set)] {
+    let pair = |(question, answer): &(String, String), rng: &mut StdRng| json!({ "prompt": question, "chosen": answer, "rejected": slip(answer, rng) });
+    let problems = |set: &[(String, String)]| -> Vec<serde_json::Value> {
+        set.iter()
+            .map(|(q, a)| json!({ "question": q, "answer": a }))
+            .collect()
+    };
+    let mut files = vec![("test.jsonl", problems(&test_set))];
+    if pairs {
+        files.push((
+            "train.jsonl",
+            train_set.iter().map(|p| pair(p, &mut rng)).collect(),
+        ));
+        files.push((
+            "test_pairs.jsonl",
+            test_set.iter().map(|p| pair(p, &mut rng)).collect(),
+        ));
+    } else {
+        files.push(("train.jsonl", problems(&train_set)));
+    }
+    for (name, records) in files {
         let path = dir.join(name);
         let mut file = std::io::BufWriter::new(
             std::fs::File::create(&path)
                 .with_context(|| format!("cannot create {}", path.display()))?,
         );
-        for (question, answer) in set {
-            writeln!(
-                file,
-                "{}",
-                json!({ "question": question, "answer": answer })
-            )
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        for record in records {
+            writeln!(file, "{record}")
+                .with_context(|| format!("cannot write {}", path.display()))?;
         }
         file.flush()
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -152,7 +195,7 @@ mod tests {
             );
         }
         let dir = std::env::temp_dir().join(format!("gmt-arith-{}", std::process::id()));
-        write_dataset(&dir, 300, 50, 0).unwrap();
+        write_dataset(&dir, 300, 50, 0, false).unwrap();
         let read = |n: &str| -> Vec<String> {
             std::fs::read_to_string(dir.join(n))
                 .unwrap()
@@ -167,5 +210,28 @@ mod tests {
         let train: HashSet<_> = train.into_iter().collect();
         assert!(test.iter().all(|q| !train.contains(q)));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_slip_changes_only_the_final_result() {
+        let mut rng = StdRng::seed_from_u64(2);
+        for _ in 0..300 {
+            let (_, answer) = problem(&mut rng);
+            let wrong = slip(&answer, &mut rng);
+            let (right, bad) = (
+                reference_answer(&answer).unwrap(),
+                reference_answer(&wrong).unwrap(),
+            );
+            assert_ne!(right, bad, "{answer} / {wrong}");
+            let last_line = wrong.lines().next().unwrap();
+            assert!(
+                last_line.contains(&format!("= {bad}")),
+                "{answer} / {wrong}"
+            );
+            assert!(
+                answer.len().abs_diff(wrong.len()) <= 2,
+                "{answer} / {wrong}"
+            );
+        }
     }
 }

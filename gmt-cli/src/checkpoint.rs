@@ -64,6 +64,11 @@ impl RunDir {
         &self.path
     }
 
+    /// Whether the run continues from a checkpoint.
+    pub fn is_resuming(&self) -> bool {
+        self.resume_from.is_some()
+    }
+
     /// The trainer: resumed from the checkpoint with its data position, or new for a run of
     /// `total_steps()` steps.
     pub fn start<B: AutodiffBackend, O: Objective>(

@@ -8,9 +8,9 @@ use gmt_data::Truncation;
 use serde::Serialize;
 
 use crate::backend::BackendChoice;
-use gmt_train::ScheduleKind;
+use gmt_train::{DpoLossType, ScheduleKind};
 
-use crate::settings::TrainSettings;
+use crate::settings::{ObjectiveKind, ReferenceLogps, TrainSettings};
 
 /// Fine-tune Llama and Mistral models with Gradient-Mask Tuning (GMT).
 ///
@@ -122,6 +122,9 @@ pub struct TrainArgs {
     /// `[schedule]`
     #[command(flatten)]
     pub schedule: ScheduleFlags,
+    /// `[dpo]`
+    #[command(flatten)]
+    pub dpo: DpoFlags,
     /// `[train]`
     #[command(flatten)]
     pub train: LoopFlags,
@@ -165,6 +168,10 @@ pub struct DataFlags {
     /// Examples in the shuffle buffer (1 = file order).
     #[arg(long)]
     pub shuffle_buffer: Option<usize>,
+    /// Preference pairs: the most prompt tokens kept when a pair exceeds --max-seq-len
+    /// (default: half of it).
+    #[arg(long)]
+    pub max_prompt_len: Option<usize>,
 }
 
 /// `[gmt]` flags of `gmt train`.
@@ -210,6 +217,20 @@ pub struct OptimFlags {
     /// Clip the global norm of the masked gradient (after masking) to this; 0 = off.
     #[arg(long)]
     pub max_grad_norm: Option<f64>,
+}
+
+/// `[dpo]` flags of `gmt train` (gmt-train's `DpoConfig`).
+#[derive(Args, Debug, Serialize)]
+pub struct DpoFlags {
+    /// DPO's β: how far the policy may move from the reference (larger = closer).
+    #[arg(long)]
+    pub beta: Option<f64>,
+    /// DPO's label smoothing ε in [0, 0.5): the assumed chance that a preference is wrong.
+    #[arg(long)]
+    pub label_smoothing: Option<f64>,
+    /// The preference loss.
+    #[arg(long, value_parser = parse_enum::<DpoLossType>, value_name = "sigmoid|ipo")]
+    pub loss_type: Option<DpoLossType>,
 }
 
 /// `[schedule]` flags of `gmt train`.
@@ -259,6 +280,16 @@ pub struct LoopFlags {
     /// Checkpoints kept; older ones are deleted.
     #[arg(long)]
     pub keep_checkpoints: Option<usize>,
+    /// What to train: causal_lm (supervised fine-tuning) or dpo (preference pairs).
+    #[arg(long, value_enum)]
+    pub objective: Option<ObjectiveKind>,
+    /// DPO's reference model (a Hugging Face directory or .gguf); default: the starting model.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// DPO: precompute the reference's log-probabilities before training (one model in
+    /// memory), or keep the reference resident beside the policy.
+    #[arg(long, value_enum)]
+    pub reference_logps: Option<ReferenceLogps>,
 }
 
 /// Parses a flag value with the same names the TOML file uses (serde's).
@@ -307,6 +338,20 @@ pub struct EvalArgs {
     /// generation: the number after `####` in the reference against the last number written).
     #[arg(long, value_enum, default_value = "loss")]
     pub task: EvalTask,
+    /// causal_lm (loss on the responses), or dpo: on preference pairs, the DPO loss and
+    /// rewards of the model against --reference.
+    #[arg(long, value_enum, default_value = "causal_lm")]
+    pub objective: ObjectiveKind,
+    /// For --objective dpo: the reference model (e.g. the model before DPO).
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// For --objective dpo.
+    #[command(flatten)]
+    pub dpo: DpoFlags,
+    /// Preference pairs: the most prompt tokens kept when a pair exceeds --max-seq-len
+    /// (default: half of it).
+    #[arg(long)]
+    pub max_prompt_len: Option<usize>,
     /// Longest sequence scored, in tokens (longer examples are truncated).
     #[arg(long, default_value_t = 2048)]
     pub max_seq_len: usize,
@@ -413,4 +458,9 @@ pub struct MakeDataArgs {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Write preference pairs for DPO instead: train.jsonl and test_pairs.jsonl hold
+    /// `{prompt, chosen, rejected}` (chosen = the worked answer, rejected = the same answer
+    /// with one arithmetic slip); test.jsonl keeps `{question, answer}` for answer accuracy.
+    #[arg(long)]
+    pub pairs: bool,
 }

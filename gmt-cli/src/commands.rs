@@ -12,7 +12,7 @@ use gmt_data::{
     Truncation,
 };
 use gmt_models::{ExportDtype, GenerationConfig, generate};
-use gmt_train::CausalLm;
+use gmt_train::{CausalLm, Dpo, DpoConfig};
 use serde_json::json;
 
 use crate::backend::{self, BackendChoice, BackendJob, run_job};
@@ -21,11 +21,12 @@ use crate::cli::{
     DtypeArg, EvalArgs, EvalTask, ExportArgs, FormatArgs, GenerateArgs, InfoArgs, MakeDataArgs,
     ModelArgs, TrainArgs,
 };
-use crate::dataset::{StreamSettings, batch_config, eval_batches};
+use crate::dataset::{StreamSettings, batch_config, detect_format, eval_batches};
 use crate::evaluate::answer_accuracy;
 use crate::export::export_model;
 use crate::model_source::{LoadedModel, Overrides, load_model};
-use crate::settings::record_format;
+use crate::objective::{DpoRun, Reference, RunObjective};
+use crate::settings::{ObjectiveKind, record_format};
 use crate::train::{TrainJob, TrainOutcome};
 
 /// How a command ended, for the exit code.
@@ -167,7 +168,25 @@ impl BackendJob for EvalJob<'_> {
             Truncation::Truncate,
             false,
             0,
+            args.max_prompt_len,
         );
+        let pairs = match &streams.format {
+            Some(format) => format.is_preference(),
+            None => detect_format(&args.data, &encoder, streams.config(Split::All))?
+                .is_some_and(|f| f.is_preference()),
+        };
+        if pairs != (args.objective == ObjectiveKind::Dpo) {
+            anyhow::bail!(
+                "{} holds {}: evaluate it with --objective {}",
+                args.data.display(),
+                if pairs {
+                    "preference pairs"
+                } else {
+                    "examples, not preference pairs"
+                },
+                if pairs { "dpo" } else { "causal_lm" }
+            );
+        }
         let batches = eval_batches(
             &args.data,
             &encoder,
@@ -176,6 +195,25 @@ impl BackendJob for EvalJob<'_> {
             batching,
             args.max_examples,
         )?;
+        if args.objective == ObjectiveKind::Dpo {
+            let path = args.reference.as_deref().context(
+                "--objective dpo needs --reference: the model the rewards are measured against",
+            )?;
+            let reference =
+                load_model::<B::InnerBackend>(path, &overrides(&args.model), &device)
+                    .with_context(|| format!("loading the reference model {}", path.display()))?;
+            let config: DpoConfig = toml::Table::try_from(&args.dpo)?.try_into()?;
+            let run = DpoRun {
+                dpo: Dpo::new(config)?,
+                reference: Reference::Resident(reference.model),
+            };
+            let report = gmt_train::evaluate(&model, &run.dpo, &run.batches(batches)?)?;
+            let mut out = json!({"loss": report.loss, "pairs": report.tokens});
+            for (name, value) in &report.metrics {
+                out[name] = json!(value);
+            }
+            return Ok(out);
+        }
         let loss = gmt_train::evaluate(&model, &CausalLm, &batches)?;
         let mut out = json!({
             "loss": loss.loss,
@@ -238,8 +276,19 @@ fn read_examples(path: &Path, streams: &StreamSettings, max: usize) -> Result<Ve
 pub fn eval(args: &EvalArgs) -> Result<Finished> {
     let selected = select(args.backend)?;
     let out = run_job(&selected, EvalJob(args))?;
+    let metric = |k: &str| out[k].as_f64().unwrap_or(f64::NAN);
     if args.json {
         println!("{out}");
+    } else if args.objective == ObjectiveKind::Dpo {
+        println!(
+            "DPO loss {:.4}  reward accuracy {:.1}%  margin {:.4}  rewards chosen {:.4} / rejected {:.4}  pairs {}",
+            metric("loss"),
+            100.0 * metric("rewards/accuracy"),
+            metric("rewards/margin"),
+            metric("rewards/chosen"),
+            metric("rewards/rejected"),
+            out["pairs"]
+        );
     } else {
         println!(
             "loss {:.4}  perplexity {:.3}  tokens {}",
@@ -395,11 +444,16 @@ pub fn info(args: &InfoArgs) -> Result<Finished> {
 
 /// `gmt make-data`
 pub fn make_data(args: &MakeDataArgs) -> Result<Finished> {
-    crate::arithmetic::write_dataset(&args.output, args.train, args.test, args.seed)?;
+    crate::arithmetic::write_dataset(&args.output, args.train, args.test, args.seed, args.pairs)?;
     println!(
-        "wrote {} training and {} test problems to {}",
+        "wrote {} training and {} test {} to {}",
         args.train,
         args.test,
+        if args.pairs {
+            "preference pairs"
+        } else {
+            "problems"
+        },
         args.output.display()
     );
     Ok(Finished::Done)

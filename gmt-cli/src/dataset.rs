@@ -58,6 +58,7 @@ impl RunData {
                 data.truncation,
                 data.packing,
                 data.group_by_length,
+                data.max_prompt_len,
             ),
             grad_accum: t.grad_accum,
             max_steps: t.max_steps,
@@ -130,6 +131,38 @@ impl RunData {
     pub fn grad_accum(&self) -> usize {
         self.grad_accum
     }
+
+    /// How batches are built.
+    pub fn batching(&self) -> BatchConfig {
+        self.batching.clone()
+    }
+
+    /// Every example the run sees, training and evaluation, in file order: each file with
+    /// its stream configuration.
+    pub fn every_stream(&self) -> Vec<(PathBuf, StreamConfig)> {
+        let in_order = StreamSettings {
+            shuffle_buffer: 1,
+            ..self.streams.clone()
+        };
+        let mut streams = vec![(self.train.clone(), in_order.config(self.train_split))];
+        if let Some((path, split)) = &self.eval {
+            streams.push((path.clone(), in_order.config(*split)));
+        }
+        streams
+    }
+
+    /// Refuses training data of the wrong kind for the objective (read from its first
+    /// record when the format is detected).
+    pub fn check_format(&self, encoder: &Encoder, settings: &TrainSettings) -> Result<()> {
+        if self.streams.format.is_some() {
+            return Ok(()); // named in the settings, checked with them
+        }
+        let (path, config) = self.every_stream().swap_remove(0);
+        match detect_format(&path, encoder, config)? {
+            Some(format) => settings.check_format(&format),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Logs what the training data held and what batching did to it.
@@ -176,6 +209,20 @@ impl StreamSettings {
     }
 }
 
+/// The format of `path` as its stream detects it from the first record (`None` for data
+/// without records).
+pub fn detect_format(
+    path: &Path,
+    encoder: &Encoder,
+    config: StreamConfig,
+) -> Result<Option<RecordFormat>> {
+    let mut stream = DataStream::new(open_source(path)?, encoder, config)?;
+    if let Some(Err(e)) = stream.next() {
+        return Err(e).with_context(|| format!("reading {}", path.display()));
+    }
+    Ok(stream.state().format)
+}
+
 /// The padding token: the model's pad token, else its first EOS token (never trained on or
 /// attended to either way).
 pub fn pad_id(config: &LlamaConfig) -> u32 {
@@ -193,6 +240,7 @@ pub fn batch_config(
     truncation: Truncation,
     packing: bool,
     group_by_length: usize,
+    max_prompt_len: Option<usize>,
 ) -> BatchConfig {
     BatchConfig {
         batch_size,
@@ -201,6 +249,7 @@ pub fn batch_config(
         packing,
         pad_id: pad_id(config),
         group_by_length,
+        max_prompt_len,
     }
 }
 

@@ -13,6 +13,7 @@ mod evaluate;
 mod export;
 mod metrics;
 mod model_source;
+mod objective;
 mod plot;
 mod settings;
 mod train;

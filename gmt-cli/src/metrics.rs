@@ -1,13 +1,14 @@
 //! What a training run reports: `metrics.jsonl` in the output directory, and progress on the
 //! terminal (an `indicatif` bar) or as plain log lines when stderr is not a terminal.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use gmt_train::StepSummary;
+use gmt_train::{LossReport, StepSummary};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
@@ -29,12 +30,18 @@ pub struct StepMetrics {
     pub kept_fraction: f64,
     /// Kept fraction of each decoder layer's entries (embeddings and final norm excluded).
     pub layer_kept: Vec<f64>,
-    /// Tokens that carried loss in this step.
+    /// Tokens that carried loss in this step (pairs, for DPO).
     pub tokens: u64,
     /// Training throughput of this step (all tokens of its batches, padding excluded).
     pub tokens_per_sec: f64,
     /// Training seconds since the run began (resumed runs continue the count).
     pub elapsed_secs: f64,
+    /// The objective's own metrics (DPO: `rewards/chosen`, `rewards/rejected`,
+    /// `rewards/accuracy`, `rewards/margin`, `logps/chosen`, `logps/rejected`), means over
+    /// the step's pairs; on steps that evaluated, the same over the evaluation data as
+    /// `eval_rewards/accuracy` and so on.
+    #[serde(flatten)]
+    pub objective: BTreeMap<String, f64>,
 }
 
 impl StepMetrics {
@@ -51,6 +58,15 @@ impl StepMetrics {
             tokens: step.totals.weight as u64,
             tokens_per_sec: step.tokens_per_sec(),
             elapsed_secs,
+            objective: step.totals.metrics.means(step.totals.weight),
+        }
+    }
+
+    /// Adds an evaluation's loss and metrics.
+    pub fn add_eval(&mut self, report: &LossReport) {
+        self.eval_loss = Some(report.loss);
+        for (name, value) in &report.metrics {
+            self.objective.insert(format!("eval_{name}"), *value);
         }
     }
 }
@@ -142,13 +158,16 @@ impl Progress {
 
     /// Shows a completed step.
     pub fn step(&self, m: &StepMetrics, total: u64) {
-        let msg = format!(
+        let mut msg = format!(
             "loss {:.4}  lr {:.2e}  {:.0} tok/s  kept {:.1}%",
             m.loss,
             m.lr,
             m.tokens_per_sec,
             100.0 * m.kept_fraction
         );
+        if let Some(accuracy) = m.objective.get("rewards/accuracy") {
+            msg.push_str(&format!("  reward acc {:.0}%", 100.0 * accuracy));
+        }
         match &self.bar {
             Some(bar) => {
                 bar.set_position(m.step);

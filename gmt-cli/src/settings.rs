@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::BackendChoice;
 use crate::model_source::Overrides;
 use burn::optim::AdamWConfig;
-use gmt_train::{LrSchedule, ScheduleKind, TrainerConfig};
+use gmt_train::{DpoConfig, LrSchedule, ScheduleKind, TrainerConfig};
 
 /// Everything `gmt train` needs, as saved to `<output>/config.toml`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -30,8 +30,36 @@ pub struct TrainSettings {
     pub optim: OptimSettings,
     /// Learning-rate schedule.
     pub schedule: ScheduleSettings,
+    /// The DPO loss (with `train.objective = "dpo"`): gmt-train's own configuration.
+    pub dpo: DpoConfig,
     /// Batching, length, checkpoints and evaluation.
     pub train: LoopSettings,
+}
+
+/// What a run trains the model to do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum ObjectiveKind {
+    /// Supervised fine-tuning: next-token loss on the responses of instruction data.
+    #[default]
+    CausalLm,
+    /// Direct Preference Optimization on preference pairs, against a frozen reference.
+    Dpo,
+}
+
+/// Where DPO's reference log-probabilities come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum ReferenceLogps {
+    /// One pass of the reference over the data before training, saved in the run's
+    /// `reference_logps.json`: training holds one model, and a resumed run reads them back.
+    #[default]
+    Precompute,
+    /// A frozen copy of the reference held beside the policy, run (without a graph) on
+    /// every micro-batch.
+    Resident,
 }
 
 /// `[model]`
@@ -83,6 +111,9 @@ pub struct DataSettings {
     pub shuffle_buffer: usize,
     /// Skip and count bad records instead of stopping at the first.
     pub skip_bad_records: bool,
+    /// Preference pairs: the most prompt tokens kept when a pair exceeds `max_seq_len` (the
+    /// prompt's start is cut, then the responses' ends); default half of `max_seq_len`.
+    pub max_prompt_len: Option<usize>,
 }
 
 impl Default for DataSettings {
@@ -103,6 +134,7 @@ impl Default for DataSettings {
             group_by_length: 0,
             shuffle_buffer: 1024,
             skip_bad_records: false,
+            max_prompt_len: None,
         }
     }
 }
@@ -215,6 +247,14 @@ pub struct LoopSettings {
     pub checkpoint_every: u64,
     /// Checkpoints kept (the oldest are deleted).
     pub keep_checkpoints: usize,
+    /// `causal_lm` (supervised fine-tuning) or `dpo` (preference pairs).
+    pub objective: ObjectiveKind,
+    /// DPO: the reference model (a Hugging Face directory or `.gguf`); default the starting
+    /// model.
+    pub reference: Option<PathBuf>,
+    /// DPO: `precompute` the reference's log-probabilities before training, or keep the
+    /// reference `resident` beside the policy.
+    pub reference_logps: ReferenceLogps,
 }
 
 impl Default for LoopSettings {
@@ -230,6 +270,9 @@ impl Default for LoopSettings {
             eval_every: 0,
             checkpoint_every: 0,
             keep_checkpoints: 2,
+            objective: ObjectiveKind::CausalLm,
+            reference: None,
+            reference_logps: ReferenceLogps::Precompute,
         }
     }
 }
@@ -280,7 +323,8 @@ impl TrainSettings {
             bail!("no output directory given: set --output or `[train] output_dir`");
         }
         let t = &self.train;
-        let checks: [(bool, &str, String); 9] = [
+        let dpo = t.objective == ObjectiveKind::Dpo;
+        let checks: [(bool, &str, String); 12] = [
             (
                 t.grad_accum == 0,
                 "train.grad_accum",
@@ -327,13 +371,38 @@ impl TrainSettings {
                 "schedule.min_lr_ratio",
                 format!("{} is outside [0, 1]", self.schedule.min_lr_ratio),
             ),
+            (
+                self.data
+                    .max_prompt_len
+                    .is_some_and(|m| m == 0 || m >= self.data.max_seq_len),
+                "data.max_prompt_len",
+                format!(
+                    "must be at least 1 and below max_seq_len ({}), so that every response keeps a token",
+                    self.data.max_seq_len
+                ),
+            ),
+            (
+                dpo && self.data.packing,
+                "data.packing",
+                "DPO sums each response's log-probability over its own row: no packing".into(),
+            ),
+            (
+                !dpo && t.reference.is_some(),
+                "train.reference",
+                "a reference model is for `objective = \"dpo\"`".into(),
+            ),
         ];
         for (bad, key, reason) in checks {
             if bad {
                 bail!("invalid setting `{key}`: {reason}");
             }
         }
-        self.record_format()?;
+        if let Some(format) = self.record_format()? {
+            self.check_format(&format)?;
+        }
+        if let Err(gmt_train::TrainError::InvalidConfig { key, reason }) = self.dpo.validate() {
+            bail!("invalid setting `dpo.{key}`: {reason}");
+        }
         // The libraries check their own settings; the messages name the config file's keys.
         let split = Split::Train {
             eval_fraction: self.data.eval_fraction,
@@ -426,6 +495,22 @@ impl TrainSettings {
                 total_steps,
                 min_lr_ratio: self.schedule.min_lr_ratio,
             },
+        }
+    }
+
+    /// Refuses data of the wrong kind for the objective: preference pairs for supervised
+    /// fine-tuning, or examples to imitate for DPO.
+    pub fn check_format(&self, format: &RecordFormat) -> Result<()> {
+        match (self.train.objective, format.is_preference()) {
+            (ObjectiveKind::CausalLm, true) => bail!(
+                "the data are preference pairs (format `{}`): train on them with `--objective dpo`",
+                format.name()
+            ),
+            (ObjectiveKind::Dpo, false) => bail!(
+                "DPO trains on preference pairs (formats `preference`, `hh`), not on `{}` records",
+                format.name()
+            ),
+            _ => Ok(()),
         }
     }
 

@@ -10,14 +10,16 @@ use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use gmt_core::StepReport;
 use gmt_data::Encoder;
-use gmt_train::{CausalLm, LossReport};
+use gmt_models::LlamaForCausalLm;
+use gmt_train::LossReport;
 
 use crate::backend::BackendJob;
 use crate::checkpoint::RunDir;
 use crate::dataset::{RunData, report_data};
 use crate::metrics::{MetricsLog, Progress, StepMetrics};
 use crate::model_source::load_model;
-use crate::settings::TrainSettings;
+use crate::objective::{DpoRun, RunObjective, Sft};
+use crate::settings::{ObjectiveKind, TrainSettings};
 
 /// How a `gmt train` invocation ended.
 #[derive(Clone, Debug, PartialEq)]
@@ -63,20 +65,46 @@ impl BackendJob for TrainJob {
 }
 
 fn train<B: AutodiffBackend>(job: TrainJob, device: &B::Device) -> Result<TrainOutcome> {
-    let (settings, t) = (&job.settings, &job.settings.train);
+    let settings = &job.settings;
     let run = RunDir::open(settings, job.resume)?;
     let loaded = load_model::<B>(settings.model_path()?, &settings.overrides(), device)?;
-    let layers = loaded.model.config().num_hidden_layers;
     let data = RunData::new(settings, loaded.model.config())?;
     let encoder = Encoder::new(
         loaded.tokenizer,
         loaded.template,
         settings.data.train_on_prompt,
     );
-    let eval_set = data.eval_batches(&encoder)?;
-    let total_steps = || data.total_steps(&encoder);
-    let (mut trainer, position) = run.start(loaded.model, CausalLm, total_steps, device)?;
-    let mut batches = data.training_batches(&encoder, position)?;
+    data.check_format(&encoder, settings)?;
+    let model = loaded.model;
+    match settings.train.objective {
+        ObjectiveKind::CausalLm => run_loop(&job, &run, model, &data, &encoder, Sft, device),
+        ObjectiveKind::Dpo => {
+            let start = (!run.is_resuming()).then_some(&model);
+            let dpo = DpoRun::new(settings, run.path(), start, &data, &encoder, device)?;
+            run_loop(&job, &run, model, &data, &encoder, dpo, device)
+        }
+    }
+}
+
+/// The run: steps, evaluations, checkpoints, until done or stopped.
+fn run_loop<B: AutodiffBackend, R: RunObjective>(
+    job: &TrainJob,
+    run: &RunDir,
+    model: LlamaForCausalLm<B>,
+    data: &RunData,
+    encoder: &Encoder,
+    objective: R,
+    device: &B::Device,
+) -> Result<TrainOutcome> {
+    let t = &job.settings.train;
+    let layers = model.config().num_hidden_layers;
+    let eval_set = match data.eval_batches(encoder)? {
+        Some(batches) => Some(objective.batches(batches)?),
+        None => None,
+    };
+    let total_steps = || data.total_steps(encoder);
+    let (mut trainer, position) = run.start(model, objective.objective(), total_steps, device)?;
+    let mut batches = data.training_batches(encoder, position)?;
 
     let (started_at, total_steps) = (trainer.progress().step, trainer.progress().total_steps);
     let mut metrics_log = MetricsLog::open(run.path(), started_at)?;
@@ -95,7 +123,7 @@ fn train<B: AutodiffBackend>(job: TrainJob, device: &B::Device) -> Result<TrainO
                 interrupted,
             });
         }
-        let micro_batches = batches.next_step(data.grad_accum())?;
+        let micro_batches = objective.batches(batches.next_step(data.grad_accum())?)?;
         if micro_batches.is_empty() {
             break; // every epoch is done
         }
@@ -114,11 +142,9 @@ fn train<B: AutodiffBackend>(job: TrainJob, device: &B::Device) -> Result<TrainO
             && (every(t.eval_every) || trainer.is_done())
         {
             let report = trainer.evaluate(eval)?;
-            metrics.eval_loss = Some(report.loss);
-            progress.println(&format!(
-                "step {}: eval loss {:.4} (perplexity {:.2}, {} tokens)",
-                step.step, report.loss, report.perplexity, report.tokens
-            ));
+            metrics.add_eval(&report);
+            let line = objective.describe_eval(&report);
+            progress.println(&format!("step {}: {line}", step.step));
             last_eval = Some(report);
         }
         metrics_log.write(&metrics)?;
@@ -131,7 +157,7 @@ fn train<B: AutodiffBackend>(job: TrainJob, device: &B::Device) -> Result<TrainO
     trainer.finish_here();
     run.save(&trainer, &batches.position())?;
     report_data(&batches);
-    let final_dir = run.write_final(trainer.model(), &encoder, metrics_log.path())?;
+    let final_dir = run.write_final(trainer.model(), encoder, metrics_log.path())?;
     let steps = trainer.progress().step;
     Ok(TrainOutcome::Finished {
         steps,

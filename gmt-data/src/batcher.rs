@@ -1,4 +1,10 @@
 //! Encoded examples → padded or packed [`TokenBatch`]es, optionally grouped by length.
+//!
+//! Preference pairs batch as `batch_size` pairs → 2·`batch_size` rows: every pair's prompt
+//! with its chosen response, then, in the same order, with its rejected response. A pair
+//! longer than `max_seq_len` (prompt + its longer response) is, under `truncate`, cut as TRL
+//! cuts it: the prompt keeps its last `max_prompt_len` tokens, then both responses keep their
+//! first `max_seq_len − prompt` tokens.
 
 use std::collections::VecDeque;
 
@@ -37,6 +43,11 @@ pub struct BatchConfig {
     /// The stream's shuffle still decides which examples share a window; padding only.
     #[serde(default)]
     pub group_by_length: usize,
+    /// Preference pairs only: the most prompt tokens kept when a pair is too long (its
+    /// start is cut); `None` = half of `max_seq_len`. Below `max_seq_len`, so that every
+    /// response keeps a token.
+    #[serde(default)]
+    pub max_prompt_len: Option<usize>,
 }
 
 impl BatchConfig {
@@ -54,6 +65,17 @@ impl BatchConfig {
                 reason: "must be at least 2 tokens".into(),
             });
         }
+        if let Some(m) = self.max_prompt_len
+            && !(1..self.max_seq_len).contains(&m)
+        {
+            return Err(DataError::InvalidConfig {
+                key: "max_prompt_len",
+                reason: format!(
+                    "{m} leaves no room for a response: it must be at least 1 and below max_seq_len ({})",
+                    self.max_seq_len
+                ),
+            });
+        }
         if self.packing && self.group_by_length > 0 {
             return Err(DataError::InvalidConfig {
                 key: "group_by_length",
@@ -65,6 +87,9 @@ impl BatchConfig {
 
     /// Applies the truncation policy: `None` when the example is dropped.
     pub fn fit(&self, mut example: Encoded) -> Option<Encoded> {
+        if example.is_pair() {
+            return self.fit_pair(example);
+        }
         if example.ids.len() <= self.max_seq_len {
             return Some(example);
         }
@@ -78,10 +103,36 @@ impl BatchConfig {
         }
     }
 
+    fn fit_pair(&self, example: Encoded) -> Option<Encoded> {
+        if example.max_len() <= self.max_seq_len {
+            return Some(example);
+        }
+        if self.truncation == Truncation::Drop {
+            return None;
+        }
+        let prompt_len = example.prompt_len();
+        let max_prompt = self.max_prompt_len.unwrap_or(self.max_seq_len / 2).max(1);
+        let prompt = &example.ids[prompt_len.saturating_sub(max_prompt)..prompt_len];
+        let room = self.max_seq_len - prompt.len();
+        let cut = |response: &[u32]| response[..response.len().min(room)].to_vec();
+        let chosen = cut(&example.ids[prompt_len..]);
+        let rejected = cut(example.rejected.as_deref().unwrap_or_default());
+        Some(Encoded {
+            labels: std::iter::repeat_n(IGNORE, prompt.len())
+                .chain(chosen.iter().map(|&t| t as i64))
+                .collect(),
+            ids: prompt.iter().copied().chain(chosen).collect(),
+            rejected: Some(rejected),
+        })
+    }
+
     /// One batch from examples that already fit. Without packing, each example is a row,
     /// right-padded to the longest; with packing, examples fill rows greedily in order
     /// (the caller passes what fits in `batch_size` rows, see [`BatchConfig::rows_needed`]).
     pub fn collate(&self, examples: &[Encoded]) -> TokenBatch {
+        if examples.iter().any(Encoded::is_pair) {
+            return self.collate(&pair_rows(examples));
+        }
         let rows: Vec<Vec<(usize, &Encoded)>> = if self.packing {
             self.pack(examples)
         } else {
@@ -172,6 +223,24 @@ impl BatchConfig {
             examples.len()
         }
     }
+}
+
+/// A pair's two rows as examples: every prompt + chosen, then every prompt + rejected.
+fn pair_rows(pairs: &[Encoded]) -> Vec<Encoded> {
+    let chosen = pairs
+        .iter()
+        .map(|p| Encoded::new(p.ids.clone(), p.labels.clone()));
+    let rejected = pairs.iter().map(|p| {
+        let prompt = &p.ids[..p.prompt_len()];
+        let response = p.rejected.as_deref().unwrap_or_default();
+        Encoded::new(
+            prompt.iter().chain(response).copied().collect(),
+            std::iter::repeat_n(IGNORE, prompt.len())
+                .chain(response.iter().map(|&t| t as i64))
+                .collect(),
+        )
+    });
+    chosen.chain(rejected).collect()
 }
 
 /// Counts of examples that did not fit `max_seq_len`.
@@ -270,7 +339,7 @@ impl<I: Iterator<Item = Result<Encoded, DataError>>> Batches<I> {
                 None => break,
             }
         }
-        examples.sort_by_key(|e| std::cmp::Reverse(e.ids.len()));
+        examples.sort_by_key(|e| std::cmp::Reverse(e.max_len()));
         // Even after an error, what was read stays queued rather than lost.
         self.pending.extend(examples);
         result
@@ -283,7 +352,13 @@ impl<I: Iterator<Item = Result<Encoded, DataError>>> Batches<I> {
                 Ok(e) => e,
                 Err(e) => return Some(Err(e)),
             };
-            let long = example.ids.len() > self.config.max_seq_len;
+            if example.is_pair() && self.config.packing {
+                return Some(Err(DataError::InvalidConfig {
+                    key: "packing",
+                    reason: "preference pairs are not packed: each response's log-probability is summed over its own row".into(),
+                }));
+            }
+            let long = example.max_len() > self.config.max_seq_len;
             match self.config.fit(example) {
                 Some(e) => {
                     self.report.truncated += long as u64;

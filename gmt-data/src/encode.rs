@@ -2,12 +2,16 @@
 
 use tokenizers::Tokenizer;
 
-use crate::{ChatTemplate, DataError, Example, Message};
+use crate::{ChatTemplate, DataError, Example, Message, PreferencePair};
 
 /// Label of a token that carries no loss.
 pub const IGNORE: i64 = -100;
 
 /// One tokenized example.
+///
+/// A preference pair is one `Encoded` too: `ids` hold the prompt then the chosen response,
+/// with labels on the response only (so the prompt is the leading run of `-100` labels), and
+/// `rejected` holds the rejected response's ids, which follow the same prompt.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Encoded {
     /// Token ids.
@@ -15,6 +19,41 @@ pub struct Encoded {
     /// Per token: its own id where it is trained on, `-100` elsewhere. (Unshifted: the model
     /// shifts, as Transformers does.)
     pub labels: Vec<i64>,
+    /// For a preference pair: the rejected response's ids (after the same prompt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<Vec<u32>>,
+}
+
+impl Encoded {
+    /// An example to imitate: `ids` with their `labels`.
+    pub fn new(ids: Vec<u32>, labels: Vec<i64>) -> Self {
+        Self {
+            ids,
+            labels,
+            rejected: None,
+        }
+    }
+
+    /// Whether this is a preference pair.
+    pub fn is_pair(&self) -> bool {
+        self.rejected.is_some()
+    }
+
+    /// Tokens before the first trained one: a pair's prompt.
+    pub fn prompt_len(&self) -> usize {
+        self.labels
+            .iter()
+            .position(|&l| l != IGNORE)
+            .unwrap_or(self.labels.len())
+    }
+
+    /// The longest row it becomes: for a pair, the prompt with the longer response.
+    pub fn max_len(&self) -> usize {
+        match &self.rejected {
+            Some(rejected) => self.ids.len().max(self.prompt_len() + rejected.len()),
+            None => self.ids.len(),
+        }
+    }
 }
 
 /// Renders and tokenizes examples.
@@ -56,8 +95,9 @@ impl Encoder {
                     .map_err(|e| DataError::Tokenizer(e.to_string()))?;
                 let ids = encoding.get_ids().to_vec();
                 let labels = ids.iter().map(|&i| i as i64).collect();
-                Ok(Encoded { ids, labels })
+                Ok(Encoded::new(ids, labels))
             }
+            Example::Preference(pair) => self.encode_pair(pair),
             Example::Chat(messages) => {
                 let (text, spans) = self.render_with_spans(messages)?;
                 let encoding = self
@@ -74,9 +114,55 @@ impl Encoder {
                         if trained { id as i64 } else { IGNORE }
                     })
                     .collect();
-                Ok(Encoded { ids, labels })
+                Ok(Encoded::new(ids, labels))
             }
         }
+    }
+
+    /// A preference pair: the prompt rendered with `add_generation_prompt`, each response as
+    /// what the whole conversation's rendering adds to it. Prompt and responses are tokenized
+    /// apart (as TRL does), so both rows share the prompt's tokens exactly.
+    fn encode_pair(&self, pair: &PreferencePair) -> Result<Encoded, DataError> {
+        let prompt = self.template.render(&pair.prompt, true)?;
+        let response = |turns: &[Message]| -> Result<Vec<u32>, DataError> {
+            let conversation: Vec<Message> = pair.prompt.iter().chain(turns).cloned().collect();
+            let full = self.template.render(&conversation, false)?;
+            let text = full.strip_prefix(prompt.as_str()).ok_or_else(|| {
+                DataError::Template(
+                    "rendering is not incremental: the prompt is not a prefix of the conversation, so the response cannot be located".into(),
+                )
+            })?;
+            let ids = self.tokenize(text)?;
+            if ids.is_empty() {
+                return Err(DataError::Template("a response renders to no token".into()));
+            }
+            Ok(ids)
+        };
+        let chosen = response(&pair.chosen)?;
+        let rejected = response(&pair.rejected)?;
+        if chosen == rejected {
+            return Err(DataError::Template(
+                "chosen and rejected responses have the same tokens: the pair expresses no preference".into(),
+            ));
+        }
+        let prompt = self.tokenize(&prompt)?;
+        let labels = std::iter::repeat_n(IGNORE, prompt.len())
+            .chain(chosen.iter().map(|&t| t as i64))
+            .collect();
+        Ok(Encoded {
+            ids: prompt.into_iter().chain(chosen).collect(),
+            labels,
+            rejected: Some(rejected),
+        })
+    }
+
+    /// Token ids of rendered text (the template wrote the special tokens).
+    fn tokenize(&self, text: &str) -> Result<Vec<u32>, DataError> {
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
     }
 
     /// The full rendering and the byte ranges of the assistant turns in it. An assistant

@@ -3,6 +3,7 @@
 use serde_json::Value;
 
 use crate::DataError;
+use crate::preference::{PreferencePair, parse_hh, parse_preference};
 
 /// One turn of a conversation. Roles are `system`, `user` or `assistant`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -30,6 +31,8 @@ pub enum Example {
     Chat(Vec<Message>),
     /// Plain language-model text; loss on every token.
     Text(String),
+    /// A preference pair (for DPO): loss on the responses only.
+    Preference(PreferencePair),
 }
 
 /// Maps fields of any record shape to a user turn and an assistant turn, e.g. GSM8K's
@@ -60,6 +63,12 @@ pub enum RecordFormat {
     Text,
     /// Any other shape, through a field mapping.
     Fields(FieldMapping),
+    /// Preference pairs: `prompt`, `chosen`, `rejected` (TRL's string and conversational
+    /// layouts, UltraFeedback's). See [`PreferencePair`].
+    Preference,
+    /// Preference pairs as Anthropic-HH publishes them: `chosen` and `rejected` whole
+    /// conversations that differ in their last assistant turn.
+    Hh,
 }
 
 /// A problem with one field of a record.
@@ -71,7 +80,7 @@ pub struct FieldError {
     pub reason: String,
 }
 
-fn field_error(field: &str, reason: impl Into<String>) -> FieldError {
+pub(crate) fn field_error(field: &str, reason: impl Into<String>) -> FieldError {
     FieldError {
         field: Some(field.into()),
         reason: reason.into(),
@@ -96,7 +105,7 @@ fn optional_string<'a>(record: &'a Value, field: &str) -> Result<Option<&'a str>
     }
 }
 
-fn kind(value: &Value) -> &'static str {
+pub(crate) fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -119,6 +128,8 @@ impl std::str::FromStr for RecordFormat {
             "sharegpt" => Self::Sharegpt,
             "prompt_completion" => Self::PromptCompletion,
             "text" => Self::Text,
+            "preference" => Self::Preference,
+            "hh" => Self::Hh,
             "fields" => {
                 return Err(DataError::InvalidConfig {
                     key: "format",
@@ -129,7 +140,7 @@ impl std::str::FromStr for RecordFormat {
                 return Err(DataError::InvalidConfig {
                     key: "format",
                     reason: format!(
-                        "unknown data format `{other}`: expected alpaca, messages, sharegpt, prompt_completion, text or fields"
+                        "unknown data format `{other}`: expected alpaca, messages, sharegpt, prompt_completion, text, fields, preference or hh"
                     ),
                 });
             }
@@ -149,7 +160,15 @@ impl RecordFormat {
             Self::PromptCompletion => "prompt_completion",
             Self::Text => "text",
             Self::Fields(_) => "fields",
+            Self::Preference => "preference",
+            Self::Hh => "hh",
         }
+    }
+
+    /// Whether records of this format are preference pairs (for DPO) rather than examples
+    /// to imitate.
+    pub fn is_preference(&self) -> bool {
+        matches!(self, Self::Preference | Self::Hh)
     }
 
     /// Guesses the format from a record's keys. Besides the named formats, two common
@@ -164,7 +183,13 @@ impl RecordFormat {
                 assistant: assistant.into(),
             })
         };
-        Some(if has("messages") {
+        Some(if has("chosen") && has("rejected") {
+            if has("prompt") {
+                Self::Preference
+            } else {
+                Self::Hh
+            }
+        } else if has("messages") {
             Self::Messages
         } else if has("conversations") {
             Self::Sharegpt
@@ -230,35 +255,61 @@ impl RecordFormat {
                     string(record, &map.assistant)?,
                 ))
             }
-            Self::Messages => turns(record, "messages", "role", "content", |role| match role {
-                "system" => Some("system"),
-                "user" => Some("user"),
-                "assistant" => Some("assistant"),
-                _ => None,
-            }),
-            Self::Sharegpt => turns(
-                record,
-                "conversations",
-                "from",
-                "value",
-                |from| match from {
-                    "system" => Some("system"),
-                    "human" | "user" => Some("user"),
-                    "gpt" | "assistant" => Some("assistant"),
-                    _ => None,
-                },
-            ),
+            Self::Messages => {
+                chat_turns(messages(record, "messages", "role", "content")?, "messages")
+            }
+            Self::Sharegpt => {
+                let turns = message_list(
+                    record,
+                    "conversations",
+                    "from",
+                    "value",
+                    |from| match from {
+                        "system" => Some("system"),
+                        "human" | "user" => Some("user"),
+                        "gpt" | "assistant" => Some("assistant"),
+                        _ => None,
+                    },
+                )?;
+                chat_turns(turns, "conversations")
+            }
+            Self::Preference => parse_preference(record),
+            Self::Hh => parse_hh(record),
         }
     }
 }
 
-fn turns(
+/// A conversation to train on: at least one assistant turn.
+fn chat_turns(messages: Vec<Message>, list: &str) -> Result<Example, FieldError> {
+    if !messages.iter().any(|m| m.role == "assistant") {
+        return Err(field_error(list, "no assistant turn to train on"));
+    }
+    Ok(Example::Chat(messages))
+}
+
+/// The non-empty list `list` of `{role, content}` messages (roles system, user, assistant).
+pub(crate) fn messages(
+    record: &Value,
+    list: &str,
+    role_key: &str,
+    content_key: &str,
+) -> Result<Vec<Message>, FieldError> {
+    message_list(record, list, role_key, content_key, |role| match role {
+        "system" => Some("system"),
+        "user" => Some("user"),
+        "assistant" => Some("assistant"),
+        _ => None,
+    })
+}
+
+/// The non-empty list `list` of messages, with roles mapped by `role_of`.
+fn message_list(
     record: &Value,
     list: &str,
     role_key: &str,
     content_key: &str,
     role_of: impl Fn(&str) -> Option<&'static str>,
-) -> Result<Example, FieldError> {
+) -> Result<Vec<Message>, FieldError> {
     let items = match record.get(list) {
         None | Some(Value::Null) => return Err(field_error(list, "missing")),
         Some(Value::Array(items)) => items,
@@ -299,8 +350,5 @@ fn turns(
         };
         messages.push(Message::new(role, content));
     }
-    if !messages.iter().any(|m| m.role == "assistant") {
-        return Err(field_error(list, "no assistant turn to train on"));
-    }
-    Ok(Example::Chat(messages))
+    Ok(messages)
 }

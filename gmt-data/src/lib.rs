@@ -1,4 +1,4 @@
-//! # gmt-data: instruction datasets → token batches
+//! # gmt-data: instruction and preference datasets → token batches
 //!
 //! Streams JSONL, JSON-array and plain-text datasets (plain, gzip or zstd) and Parquet —
 //! one file, a directory of shards or a glob — through a record format (Alpaca, chat
@@ -6,6 +6,8 @@
 //! conversations with the model's own chat template (Jinja, Hugging Face semantics, via
 //! `minijinja`), tokenizes with a Hugging Face `tokenizers::Tokenizer`, puts the loss on
 //! assistant turns only, and batches with padding or packing, optionally grouped by length.
+//! Preference pairs (for DPO) stream the same way: a pair is encoded as its prompt and two
+//! responses, and batched as chosen rows then rejected rows.
 //! A seeded shuffle buffer makes the order deterministic, and the stream position can be
 //! saved and restored exactly. Every bad record is an error naming file, line (or Parquet
 //! row) and field — or, with `skip_bad_records`, is skipped and counted; nothing is dropped
@@ -14,6 +16,7 @@
 //! ## Map
 //! - [`DataSource`], [`SourcePosition`], [`RawRecord`] — `source.rs`
 //! - [`RecordFormat`], [`FieldMapping`], [`Example`], [`Message`] — `format.rs`
+//! - [`PreferencePair`]: preference layouts (TRL, UltraFeedback, Anthropic-HH) — `preference.rs`
 //! - [`ChatTemplate`], [`BUILTIN_TEMPLATES`] — `template.rs`
 //! - [`ExampleReader`], [`ReaderConfig`]: records → examples in file order (detection,
 //!   split, bad records) — `examples.rs`
@@ -29,6 +32,7 @@ mod encode;
 mod error;
 mod examples;
 mod format;
+mod preference;
 mod source;
 mod stream;
 mod template;
@@ -38,6 +42,7 @@ pub use encode::{Encoded, Encoder, IGNORE};
 pub use error::{DataError, RecordLocation};
 pub use examples::{ExampleReader, ReaderConfig};
 pub use format::{Example, FieldError, FieldMapping, Message, RecordFormat};
+pub use preference::PreferencePair;
 pub use source::{DataSource, RawRecord, RecordIter, SourcePosition};
 pub use stream::{DataReport, DataStream, Split, StreamConfig, StreamState};
 pub use template::{BUILTIN_TEMPLATES, ChatTemplate};

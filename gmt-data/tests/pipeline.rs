@@ -475,10 +475,7 @@ fn a_resumed_stream_sees_exactly_what_the_uninterrupted_one_would() {
 
 #[test]
 fn batches_pad_pack_truncate_and_drop() {
-    let example = |n: usize| Encoded {
-        ids: (1..=n as u32).collect(),
-        labels: (1..=n as i64).collect(),
-    };
+    let example = |n: usize| Encoded::new((1..=n as u32).collect(), (1..=n as i64).collect());
     let examples = vec![example(3), example(5), example(9), example(2)];
     let config = BatchConfig {
         batch_size: 2,
@@ -487,6 +484,7 @@ fn batches_pad_pack_truncate_and_drop() {
         packing: false,
         pad_id: 0,
         group_by_length: 0,
+        max_prompt_len: None,
     };
     let mut batches = Batches::new(examples.clone().into_iter().map(Ok), config.clone()).unwrap();
     let first = batches.next().unwrap().unwrap();
@@ -543,10 +541,7 @@ fn batches_pad_pack_truncate_and_drop() {
 
 #[test]
 fn length_grouping_sorts_each_window_and_resumes_mid_window() {
-    let example = |n: usize| Encoded {
-        ids: vec![7; n],
-        labels: vec![1; n],
-    };
+    let example = |n: usize| Encoded::new(vec![7; n], vec![1; n]);
     let lengths = [3, 9, 1, 6, 4, 8, 2, 7, 5, 10, 11];
     let examples: Vec<Encoded> = lengths.iter().map(|&n| example(n)).collect();
     let config = BatchConfig {
@@ -556,6 +551,7 @@ fn length_grouping_sorts_each_window_and_resumes_mid_window() {
         packing: false,
         pad_id: 0,
         group_by_length: 2,
+        max_prompt_len: None,
     };
     let rows = |batch: &gmt_models::TokenBatch| -> Vec<usize> {
         let mask = batch.attention_mask.as_ref().unwrap();

@@ -10,7 +10,7 @@
 //!   built from [`Attention`] (`attention.rs`), [`Mlp`] (`mlp.rs`), [`RmsNorm`]
 //!   (`rms_norm.rs`) and [`RotaryEmbedding`] (`rope.rs`)
 //! - [`TokenBatch`]: ids, padding, positions, packing, labels — `batch.rs`
-//! - [`causal_lm_loss`] — `loss.rs`
+//! - [`causal_lm_loss`], [`sequence_log_probs`] — `loss.rs`
 //! - Hugging Face directories: [`load_hf_dir`], [`save_hf_dir`] — `hf_checkpoint.rs`
 //! - [`WeightMap`], [`HostTensor`]: named weights with mismatch reporting — `weights.rs`
 //! - [`named_weights`], [`named_gradients`]: tensors under Hugging Face names — `named.rs`
@@ -46,7 +46,7 @@ pub use hf_checkpoint::{
     write_safetensors,
 };
 pub use llama::{CausalLmOutput, DecoderLayer, KvCache, LlamaForCausalLm, hf_name};
-pub use loss::{IGNORE_INDEX, causal_lm_loss};
+pub use loss::{IGNORE_INDEX, causal_lm_loss, sequence_log_probs};
 pub use mlp::Mlp;
 pub use named::{named_gradients, named_weights};
 pub use rms_norm::RmsNorm;

@@ -217,22 +217,7 @@ impl<B: Backend> LlamaForCausalLm<B> {
 
     /// Training forward (no cache): logits, and the loss when the batch has labels.
     pub fn forward(&self, batch: &TokenBatch) -> Result<CausalLmOutput<B>, ModelError> {
-        batch.validate(self.config().vocab_size)?;
-        let device = self.devices()[0].clone();
-        let (b, s) = (batch.batch, batch.seq_len);
-        let (cos, sin) = self.rope.tables(&batch.positions(), b, s, &device);
-        let blocked = bool_tensor(
-            batch.blocked(self.config().sliding_window),
-            [b, 1, s, s],
-            &device,
-        );
-        let logits = self.run(
-            ids_tensor(&batch.input_ids, b, s, &device),
-            &cos,
-            &sin,
-            &blocked,
-            None,
-        );
+        let logits = self.logits(batch)?;
         let (loss, tokens) = match &batch.labels {
             Some(labels) => {
                 let (loss, tokens) = causal_lm_loss(logits.clone(), labels);
@@ -245,6 +230,27 @@ impl<B: Backend> LlamaForCausalLm<B> {
             loss,
             tokens,
         })
+    }
+
+    /// Training forward (no cache) without a loss: logits `[batch, seq_len, vocab]`. Labels,
+    /// if any, are ignored.
+    pub fn logits(&self, batch: &TokenBatch) -> Result<Tensor<B, 3>, ModelError> {
+        batch.validate(self.config().vocab_size)?;
+        let device = self.devices()[0].clone();
+        let (b, s) = (batch.batch, batch.seq_len);
+        let (cos, sin) = self.rope.tables(&batch.positions(), b, s, &device);
+        let blocked = bool_tensor(
+            batch.blocked(self.config().sliding_window),
+            [b, 1, s, s],
+            &device,
+        );
+        Ok(self.run(
+            ids_tensor(&batch.input_ids, b, s, &device),
+            &cos,
+            &sin,
+            &blocked,
+            None,
+        ))
     }
 
     /// An empty cache for [`forward_cached`](Self::forward_cached) and

@@ -1,4 +1,5 @@
-//! The causal-LM loss with Transformers' semantics.
+//! Losses over next-token log-probabilities, with Transformers' semantics: position t's logits
+//! predict `labels[t + 1]`, and labels equal to -100 count nothing.
 
 use burn::tensor::{Int, Tensor, TensorData, activation::log_softmax, backend::Backend};
 
@@ -10,33 +11,81 @@ pub const IGNORE_INDEX: i64 = -100;
 /// tokens. Returns the loss and that count. With nothing to count the loss is 0 (where
 /// Transformers would give NaN), so an all-prompt micro-batch contributes nothing.
 pub fn causal_lm_loss<B: Backend>(logits: Tensor<B, 3>, labels: &[i64]) -> (Tensor<B, 1>, usize) {
-    let [batch, seq, vocab] = logits.dims();
-    let device = logits.device();
-    if seq < 2 {
+    let Some(picked) = LabelLogProbs::new(logits.clone(), labels) else {
         return (logits.sum().mul_scalar(0.0), 0);
-    }
-    let rows = batch * (seq - 1);
-    let mut targets = Vec::with_capacity(rows);
-    let mut weights = Vec::with_capacity(rows);
-    for b in 0..batch {
-        for t in 0..seq - 1 {
-            let label = labels[b * seq + t + 1];
-            let counted = label != IGNORE_INDEX;
-            targets.push(if counted { label } else { 0 });
-            weights.push(if counted { 1.0f32 } else { 0.0 });
-        }
-    }
-    let count = weights.iter().filter(|w| **w > 0.0).count();
+    };
+    let count = picked.counts.iter().sum::<usize>();
     if count == 0 {
         return (logits.sum().mul_scalar(0.0), 0);
     }
-    let shifted = logits
-        .slice([0..batch, 0..seq - 1, 0..vocab])
-        .reshape([rows, vocab]);
-    let log_probs = log_softmax(shifted, 1);
-    let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [rows, 1]), &device);
-    let weights = Tensor::<B, 1>::from_data(TensorData::new(weights, [rows]), &device);
-    let picked = log_probs.gather(1, targets).reshape([rows]);
-    let loss = (picked * weights).sum().neg().div_scalar(count as f64);
+    let loss = picked.log_probs.sum().neg().div_scalar(count as f64);
     (loss, count)
+}
+
+/// The summed log-probability of each row's counted tokens (labels other than -100), with
+/// the same shift as [`causal_lm_loss`]: `[batch]`, and how many tokens each row counts. A
+/// row that counts nothing sums to 0. This is what preference losses (DPO) compare: the
+/// log-likelihood of a whole response given its prompt.
+pub fn sequence_log_probs<B: Backend>(
+    logits: Tensor<B, 3>,
+    labels: &[i64],
+) -> (Tensor<B, 1>, Vec<usize>) {
+    let [batch, ..] = logits.dims();
+    match LabelLogProbs::new(logits.clone(), labels) {
+        Some(picked) => {
+            let per_row = picked.log_probs.reshape([batch as i32, -1]).sum_dim(1);
+            (per_row.reshape([batch]), picked.counts)
+        }
+        None => (
+            logits
+                .sum_dim(2)
+                .sum_dim(1)
+                .reshape([batch])
+                .mul_scalar(0.0),
+            vec![0; batch],
+        ),
+    }
+}
+
+/// log p(label) at every shifted position, 0 where the label is ignored.
+struct LabelLogProbs<B: Backend> {
+    /// `[batch · (seq_len - 1)]`, row-major.
+    log_probs: Tensor<B, 1>,
+    /// Counted tokens per row.
+    counts: Vec<usize>,
+}
+
+impl<B: Backend> LabelLogProbs<B> {
+    /// `None` for sequences of one token, which predict nothing.
+    fn new(logits: Tensor<B, 3>, labels: &[i64]) -> Option<Self> {
+        let [batch, seq, vocab] = logits.dims();
+        if seq < 2 {
+            return None;
+        }
+        let device = logits.device();
+        let rows = batch * (seq - 1);
+        let mut targets = Vec::with_capacity(rows);
+        let mut weights = Vec::with_capacity(rows);
+        let mut counts = vec![0; batch];
+        for (b, count) in counts.iter_mut().enumerate() {
+            for t in 0..seq - 1 {
+                let label = labels[b * seq + t + 1];
+                let counted = label != IGNORE_INDEX;
+                *count += usize::from(counted);
+                targets.push(if counted { label } else { 0 });
+                weights.push(if counted { 1.0f32 } else { 0.0 });
+            }
+        }
+        let shifted = logits
+            .slice([0..batch, 0..seq - 1, 0..vocab])
+            .reshape([rows, vocab]);
+        let log_probs = log_softmax(shifted, 1);
+        let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [rows, 1]), &device);
+        let weights = Tensor::<B, 1>::from_data(TensorData::new(weights, [rows]), &device);
+        let picked = log_probs.gather(1, targets).reshape([rows]) * weights;
+        Some(Self {
+            log_probs: picked,
+            counts,
+        })
+    }
 }

@@ -5,10 +5,10 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use gmt_models::LlamaForCausalLm;
 
-use crate::TrainError;
+use crate::{MetricSums, TrainError};
 
 /// The sums of one step that a data-parallel run adds up over its replicas together with Γ.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct StepTotals {
     /// Σ weight over the step's micro-batches (e.g. counted tokens): what Γ is a mean over.
     pub weight: f64,
@@ -20,12 +20,19 @@ pub struct StepTotals {
     pub micro_batches: usize,
     /// Micro-batches without a token to learn from.
     pub empty_micro_batches: usize,
+    /// The objective's metrics, summed over the weight units.
+    pub metrics: MetricSums,
 }
 
 impl StepTotals {
     /// The step's mean loss.
     pub fn loss(&self) -> f64 {
         self.loss_sum / self.weight
+    }
+
+    /// The step's mean of the objective's metric `name` (e.g. DPO's `rewards/accuracy`).
+    pub fn mean(&self, name: &str) -> Option<f64> {
+        self.metrics.get(name).map(|sum| sum / self.weight)
     }
 }
 

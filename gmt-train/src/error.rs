@@ -56,6 +56,31 @@ pub enum TrainError {
     /// Evaluation data with no token that carries loss.
     #[error("the evaluation data has no tokens to score")]
     NothingToEvaluate,
+    /// A setting of an objective is out of range.
+    #[error("invalid setting `{key}`: {reason}")]
+    InvalidConfig {
+        /// The setting.
+        key: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A micro-batch that the objective cannot use (e.g. a preference batch with an odd
+    /// number of rows, or a response cut to nothing).
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
+    /// A preference batch without the reference model's log-probabilities.
+    #[error(
+        "a DPO batch came without reference log-probabilities (fill them from a reference model or a precomputed table)"
+    )]
+    MissingReference,
+    /// A precomputed reference table lacks one of a batch's pairs.
+    #[error(
+        "no precomputed reference log-probabilities for pair {pair} of the batch: the data or its settings changed since they were computed"
+    )]
+    ReferenceNotFound {
+        /// The pair's index in its batch.
+        pair: usize,
+    },
 }
 
 impl TrainError {

@@ -34,7 +34,10 @@
 //! ## Map
 //! - [`Trainer`], [`TrainerConfig`], [`StepSummary`], [`TrainProgress`], [`GmtAdamW`] —
 //!   `trainer.rs`
-//! - [`Objective`], [`MicroBatchLoss`], [`CausalLm`] (supervised fine-tuning) — `objective.rs`
+//! - [`Objective`], [`MicroBatchLoss`], [`MetricSums`], [`CausalLm`] (supervised
+//!   fine-tuning) — `objective.rs`
+//! - [`Dpo`], [`DpoConfig`], [`PreferenceBatch`], [`ReferenceLogProbs`],
+//!   [`reference_log_probs`] (preference tuning) — `dpo.rs`
 //! - [`GradientAllReduce`], [`SingleReplica`], [`StepTotals`]: where Γ is produced —
 //!   `all_reduce.rs`
 //! - [`evaluate`], [`LossReport`] — `evaluate.rs`
@@ -49,6 +52,7 @@
 mod all_reduce;
 pub mod checkpoint;
 mod data;
+mod dpo;
 mod error;
 mod evaluate;
 mod objective;
@@ -58,9 +62,13 @@ mod trainer;
 pub use all_reduce::{GradientAllReduce, SingleReplica, StepTotals};
 pub use checkpoint::{Checkpoint, write_checkpoint};
 pub use data::{DataPosition, TrainingBatches};
+pub use dpo::{
+    Dpo, DpoConfig, DpoLossType, PairLogProbs, PreferenceBatch, ReferenceLogProbs,
+    reference_log_probs,
+};
 pub use error::TrainError;
 pub use evaluate::{LossReport, evaluate};
-pub use objective::{CausalLm, MicroBatchLoss, Objective};
+pub use objective::{CausalLm, MetricSums, MicroBatchLoss, Objective};
 pub use schedule::{LrSchedule, ScheduleKind};
 pub use trainer::{GmtAdamW, StepSummary, TrainProgress, Trainer, TrainerConfig};
 

@@ -1,6 +1,8 @@
 //! What a micro-batch is and how its loss is computed: the seam between the training step and
 //! the training objective.
 
+use std::collections::BTreeMap;
+
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use gmt_models::{LlamaForCausalLm, TokenBatch};
@@ -20,6 +22,46 @@ pub struct MicroBatchLoss<B: Backend> {
     pub weight: f64,
     /// Tokens the model processed (padding excluded), for throughput.
     pub tokens: u64,
+    /// The objective's own metrics, summed over the micro-batch's weight units (e.g. the
+    /// rewards of DPO's pairs); steps and evaluations report them as means.
+    pub metrics: MetricSums,
+}
+
+/// Named sums of per-unit metrics (per pair, per token), to be added up over micro-batches,
+/// steps and replicas and divided by the total weight at the end.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MetricSums(BTreeMap<String, f64>);
+
+impl MetricSums {
+    /// Adds `value` to the sum named `name`.
+    pub fn add(&mut self, name: &str, value: f64) {
+        *self.0.entry(name.to_string()).or_default() += value;
+    }
+
+    /// Adds every sum of `other`.
+    pub fn merge(&mut self, other: &MetricSums) {
+        for (name, value) in &other.0 {
+            self.add(name, *value);
+        }
+    }
+
+    /// The sum named `name`.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.0.get(name).copied()
+    }
+
+    /// Every sum divided by `weight`: the means.
+    pub fn means(&self, weight: f64) -> BTreeMap<String, f64> {
+        self.0
+            .iter()
+            .map(|(k, v)| (k.clone(), v / weight))
+            .collect()
+    }
+
+    /// The sums, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), *v))
+    }
 }
 
 /// A training objective: how the model's loss on one micro-batch is computed.
@@ -61,6 +103,7 @@ impl Objective for CausalLm {
             loss: out.loss.filter(|_| out.tokens > 0),
             weight: out.tokens as f64,
             tokens: tokens as u64,
+            metrics: MetricSums::default(),
         })
     }
 }

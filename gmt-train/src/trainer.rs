@@ -194,6 +194,7 @@ impl<B: AutodiffBackend, O: Objective> Trainer<B, O> {
             let value: f32 = loss.clone().into_scalar().elem();
             totals.loss_sum += value as f64 * out.weight;
             totals.weight += out.weight;
+            totals.metrics.merge(&out.metrics);
             let grads = GradientsParams::from_grads(loss.backward(), model);
             mean.add_weighted(model, grads, out.weight)?;
         }

@@ -4,5 +4,6 @@
 mod common;
 
 mod commands;
+mod dpo;
 mod smollm2;
 mod train;

@@ -1,3 +1,4 @@
 //! gmt-train driven as a library, without the `gmt` binary.
 
+mod dpo;
 mod trainer;

@@ -32,7 +32,7 @@ fn batch(i: u64) -> TokenBatch {
     TokenBatch::new(ids, 2, 12).with_labels(labels)
 }
 
-fn config(total_steps: u64) -> TrainerConfig {
+pub(crate) fn config(total_steps: u64) -> TrainerConfig {
     TrainerConfig {
         gmt: GmtConfig::new(0.3)
             .with_scope(MaskScope::Global)
@@ -52,7 +52,7 @@ fn config(total_steps: u64) -> TrainerConfig {
 }
 
 /// The model's weights as raw bits.
-fn bits(model: &LlamaForCausalLm<impl AutodiffBackend>) -> Vec<(String, Vec<u32>)> {
+pub(crate) fn bits(model: &LlamaForCausalLm<impl AutodiffBackend>) -> Vec<(String, Vec<u32>)> {
     model
         .hf_weights()
         .into_iter()

@@ -15,6 +15,9 @@
 //! - **GMT + AdamW on the conformance vector** (`gmt-adamw-vector.safetensors`, both scopes ×
 //!   both targets, 3 steps): Γ is bit-identical input on every backend, so masks must be equal
 //!   exactly, and parameters within 1e-5 relative of PyTorch's.
+//! - **DPO** (`shared/fixtures/dpo`, in `dpo_parity.rs`): summed log-probabilities, losses,
+//!   rewards and every gradient against PyTorch — within 1e-5 / 1e-6 / 1e-5 of each tensor's
+//!   largest |gradient| on ndarray, and this suite's tolerances (1e-4, 1e-5, 1e-3) elsewhere.
 //! - **GMT + AdamW steps on the tiny Llama** (both scopes × both targets): parameters after a
 //!   step within 1e-5 of ndarray's, except at entries whose mask differed (near-ties above).
 //!
@@ -40,24 +43,26 @@ use gmt_core::{GmtConfig, GradientMean, MaskScope, MaskTarget};
 use gmt_models::{HostTensor, LlamaForCausalLm, TokenBatch, load_hf_dir, named_gradients};
 use rand::SeedableRng;
 
+use crate::dpo_parity::{DpoTolerances, check_dpo};
+
 const MODELS: [&str; 3] = ["llama-tiny", "llama3-tiny", "mistral-tiny"];
 const SCOPES: [MaskScope; 2] = [MaskScope::Tensor, MaskScope::Global];
 const TARGETS: [MaskTarget; 2] = [MaskTarget::Gradient, MaskTarget::Update];
 const GRAD_TOLERANCE: f32 = 1e-3;
 
-fn shared() -> PathBuf {
+pub(crate) fn shared() -> PathBuf {
     gmt_tests::shared("fixtures")
 }
 
 /// The float tensors, integer tensors and metadata of a safetensors file.
-type SafetensorsContents = (
+pub(crate) type SafetensorsContents = (
     BTreeMap<String, HostTensor>,
     BTreeMap<String, Vec<i64>>,
     HashMap<String, String>,
 );
 
 /// The float and integer tensors of a safetensors file.
-fn read_tensors(path: &Path) -> SafetensorsContents {
+pub(crate) fn read_tensors(path: &Path) -> SafetensorsContents {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let meta = metadata.metadata().clone().unwrap_or_default();
@@ -93,11 +98,11 @@ fn read_tensors(path: &Path) -> SafetensorsContents {
     (floats, ints, meta)
 }
 
-fn max_abs(v: &[f32]) -> f32 {
+pub(crate) fn max_abs(v: &[f32]) -> f32 {
     v.iter().fold(0.0f32, |m, x| m.max(x.abs()))
 }
 
-fn assert_within(actual: &[f32], expected: &[f32], tolerance: f32, what: &str) {
+pub(crate) fn assert_within(actual: &[f32], expected: &[f32], tolerance: f32, what: &str) {
     assert_eq!(actual.len(), expected.len(), "{what}: length");
     let (i, diff) = actual
         .iter()
@@ -454,6 +459,21 @@ fn suite<B: AutodiffBackend>(device: B::Device, backend: &str) {
     check_models::<B>(&device, backend);
     check_conformance::<B>(&device, backend);
     check_model_masks::<B>(&device, backend);
+    let tolerances = match backend {
+        // The parity bounds, on the CPU reference backend.
+        "ndarray" => DpoTolerances {
+            log_probs: 1e-5,
+            loss: 1e-6,
+            grads: 1e-5,
+        },
+        // This suite's bounds for other kernels (see the module docs).
+        _ => DpoTolerances {
+            log_probs: 1e-4,
+            loss: 1e-5,
+            grads: GRAD_TOLERANCE,
+        },
+    };
+    check_dpo::<B>(&device, backend, &tolerances);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -72,6 +72,7 @@ fn gsm8k_batches_train_a_llama_with_gmt() {
         packing: true,
         pad_id: 2,
         group_by_length: 0,
+        max_prompt_len: None,
     };
     let batches: Vec<_> = Batches::new(stream.take(4), batching)
         .unwrap()
