@@ -3,6 +3,10 @@
 //! - `sft_step` / `gmt_step`: one `gmt_train::Trainer` step (forward, backward, Γ, GMT,
 //!   AdamW) at mask ratio 0 (plain fine-tuning, as `gmt train --strategy none` runs it) or
 //!   0.3 (tensor scope)
+//! - `dpo_step`: one DPO step (GMT 0.3) over the same 4 rows read as 2 preference pairs (rows
+//!   0–1 chosen, 2–3 rejected, the first 32 tokens the prompt), reference log-probabilities
+//!   precomputed: against `gmt_step`, what the DPO objective costs over the causal-LM loss
+//!   (the goal: at most 1.1×)
 //!
 //! Weights are random with SmolLM2-135M's config (throughput does not depend on values).
 //! Peak resident memory of the whole run is printed at the end (VmHWM).
@@ -15,7 +19,11 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gmt_bench::{peak_rss_bytes, random_model, smollm2_135m_config};
 use gmt_core::GmtConfig;
 use gmt_models::{LlamaConfig, LlamaForCausalLm, TokenBatch};
-use gmt_train::{CausalLm, LrSchedule, ScheduleKind, Trainer, TrainerConfig};
+use burn::module::AutodiffModule;
+use gmt_train::{
+    CausalLm, Dpo, DpoConfig, LrSchedule, Objective, PreferenceBatch, ReferenceLogProbs,
+    ScheduleKind, Trainer, TrainerConfig,
+};
 use rand::{Rng, SeedableRng};
 
 type B = Autodiff<NdArray>;
@@ -31,7 +39,7 @@ fn batch(vocab: usize) -> TokenBatch {
     TokenBatch::new(ids, BATCH, SEQ).with_labels(labels)
 }
 
-fn trainer(model: &LlamaConfig, mask_ratio: f64) -> Trainer<B, CausalLm> {
+fn trainer<O: Objective>(model: &LlamaConfig, mask_ratio: f64, objective: O) -> Trainer<B, O> {
     let config = TrainerConfig {
         gmt: GmtConfig::new(mask_ratio),
         adamw: AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.0),
@@ -44,7 +52,7 @@ fn trainer(model: &LlamaConfig, mask_ratio: f64) -> Trainer<B, CausalLm> {
         },
     };
     let model = random_model::<B>(model, &Default::default(), 0);
-    Trainer::new(model, CausalLm, &config).unwrap()
+    Trainer::new(model, objective, &config).unwrap()
 }
 
 fn train_step(c: &mut Criterion) {
@@ -67,9 +75,29 @@ fn train_step(c: &mut Criterion) {
 
     drop(model);
     for (name, ratio) in [("sft_step", 0.0), ("gmt_step", 0.3)] {
-        let mut trainer = trainer(&config, ratio);
+        let mut trainer = trainer(&config, ratio, CausalLm);
         group.bench_function(name, |b| b.iter(|| trainer.step([batch.clone()]).unwrap()));
     }
+
+    let mut trainer = trainer(&config, 0.3, Dpo::new(DpoConfig::default()).unwrap());
+    let mut pairs = PreferenceBatch {
+        tokens: batch.clone(),
+        reference: None,
+    };
+    let labels = pairs.tokens.labels.as_mut().expect("labels");
+    for (i, label) in labels.iter_mut().enumerate() {
+        if i % SEQ < 32 {
+            *label = -100;
+        }
+    }
+    let mut reference = ReferenceLogProbs::default();
+    reference
+        .add_batch(&trainer.model().valid(), &pairs)
+        .unwrap();
+    reference.fill(&mut pairs).unwrap();
+    group.bench_function("dpo_step", |b| {
+        b.iter(|| trainer.step([pairs.clone()]).unwrap())
+    });
     group.finish();
     if let Some(bytes) = peak_rss_bytes() {
         eprintln!(

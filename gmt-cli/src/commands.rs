@@ -205,7 +205,7 @@ impl BackendJob for EvalJob<'_> {
             let config: DpoConfig = toml::Table::try_from(&args.dpo)?.try_into()?;
             let run = DpoRun {
                 dpo: Dpo::new(config)?,
-                reference: Reference::Resident(reference.model),
+                reference: Reference::Resident(Box::new(reference.model)),
             };
             let report = gmt_train::evaluate(&model, &run.dpo, &run.batches(batches)?)?;
             let mut out = json!({"loss": report.loss, "pairs": report.tokens});
@@ -281,9 +281,10 @@ pub fn eval(args: &EvalArgs) -> Result<Finished> {
         println!("{out}");
     } else if args.objective == ObjectiveKind::Dpo {
         println!(
-            "DPO loss {:.4}  reward accuracy {:.1}%  margin {:.4}  rewards chosen {:.4} / rejected {:.4}  pairs {}",
+            "DPO loss {:.4}  reward accuracy {:.1}%  log-prob accuracy {:.1}%  margin {:.4}  rewards chosen {:.4} / rejected {:.4}  pairs {}",
             metric("loss"),
             100.0 * metric("rewards/accuracy"),
+            100.0 * metric("logps/accuracy"),
             metric("rewards/margin"),
             metric("rewards/chosen"),
             metric("rewards/rejected"),

@@ -68,7 +68,7 @@ pub enum Reference<B: Backend> {
     /// Computed before training, looked up per pair.
     Table(ReferenceLogProbs),
     /// A frozen model run on every micro-batch.
-    Resident(LlamaForCausalLm<B>),
+    Resident(Box<LlamaForCausalLm<B>>),
 }
 
 /// DPO: pairs with their reference log-probabilities.
@@ -140,7 +140,7 @@ impl<B: Backend> DpoRun<B> {
             Ok(loaded.model)
         };
         let reference = match settings.train.reference_logps {
-            ReferenceLogps::Resident => Reference::Resident(load_reference()?),
+            ReferenceLogps::Resident => Reference::Resident(Box::new(load_reference()?)),
             ReferenceLogps::Precompute => {
                 let file = run_dir.join(REFERENCE_FILE);
                 if file.exists() {

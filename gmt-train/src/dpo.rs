@@ -146,7 +146,7 @@ impl PreferenceBatch {
     /// Checks the shape: an even number of rows, labels, and a response token in every row.
     fn check(&self) -> Result<&[i64], TrainError> {
         let bad = |reason: String| Err(TrainError::InvalidBatch(reason));
-        if self.tokens.batch == 0 || self.tokens.batch % 2 != 0 {
+        if self.tokens.batch == 0 || !self.tokens.batch.is_multiple_of(2) {
             return bad(format!(
                 "a preference batch has chosen and rejected rows in equal numbers, not {} rows",
                 self.tokens.batch
@@ -188,7 +188,9 @@ impl Fnv1a {
 ///
 /// Besides the loss it reports, as means over pairs: `rewards/chosen` = β(πc − ρc),
 /// `rewards/rejected` = β(πr − ρr), `rewards/accuracy` (chosen reward above rejected),
-/// `rewards/margin` (their difference), `logps/chosen` = πc and `logps/rejected` = πr.
+/// `rewards/margin` (their difference), `logps/chosen` = πc, `logps/rejected` = πr and
+/// `logps/accuracy` (πc above πr: whether the policy itself prefers the chosen response,
+/// whatever the reference does — meaningful before training too, where every reward is 0).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Dpo {
     config: DpoConfig,
@@ -245,8 +247,8 @@ impl Objective for Dpo {
         };
         let logps =
             logps * Tensor::<B, 1>::from_data(TensorData::new(scale.clone(), [2 * p]), &device);
-        let policy_chosen = logps.clone().slice([0..p]);
-        let policy_rejected = logps.clone().slice([p..2 * p]);
+        let policy_chosen = logps.clone().narrow(0, 0, p);
+        let policy_rejected = logps.clone().narrow(0, p, p);
         let reference_margin: Vec<f32> = reference
             .iter()
             .enumerate()
@@ -304,6 +306,7 @@ fn pair_metrics(logps: &[f32], reference: &[PairLogProbs], scale: &[f32], beta: 
         sums.add("rewards/margin", chosen - rejected);
         sums.add("logps/chosen", pc);
         sums.add("logps/rejected", pr);
+        sums.add("logps/accuracy", f64::from(u8::from(pc > pr)));
     }
     sums
 }
