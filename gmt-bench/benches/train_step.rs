@@ -14,12 +14,12 @@
 use std::time::Duration;
 
 use burn::backend::{Autodiff, NdArray};
+use burn::module::AutodiffModule;
 use burn::optim::AdamWConfig;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gmt_bench::{peak_rss_bytes, random_model, smollm2_135m_config};
 use gmt_core::GmtConfig;
 use gmt_models::{LlamaConfig, LlamaForCausalLm, TokenBatch};
-use burn::module::AutodiffModule;
 use gmt_train::{
     CausalLm, Dpo, DpoConfig, LrSchedule, Objective, PreferenceBatch, ReferenceLogProbs,
     ScheduleKind, Trainer, TrainerConfig,
@@ -96,7 +96,7 @@ fn train_step(c: &mut Criterion) {
         .unwrap();
     reference.fill(&mut pairs).unwrap();
     group.bench_function("dpo_step", |b| {
-        b.iter(|| trainer.step([pairs.clone()]).unwrap())
+        b.iter(|| trainer.step([pairs.clone()]).unwrap());
     });
     group.finish();
     if let Some(bytes) = peak_rss_bytes() {

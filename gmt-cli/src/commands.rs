@@ -91,7 +91,16 @@ pub fn train(args: &TrainArgs) -> Result<Finished> {
             eval,
             final_dir,
         } => {
-            if let Some(e) = eval {
+            if let Some(e) = eval
+                .as_ref()
+                .filter(|e| e.metrics.contains_key("rewards/accuracy"))
+            {
+                println!(
+                    "finished {steps} steps; eval DPO loss {:.4}, reward accuracy {:.1}%",
+                    e.loss,
+                    100.0 * e.metrics["rewards/accuracy"]
+                );
+            } else if let Some(e) = eval {
                 println!(
                     "finished {steps} steps; eval loss {:.4}, perplexity {:.2}",
                     e.loss, e.perplexity

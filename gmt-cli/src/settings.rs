@@ -324,7 +324,8 @@ impl TrainSettings {
         }
         let t = &self.train;
         let dpo = t.objective == ObjectiveKind::Dpo;
-        let checks: [(bool, &str, String); 12] = [
+        let o = &self.optim;
+        let checks: [(bool, &str, String); 16] = [
             (
                 t.grad_accum == 0,
                 "train.grad_accum",
@@ -360,6 +361,26 @@ impl TrainSettings {
                 "data.group_by_length",
                 "packing leaves no padding to save; use packing or length grouping, not both"
                     .into(),
+            ),
+            (
+                !(0.0..1.0).contains(&o.beta1),
+                "optim.beta1",
+                format!("{} is outside [0, 1)", o.beta1),
+            ),
+            (
+                !(0.0..1.0).contains(&o.beta2),
+                "optim.beta2",
+                format!("{} is outside [0, 1)", o.beta2),
+            ),
+            (
+                !(o.eps > 0.0 && o.eps.is_finite()),
+                "optim.eps",
+                format!("{} is not a positive finite ε", o.eps),
+            ),
+            (
+                !(o.weight_decay >= 0.0 && o.weight_decay.is_finite()),
+                "optim.weight_decay",
+                format!("{} is not a weight decay ≥ 0", o.weight_decay),
             ),
             (
                 self.optim.max_grad_norm < 0.0 || self.optim.max_grad_norm.is_nan(),
@@ -627,7 +648,7 @@ mod tests {
         s.train.output_dir = Some("o".into());
         assert!(s.validate().is_ok());
         type Breaker = fn(&mut TrainSettings);
-        let cases: [(Breaker, &str); 5] = [
+        let cases: [(Breaker, &str); 10] = [
             (|s| s.data.eval_fraction = 1.5, "data.eval_fraction"),
             (|s| s.train.grad_accum = 0, "train.grad_accum"),
             // Checked by gmt-core, named by its key in the config file.
@@ -637,6 +658,11 @@ mod tests {
             ),
             (|s| s.gmt.mask_ratio = 1.0, "gmt.mask_ratio"),
             (|s| s.optim.lr = -1e-4, "optim.lr"),
+            (|s| s.optim.beta2 = 2.0, "optim.beta2"),
+            (|s| s.optim.beta1 = f32::NAN, "optim.beta1"),
+            (|s| s.optim.eps = -1.0, "optim.eps"),
+            (|s| s.optim.weight_decay = f32::NAN, "optim.weight_decay"),
+            (|s| s.dpo.beta = 0.0, "dpo.beta"),
         ];
         for (break_it, key) in cases {
             let mut bad = s.clone();

@@ -322,7 +322,9 @@ impl Iterator for RecordIter {
                         Ok(value) => Ok(value),
                         Err(()) => {
                             let text = match std::str::from_utf8(&buf) {
-                                Ok(text) => text.trim(),
+                                // A byte-order mark (as some Windows editors write) is not
+                                // part of the record; `trim` also takes CRLF's `\r`.
+                                Ok(text) => text.trim_start_matches('\u{feff}').trim(),
                                 Err(e) => {
                                     let reason = format!(
                                         "invalid UTF-8 at byte {} of the line",
@@ -339,7 +341,9 @@ impl Iterator for RecordIter {
                                 continue;
                             }
                             if text_line {
-                                let line = std::str::from_utf8(&buf).unwrap_or_default();
+                                let line = std::str::from_utf8(&buf)
+                                    .unwrap_or_default()
+                                    .trim_start_matches('\u{feff}');
                                 Ok(
                                     serde_json::json!({ "text": line.trim_end_matches(['\n', '\r']) }),
                                 )

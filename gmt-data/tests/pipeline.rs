@@ -11,6 +11,9 @@ use gmt_data::{
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
+#[path = "pipeline/preference.rs"]
+mod preference;
+
 fn shared(rel: &str) -> PathBuf {
     gmt_tests::shared(rel)
 }
@@ -322,6 +325,16 @@ fn bad_records_name_file_line_and_field() {
         err.contains("tmpl.jsonl:1") && err.contains("no system prompts"),
         "{err}"
     );
+}
+
+#[test]
+fn a_byte_order_mark_and_crlf_line_ends_are_read() {
+    let path = temp("bom-crlf.jsonl");
+    let record = json!({"prompt": "a", "completion": "b"}).to_string();
+    std::fs::write(&path, format!("\u{feff}{record}\r\n{record}\r\n")).unwrap();
+    let examples = collect(&path, ordered()).unwrap();
+    assert_eq!(examples.len(), 2);
+    assert_eq!(examples[0], examples[1]);
 }
 
 #[test]

@@ -1,43 +1,13 @@
 //! Preference pairs (for DPO): every published layout, bad pairs by file, line and field,
 //! and batching with TRL's truncation rule.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-
 use gmt_data::{
-    BatchConfig, Batches, ChatTemplate, DataError, DataSource, DataStream, Encoded, Encoder,
-    IGNORE, RecordFormat, StreamConfig, Truncation,
+    BatchConfig, Batches, DataSource, DataStream, Encoded, IGNORE, RecordFormat, StreamConfig,
+    Truncation,
 };
 use serde_json::{Value, json};
-use tokenizers::Tokenizer;
 
-fn encoder() -> Encoder {
-    let dir = gmt_tests::shared("fixtures/smollm2-tokenizer");
-    let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
-    let template = ChatTemplate::from_hf_dir(&dir).unwrap().unwrap();
-    Encoder::new(tokenizer, template, false)
-}
-
-fn write_jsonl(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
-    let path = dir.join(name);
-    let mut f = std::fs::File::create(&path).unwrap();
-    for line in lines {
-        writeln!(f, "{line}").unwrap();
-    }
-    path
-}
-
-fn collect(path: &Path, config: StreamConfig) -> Result<Vec<Encoded>, DataError> {
-    let enc = encoder();
-    DataStream::new(DataSource::open(path)?, &enc, config)?.collect()
-}
-
-fn ordered() -> StreamConfig {
-    StreamConfig {
-        shuffle_buffer: 1,
-        ..StreamConfig::default()
-    }
-}
+use super::{collect, encoder, ordered, write_jsonl};
 
 fn user(text: &str) -> Value {
     json!({"role": "user", "content": text})
@@ -49,7 +19,6 @@ fn assistant(text: &str) -> Value {
 
 #[test]
 fn every_layout_gives_the_same_pair_and_labels_mark_the_response() {
-    let dir = gmt_tests::TempDir::new("data-preference-layouts");
     let (q, good, bad) = ("What is 2 + 3?", "2 + 3 = 5.", "2 + 3 = 6.");
     let layouts = [
         (
@@ -77,13 +46,16 @@ fn every_layout_gives_the_same_pair_and_labels_mark_the_response() {
     ];
     let mut encoded = Vec::new();
     for (name, record) in &layouts {
-        let path = write_jsonl(&dir, "pairs.jsonl", &[record.to_string()]);
+        let path = write_jsonl(
+            &format!("pairs-{}.jsonl", name.replace(' ', "-")),
+            std::slice::from_ref(record),
+        );
         let expected = if name.starts_with("hh") {
             "hh"
         } else {
             "preference"
         };
-        let enc = encoder();
+        let enc = encoder(false);
         let mut stream =
             DataStream::new(DataSource::open(&path).unwrap(), &enc, ordered()).unwrap();
         let pair = stream.next().unwrap().unwrap();
@@ -98,7 +70,7 @@ fn every_layout_gives_the_same_pair_and_labels_mark_the_response() {
 
     // Prompt tokens carry no label; each response decodes to its turn of the rendering.
     let pair = &encoded[0];
-    let enc = encoder();
+    let enc = encoder(false);
     let prompt = pair.prompt_len();
     assert!(pair.labels[..prompt].iter().all(|&l| l == IGNORE));
     assert!(
@@ -126,7 +98,6 @@ fn every_layout_gives_the_same_pair_and_labels_mark_the_response() {
 
 #[test]
 fn bad_pairs_name_file_line_and_field_or_are_skipped_and_counted() {
-    let dir = gmt_tests::TempDir::new("data-preference-bad");
     let good = json!({"prompt": "q", "chosen": "a", "rejected": "b"});
     let cases = [
         (
@@ -174,9 +145,8 @@ fn bad_pairs_name_file_line_and_field_or_are_skipped_and_counted() {
             good.clone()
         };
         let path = write_jsonl(
-            &dir,
-            &format!("bad{i}.jsonl"),
-            &[good.to_string(), bad.to_string(), good.to_string()],
+            &format!("bad-pair{i}.jsonl"),
+            &[good.clone(), bad.clone(), good.clone()],
         );
         let config = StreamConfig {
             format: Some(format),
@@ -184,11 +154,11 @@ fn bad_pairs_name_file_line_and_field_or_are_skipped_and_counted() {
         };
         let err = collect(&path, config.clone()).unwrap_err().to_string();
         assert!(
-            err.contains(&format!("bad{i}.jsonl:2: {expected}")),
+            err.contains(&format!("bad-pair{i}.jsonl:2: {expected}")),
             "{err}\nexpected: {expected}"
         );
 
-        let enc = encoder();
+        let enc = encoder(false);
         let skipping = StreamConfig {
             skip_bad_records: true,
             ..config
