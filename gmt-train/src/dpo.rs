@@ -25,7 +25,7 @@ use burn::tensor::{Tensor, TensorData};
 use gmt_models::{IGNORE_INDEX, LlamaForCausalLm, TokenBatch, sequence_log_probs};
 use serde::{Deserialize, Serialize};
 
-use crate::objective::MetricSums;
+use crate::objective::{MetricSums, real_tokens};
 use crate::{MicroBatchLoss, Objective, TrainError};
 
 /// The preference loss.
@@ -270,21 +270,13 @@ impl Objective for Dpo {
         };
         let loss = losses.mean();
 
-        let host: Vec<f32> = logps.into_data().convert::<f32>().into_vec().map_err(|e| {
-            TrainError::InvalidBatch(format!("log-probabilities unreadable: {e:?}"))
-        })?;
+        let host = to_host(logps)?;
         let metrics = pair_metrics(&host, reference, &scale, beta);
-        let tokens = batch
-            .tokens
-            .attention_mask
-            .as_ref()
-            .map_or(batch.tokens.input_ids.len(), |m| {
-                m.iter().filter(|&&x| x).count()
-            });
+        let tokens = real_tokens(&batch.tokens);
         Ok(MicroBatchLoss {
             loss: Some(loss),
             weight: p as f64,
-            tokens: tokens as u64,
+            tokens,
             metrics,
         })
     }
@@ -320,10 +312,7 @@ pub fn reference_log_probs<B: Backend>(
     let labels = batch.check()?;
     let logits = reference.logits(&batch.tokens)?;
     let (logps, _) = sequence_log_probs(logits, labels);
-    let host: Vec<f32> =
-        logps.into_data().convert::<f32>().into_vec().map_err(|e| {
-            TrainError::InvalidBatch(format!("log-probabilities unreadable: {e:?}"))
-        })?;
+    let host = to_host(logps)?;
     let p = batch.pairs();
     Ok((0..p)
         .map(|i| PairLogProbs {
@@ -331,6 +320,15 @@ pub fn reference_log_probs<B: Backend>(
             rejected: host[p + i],
         })
         .collect())
+}
+
+/// Per-row log-probabilities on the host.
+fn to_host<B: Backend>(logps: Tensor<B, 1>) -> Result<Vec<f32>, TrainError> {
+    logps
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .map_err(|e| TrainError::InvalidBatch(format!("log-probabilities unreadable: {e:?}")))
 }
 
 /// Reference log-probabilities computed once, before training, for every pair of the data,

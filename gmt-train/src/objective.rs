@@ -95,15 +95,21 @@ impl Objective for CausalLm {
         batch: &TokenBatch,
     ) -> Result<MicroBatchLoss<B>, TrainError> {
         let out = model.forward(batch)?;
-        let tokens = batch
-            .attention_mask
-            .as_ref()
-            .map_or(batch.input_ids.len(), |m| m.iter().filter(|&&x| x).count());
+        let tokens = real_tokens(batch);
         Ok(MicroBatchLoss {
             loss: out.loss.filter(|_| out.tokens > 0),
             weight: out.tokens as f64,
-            tokens: tokens as u64,
+            tokens,
             metrics: MetricSums::default(),
         })
     }
+}
+
+/// Tokens of a batch that are not padding: what a step's throughput counts.
+pub(crate) fn real_tokens(batch: &TokenBatch) -> u64 {
+    let real = batch
+        .attention_mask
+        .as_ref()
+        .map_or(batch.input_ids.len(), |m| m.iter().filter(|&&x| x).count());
+    real as u64
 }
