@@ -113,10 +113,42 @@ pub fn slip(answer: &str, rng: &mut impl Rng) -> String {
     text
 }
 
+/// The most problems `gmt make-data` writes (train and test together): far more than a
+/// fine-tuning run uses, and within what the generator can make distinct.
+pub const MAX_PROBLEMS: usize = 1_000_000;
+
 /// Writes `train.jsonl` and `test.jsonl` (fields `question`, `answer`) into `dir`; no test
 /// question is also a training question. With `pairs`, `train.jsonl` and `test_pairs.jsonl`
 /// hold preference pairs (`prompt`, `chosen`, `rejected`) instead, from the same problems.
-pub fn write_dataset(dir: &Path, train: usize, test: usize, seed: u64, pairs: bool) -> Result<()> {
+/// Data files already in `dir` are an error naming them, unless `force`.
+pub fn write_dataset(
+    dir: &Path,
+    sizes: (usize, usize),
+    seed: u64,
+    pairs: bool,
+    force: bool,
+) -> Result<()> {
+    let (train, test) = sizes;
+    anyhow::ensure!(
+        train.saturating_add(test) <= MAX_PROBLEMS,
+        "--train {train} and --test {test}: at most {MAX_PROBLEMS} problems in all"
+    );
+    let names: &[&str] = if pairs {
+        &["test.jsonl", "train.jsonl", "test_pairs.jsonl"]
+    } else {
+        &["test.jsonl", "train.jsonl"]
+    };
+    let existing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| dir.join(n).exists())
+        .collect();
+    anyhow::ensure!(
+        existing.is_empty() || force,
+        "{} already holds {}: pass --force to replace, or choose another --output",
+        dir.display(),
+        existing.join(", ")
+    );
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut seen = HashSet::new();
@@ -195,7 +227,7 @@ mod tests {
             );
         }
         let dir = std::env::temp_dir().join(format!("gmt-arith-{}", std::process::id()));
-        write_dataset(&dir, 300, 50, 0, false).unwrap();
+        write_dataset(&dir, (300, 50), 0, false, false).unwrap();
         let read = |n: &str| -> Vec<String> {
             std::fs::read_to_string(dir.join(n))
                 .unwrap()

@@ -27,28 +27,42 @@ pub struct RunDir {
 
 impl RunDir {
     /// Checks the settings, creates the directory and finds the checkpoint to resume: only
-    /// with `resume`, only one written with the same settings, and never a run already in
-    /// the directory without `resume`. Writes `config.toml`.
-    pub fn open(settings: &TrainSettings, resume: bool) -> Result<Self> {
+    /// with `resume`, only one written with the same settings. Without `resume`, an earlier
+    /// run's files in the directory are an error naming them, unless `force` (they are then
+    /// deleted). Writes `config.toml`.
+    pub fn open(settings: &TrainSettings, resume: bool, force: bool) -> Result<Self> {
         settings.validate()?;
         let path = settings.train.output_dir.clone().expect("validated");
         std::fs::create_dir_all(&path)
             .with_context(|| format!("cannot create output directory {}", path.display()))?;
-        let resume_from = match (resume, latest(&path)?) {
-            (true, Some(c)) => {
-                settings.ensure_same_run(&self::settings(&c)?)?;
-                Some(c)
+        let resume_from = if resume {
+            let Some(c) = latest(&path)? else {
+                bail!(
+                    "--resume: no checkpoint in {} to resume from",
+                    checkpoints_dir(&path).display()
+                );
+            };
+            settings.ensure_same_run(&self::settings(&c)?)?;
+            Some(c)
+        } else {
+            let earlier = earlier_run_files(&path);
+            if !earlier.is_empty() && !force {
+                bail!(
+                    "{} holds an earlier run ({}): pass --resume to continue it, --force to replace it, or choose another --output",
+                    path.display(),
+                    earlier.join(", ")
+                );
             }
-            (true, None) => bail!(
-                "--resume: no checkpoint in {} to resume from",
-                checkpoints_dir(&path).display()
-            ),
-            (false, Some(c)) => bail!(
-                "{} already holds checkpoint {}: pass --resume to continue that run, or choose another --output",
-                path.display(),
-                c.dir().display()
-            ),
-            (false, None) => None,
+            for name in earlier {
+                let old = path.join(name.trim_end_matches('/'));
+                let removed = if old.is_dir() {
+                    std::fs::remove_dir_all(&old)
+                } else {
+                    std::fs::remove_file(&old)
+                };
+                removed.with_context(|| format!("--force: cannot remove {}", old.display()))?;
+            }
+            None
         };
         std::fs::write(path.join(SETTINGS_FILE), settings.to_toml())
             .with_context(|| format!("cannot write {}/{SETTINGS_FILE}", path.display()))?;
@@ -122,6 +136,26 @@ impl RunDir {
     }
 }
 
+/// What a run leaves in its output directory, besides `config.toml` (which a run that
+/// failed at its start leaves too): the files a new run must not silently replace.
+fn earlier_run_files(dir: &Path) -> Vec<String> {
+    let outputs = [
+        "checkpoints/",
+        "final/",
+        "metrics.jsonl",
+        "plot.svg",
+        crate::objective::REFERENCE_FILE,
+    ];
+    outputs
+        .into_iter()
+        .filter(|name| match name.strip_suffix('/') {
+            Some(sub) => std::fs::read_dir(dir.join(sub)).is_ok_and(|mut e| e.next().is_some()),
+            None => dir.join(name).exists(),
+        })
+        .map(String::from)
+        .collect()
+}
+
 /// The run's settings inside a checkpoint.
 pub const SETTINGS_FILE: &str = "config.toml";
 
@@ -130,20 +164,22 @@ pub fn checkpoints_dir(output_dir: &Path) -> PathBuf {
     output_dir.join("checkpoints")
 }
 
-/// Whether `path` is a complete checkpoint written by `gmt train`.
+/// Whether `path` is a checkpoint written by `gmt train` (complete or not: [`open`] says
+/// what is wrong with one that is not, rather than it being taken for a model directory).
 pub fn is_run_checkpoint(path: &Path) -> bool {
-    Checkpoint::is_checkpoint(path) && path.join(SETTINGS_FILE).is_file()
+    path.join(gmt_train::checkpoint::TRAINER_FILE).is_file() && path.join(SETTINGS_FILE).is_file()
 }
 
 /// Opens a checkpoint written by `gmt train`.
 pub fn open(path: &Path) -> Result<Checkpoint> {
     if !is_run_checkpoint(path) {
         bail!(
-            "{} is not a gmt checkpoint (it needs {}, {}, {} and {SETTINGS_FILE})",
+            "{} is not a gmt checkpoint (it needs {}, {}, {}, {} and {SETTINGS_FILE})",
             path.display(),
             gmt_train::checkpoint::MODEL_FILE,
             gmt_train::checkpoint::OPTIMIZER_FILE,
             gmt_train::checkpoint::TRAINER_FILE,
+            gmt_train::checkpoint::MANIFEST_FILE,
         );
     }
     Ok(Checkpoint::open(path)?)

@@ -101,6 +101,11 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     pub resume: bool,
+    /// Replace an earlier run in the output directory (its checkpoints, final model, metrics
+    /// and plot are deleted) instead of refusing to start.
+    #[arg(long, conflicts_with = "resume")]
+    #[serde(skip)]
+    pub force: bool,
     /// Stop after this many steps in this invocation, leaving a checkpoint to --resume from
     /// (for time-limited or preemptible jobs; the schedule is unaffected).
     #[arg(long)]
@@ -305,11 +310,38 @@ impl TrainArgs {
             Some(path) => TrainSettings::read_table(path)?,
             None => toml::Table::new(),
         };
-        let flags = toml::Table::try_from(self)
-            .map_err(|e| anyhow::anyhow!("cannot read the flags as settings: {e}"))?;
+        let flags = toml::Table::try_from(self).map_err(|e| match too_large(self) {
+            Some(key) => anyhow::anyhow!(
+                "invalid setting `{key}`: above {}, the largest number a setting holds",
+                i64::MAX
+            ),
+            None => anyhow::anyhow!("cannot read the flags as settings: {e}"),
+        })?;
         overlay(&mut table, flags);
-        TrainSettings::from_table(table)
+        TrainSettings::from_table(table)?.with_absolute_paths()
     }
+}
+
+/// The key (`data.max_seq_len`) of a flag whose number TOML cannot hold (TOML integers are
+/// i64), so that the error names it.
+fn too_large(args: &TrainArgs) -> Option<String> {
+    fn find(value: &serde_json::Value, path: &str) -> Option<String> {
+        match value {
+            serde_json::Value::Object(fields) => fields.iter().find_map(|(k, v)| {
+                let path = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                find(v, &path)
+            }),
+            v => v
+                .as_u64()
+                .is_some_and(|n| n > i64::MAX as u64)
+                .then(|| path.to_string()),
+        }
+    }
+    find(&serde_json::to_value(args).ok()?, "")
 }
 
 /// Puts every key of `top` into `base`, section by section.
@@ -421,6 +453,9 @@ pub struct ExportArgs {
     /// The Hugging Face directory to write.
     #[arg(long)]
     pub output: PathBuf,
+    /// Replace the model files already in the output directory.
+    #[arg(long)]
+    pub force: bool,
     /// Weight precision.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DtypeArg,
@@ -458,6 +493,9 @@ pub struct MakeDataArgs {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Replace data files already in the output directory.
+    #[arg(long)]
+    pub force: bool,
     /// Write preference pairs for DPO instead: train.jsonl and test_pairs.jsonl hold
     /// `{prompt, chosen, rejected}` (chosen = the worked answer, rejected = the same answer
     /// with one arithmetic slip); test.jsonl keeps `{question, answer}` for answer accuracy.

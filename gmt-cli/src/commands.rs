@@ -82,6 +82,7 @@ pub fn train(args: &TrainArgs) -> Result<Finished> {
     let job = TrainJob {
         settings,
         resume: args.resume,
+        force: args.force,
         stop_after: args.stop_after,
         interrupt,
     };
@@ -388,6 +389,23 @@ pub fn generate_text(args: &GenerateArgs) -> Result<Finished> {
 
 /// `gmt export`
 pub fn export(args: &ExportArgs) -> Result<Finished> {
+    let model_files = [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ];
+    let existing: Vec<&str> = model_files
+        .into_iter()
+        .filter(|f| args.output.join(f).exists())
+        .collect();
+    if !existing.is_empty() && !args.force {
+        anyhow::bail!(
+            "{} already holds a model ({}): pass --force to replace it, or choose another --output",
+            args.output.display(),
+            existing.join(", ")
+        );
+    }
     let checkpoint = if checkpoint::is_run_checkpoint(&args.checkpoint) {
         checkpoint::open(&args.checkpoint)?
     } else {
@@ -454,7 +472,13 @@ pub fn info(args: &InfoArgs) -> Result<Finished> {
 
 /// `gmt make-data`
 pub fn make_data(args: &MakeDataArgs) -> Result<Finished> {
-    crate::arithmetic::write_dataset(&args.output, args.train, args.test, args.seed, args.pairs)?;
+    crate::arithmetic::write_dataset(
+        &args.output,
+        (args.train, args.test),
+        args.seed,
+        args.pairs,
+        args.force,
+    )?;
     println!(
         "wrote {} training and {} test {} to {}",
         args.train,

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use gmt_data::{
-    BatchConfig, Batches, DataSource, DataStream, Encoder, RecordFormat, Split, StreamConfig,
-    Truncation,
+    BatchConfig, Batches, DataReport, DataSource, DataStream, Encoder, FitReport, RecordFormat,
+    Split, StreamConfig, Truncation,
 };
 use gmt_models::{LlamaConfig, TokenBatch};
 use gmt_train::{DataPosition, TrainingBatches};
@@ -32,6 +32,13 @@ impl RunData {
     pub fn new(settings: &TrainSettings, config: &LlamaConfig) -> Result<Self> {
         let (data, t) = (&settings.data, &settings.train);
         let train = data.train.clone().context("no training data given")?;
+        if data.packing && data.max_seq_len > config.max_position_embeddings {
+            anyhow::bail!(
+                "invalid setting `data.max_seq_len`: packed rows are {} tokens long, past the model's context of {} (max_position_embeddings)",
+                data.max_seq_len,
+                config.max_position_embeddings
+            );
+        }
         let (train_split, eval) = match (&data.eval, data.eval_fraction) {
             (Some(eval), _) => (Split::All, Some((eval.clone(), Split::All))),
             (None, f) if f > 0.0 => (
@@ -165,21 +172,29 @@ impl RunData {
     }
 }
 
-/// Logs what the training data held and what batching did to it.
-pub fn report_data(batches: &TrainingBatches<'_>) {
-    let report = batches.stream().report();
-    let fit = batches.fit_report();
+/// Logs what the training data held and what batching did to it: at the end of a run, and
+/// after the counting pass before it (which reads every record, so that bad records near the
+/// end of the data are reported before hours of training, not after).
+pub fn report_data(report: &DataReport, fit: &FitReport) {
     tracing::info!(
-        "data: {} records read, {} examples, {} held out, {} bad records skipped, {} truncated, {} dropped as too long",
+        "data: {} records read, {} examples, {} held out, {} bad records skipped, {} truncated, {} dropped as too long, {} left out with no token to learn from (max_seq_len cut off their responses)",
         report.records,
         report.examples,
         report.held_out,
         report.skipped,
         fit.truncated,
-        fit.dropped
+        fit.dropped,
+        fit.no_target
     );
     for error in &report.skipped_errors {
         tracing::warn!("skipped: {error}");
+    }
+    if fit.no_target > 0 && fit.no_target * 10 >= report.examples {
+        tracing::warn!(
+            "{} of {} examples have no response token within max_seq_len: raise max_seq_len or shorten the prompts",
+            fit.no_target,
+            report.examples
+        );
     }
 }
 
@@ -299,13 +314,18 @@ pub fn count_steps(
     epochs: u64,
 ) -> Result<u64> {
     let examples = DataStream::new(open_source(path)?, encoder, stream.clone())?;
+    let mut batches = Batches::new(examples, batching)?;
     let mut micro_batches = 0u64;
-    for batch in Batches::new(examples, batching)? {
+    for batch in batches.by_ref() {
         batch.with_context(|| format!("reading training data {}", path.display()))?;
         micro_batches += 1;
     }
+    report_data(batches.examples().report(), &batches.report());
     if micro_batches == 0 {
-        anyhow::bail!("training data {} yields no examples", path.display());
+        anyhow::bail!(
+            "training data {} yields no examples to train on (see the counts above)",
+            path.display()
+        );
     }
     Ok((micro_batches * epochs).div_ceil(grad_accum as u64))
 }

@@ -54,7 +54,7 @@ fn main() -> ExitCode {
         Ok(Finished::Done) => ExitCode::SUCCESS,
         Ok(Finished::Interrupted) => ExitCode::from(130),
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", describe(&error));
             if error.downcast_ref::<BackendUnavailable>().is_some() {
                 ExitCode::from(2)
             } else {
@@ -62,4 +62,19 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The error and its causes, `: `-separated as anyhow's `{:#}` prints them, each cause left
+/// out when the text so far already says it (errors that print their source, as many
+/// `Io` variants do, would otherwise repeat it).
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
-use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::Backend;
 use gmt_data::ChatTemplate;
 use gmt_models::gguf::{GgufFile, gguf_chat_template, gguf_config, gguf_tokenizer, gguf_weights};
@@ -60,8 +59,8 @@ pub fn load_model<B: Backend>(
         merged.chat_template = overrides.chat_template.clone().or(merged.chat_template);
         let mut loaded = load_model::<B>(&base, &merged, device)
             .with_context(|| format!("loading the base model of checkpoint {}", path.display()))?;
-        let weights = checkpoint.file(gmt_train::checkpoint::MODEL_FILE);
-        loaded.model = load_weights_record(loaded.model, &weights, device)?;
+        let weights = checkpoint.record(gmt_train::checkpoint::MODEL_FILE, device)?;
+        loaded.model = loaded.model.load_record(weights);
         return Ok(loaded);
     }
     let (model, tokenizer, own_template) = if path.is_dir() {
@@ -161,24 +160,4 @@ fn named_template(
             .with_context(|| format!("in chat template {}", path.display()));
     }
     Ok(ChatTemplate::builtin(name, &bos, &eos)?)
-}
-
-/// Loads saved weights (a burn record, which also restores parameter identities so that a
-/// saved optimizer state attaches to the right tensors) into `model`.
-pub fn load_weights_record<B: Backend>(
-    model: LlamaForCausalLm<B>,
-    file: &Path,
-    device: &B::Device,
-) -> Result<LlamaForCausalLm<B>> {
-    let bytes =
-        std::fs::read(file).with_context(|| format!("cannot read weights {}", file.display()))?;
-    let record = BinBytesRecorder::<FullPrecisionSettings>::default()
-        .load(bytes, device)
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{}: not a weights record of this model: {e}",
-                file.display()
-            )
-        })?;
-    Ok(model.load_record(record))
 }

@@ -352,9 +352,13 @@ impl TrainSettings {
                 format!("{} is not a learning rate ≥ 0", self.optim.lr),
             ),
             (
-                self.data.max_seq_len < 2,
+                !(2..=gmt_data::MAX_SEQ_LEN).contains(&self.data.max_seq_len),
                 "data.max_seq_len",
-                "must be at least 2 tokens".into(),
+                format!(
+                    "{} is outside 2..={} tokens",
+                    self.data.max_seq_len,
+                    gmt_data::MAX_SEQ_LEN
+                ),
             ),
             (
                 self.data.packing && self.data.group_by_length > 0,
@@ -469,6 +473,34 @@ impl TrainSettings {
             );
         }
         Ok(())
+    }
+
+    /// The settings with every path made absolute (against the working directory), so that
+    /// a checkpoint's `config.toml` names the same files whatever directory a resumed run,
+    /// an export or an evaluation starts in.
+    pub fn with_absolute_paths(mut self) -> Result<Self> {
+        fn absolute(path: &mut Option<PathBuf>) -> Result<()> {
+            if let Some(p) = path.as_mut() {
+                *p = std::path::absolute(&*p)
+                    .with_context(|| format!("cannot make {} absolute", p.display()))?;
+            }
+            Ok(())
+        }
+        absolute(&mut self.model.path)?;
+        absolute(&mut self.model.tokenizer)?;
+        absolute(&mut self.data.train)?;
+        absolute(&mut self.data.eval)?;
+        absolute(&mut self.train.reference)?;
+        absolute(&mut self.train.output_dir)?;
+        if let Some(template) = &self.model.chat_template {
+            let path = Path::new(template);
+            if path.extension().is_some_and(|e| e == "jinja") || path.is_file() {
+                let mut as_path = Some(path.to_path_buf());
+                absolute(&mut as_path)?;
+                self.model.chat_template = as_path.map(|p| p.to_string_lossy().into_owned());
+            }
+        }
+        Ok(self)
     }
 
     /// The model to load (validated settings always name one).

@@ -50,6 +50,8 @@ pub struct TrainJob {
     pub settings: TrainSettings,
     /// Continue from the newest checkpoint in the output directory.
     pub resume: bool,
+    /// Replace an earlier run in the output directory.
+    pub force: bool,
     /// Stop (with a checkpoint) after this many steps in this invocation.
     pub stop_after: Option<u64>,
     /// Set by the interrupt handler (Ctrl-C, SIGTERM, SIGHUP).
@@ -66,7 +68,7 @@ impl BackendJob for TrainJob {
 
 fn train<B: AutodiffBackend>(job: TrainJob, device: &B::Device) -> Result<TrainOutcome> {
     let settings = &job.settings;
-    let run = RunDir::open(settings, job.resume)?;
+    let run = RunDir::open(settings, job.resume, job.force)?;
     let loaded = load_model::<B>(settings.model_path()?, &settings.overrides(), device)?;
     let data = RunData::new(settings, loaded.model.config())?;
     let encoder = Encoder::new(
@@ -156,9 +158,17 @@ fn run_loop<B: AutodiffBackend, R: RunObjective>(
     progress.finish();
     trainer.finish_here();
     run.save(&trainer, &batches.position())?;
-    report_data(&batches);
+    report_data(batches.stream().report(), &batches.fit_report());
     let final_dir = run.write_final(trainer.model(), encoder, metrics_log.path())?;
     let steps = trainer.progress().step;
+    // The step count came from a pass over the same data: running out before it means the
+    // data changed under the run. The model is saved, but the run is not what was asked for.
+    if steps < total_steps {
+        anyhow::bail!(
+            "the training data ran out after {steps} of {total_steps} steps (did it change during the run?); the model so far is in {}",
+            final_dir.display()
+        );
+    }
     Ok(TrainOutcome::Finished {
         steps,
         eval: last_eval,

@@ -12,6 +12,10 @@ use gmt_models::TokenBatch;
 
 use crate::{DataError, Encoded, IGNORE};
 
+/// The longest `max_seq_len` accepted: 2^20 tokens, beyond any model gmt trains; a larger
+/// value is a typo that would otherwise surface as an allocation failure.
+pub const MAX_SEQ_LEN: usize = 1 << 20;
+
 /// What to do with an example longer than `max_seq_len`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -59,10 +63,10 @@ impl BatchConfig {
                 reason: "must be at least 1".into(),
             });
         }
-        if self.max_seq_len < 2 {
+        if !(2..=MAX_SEQ_LEN).contains(&self.max_seq_len) {
             return Err(DataError::InvalidConfig {
                 key: "max_seq_len",
-                reason: "must be at least 2 tokens".into(),
+                reason: format!("{} is outside 2..={MAX_SEQ_LEN} tokens", self.max_seq_len),
             });
         }
         if let Some(m) = self.max_prompt_len
@@ -250,6 +254,11 @@ pub struct FitReport {
     pub truncated: u64,
     /// Examples left out ([`Truncation::Drop`]).
     pub dropped: u64,
+    /// Examples left out because no token of theirs carries loss once fitted: truncation cut
+    /// off every response token (a long prompt, a short `max_seq_len`). A batch of them
+    /// would make a step with nothing to learn from.
+    #[serde(default)]
+    pub no_target: u64,
 }
 
 /// Groups a stream of examples into batches.
@@ -360,6 +369,7 @@ impl<I: Iterator<Item = Result<Encoded, DataError>>> Batches<I> {
             }
             let long = example.max_len() > self.config.max_seq_len;
             match self.config.fit(example) {
+                Some(e) if !e.has_target() => self.report.no_target += 1,
                 Some(e) => {
                     self.report.truncated += long as u64;
                     return Some(Ok(e));

@@ -47,6 +47,18 @@ impl Encoded {
             .unwrap_or(self.labels.len())
     }
 
+    /// Whether some token carries loss: a label after the first position (position 0 is
+    /// never predicted, nothing comes before it). A pair needs one in both responses.
+    pub fn has_target(&self) -> bool {
+        let chosen = self.labels.iter().skip(1).any(|&l| l != IGNORE);
+        match &self.rejected {
+            Some(rejected) => {
+                chosen && !rejected.is_empty() && self.prompt_len() + rejected.len() >= 2
+            }
+            None => chosen,
+        }
+    }
+
     /// The longest row it becomes: for a pair, the prompt with the longer response.
     pub fn max_len(&self) -> usize {
         match &self.rejected {

@@ -52,6 +52,19 @@ pub enum DataError {
         /// The reader's explanation.
         reason: String,
     },
+    /// A record (a line, or a whole `.json` file) longer than gmt reads: a sign of a file
+    /// that is not data (`/dev/zero`, a binary), which would otherwise exhaust memory.
+    #[error(
+        "{location}: {what} is longer than {limit} bytes, the most gmt reads; is this a data file?"
+    )]
+    TooLarge {
+        /// File and line (line 1 for a whole `.json` file).
+        location: RecordLocation,
+        /// "a line", "the JSON array".
+        what: &'static str,
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// A chat template failed to compile or render.
     #[error("chat template: {0}")]
     Template(String),

@@ -37,12 +37,14 @@ mod source;
 mod stream;
 mod template;
 
-pub use batcher::{BatchConfig, Batches, FitReport, Truncation};
+pub use batcher::{BatchConfig, Batches, FitReport, MAX_SEQ_LEN, Truncation};
 pub use encode::{Encoded, Encoder, IGNORE};
 pub use error::{DataError, RecordLocation};
 pub use examples::{ExampleReader, ReaderConfig};
 pub use format::{Example, FieldError, FieldMapping, Message, RecordFormat};
 pub use preference::PreferencePair;
-pub use source::{DataSource, RawRecord, RecordIter, SourcePosition};
+pub use source::{
+    DataSource, MAX_JSON_FILE_BYTES, MAX_LINE_BYTES, RawRecord, RecordIter, SourcePosition,
+};
 pub use stream::{DataReport, DataStream, Split, StreamConfig, StreamState};
 pub use template::{BUILTIN_TEMPLATES, ChatTemplate};

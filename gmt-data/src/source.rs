@@ -7,11 +7,18 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use parquet::file::reader::SerializedFileReader;
+use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::reader::RowIter;
 use serde_json::Value;
 
 use crate::{DataError, RecordLocation};
+
+/// The longest line (one JSONL record or text line) read, in bytes. Real records are far
+/// shorter; without a bound, a file with no line breaks (`/dev/zero`) exhausts memory.
+pub const MAX_LINE_BYTES: u64 = 64 << 20;
+/// The largest `.json` array file read whole, in bytes (after decompression): larger
+/// datasets belong in `.jsonl`, which is streamed.
+pub const MAX_JSON_FILE_BYTES: u64 = 1 << 30;
 
 /// The files of a dataset, in a fixed (sorted) order.
 #[derive(Clone, Debug, PartialEq)]
@@ -166,11 +173,7 @@ impl RecordIter {
         let file = File::open(path).map_err(|e| DataError::io(path, e))?;
         let full = path.to_string_lossy();
         if full.ends_with(".parquet") {
-            let reader = SerializedFileReader::new(file).map_err(|e| DataError::Parquet {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            return Ok(Lines::Parquet(RowIter::from_file_into(Box::new(reader))));
+            return open_parquet(path, file).map(Lines::Parquet);
         }
         let (name, reader): (&str, Box<dyn Read + Send>) = if let Some(n) = full.strip_suffix(".gz")
         {
@@ -189,16 +192,30 @@ impl RecordIter {
             ))));
         }
         if name.ends_with(".json") {
-            let values: Value = serde_json::from_reader(BufReader::new(reader)).map_err(|e| {
-                DataError::BadRecord {
+            let mut text = Vec::new();
+            reader
+                .take(MAX_JSON_FILE_BYTES + 1)
+                .read_to_end(&mut text)
+                .map_err(|e| DataError::io(path, e))?;
+            if text.len() as u64 > MAX_JSON_FILE_BYTES {
+                return Err(DataError::TooLarge {
+                    location: RecordLocation {
+                        file: path.clone(),
+                        line: 1,
+                    },
+                    what: "the JSON array (use .jsonl for large datasets)",
+                    limit: MAX_JSON_FILE_BYTES,
+                });
+            }
+            let values: Value =
+                serde_json::from_slice(&text).map_err(|e| DataError::BadRecord {
                     location: RecordLocation {
                         file: path.clone(),
                         line: e.line() as u64,
                     },
                     field: None,
                     reason: format!("invalid JSON: {e}"),
-                }
-            })?;
+                })?;
             match values {
                 Value::Array(items) => Ok(Lines::Array(items.into_iter())),
                 _ => Err(DataError::BadRecord {
@@ -230,17 +247,14 @@ impl RecordIter {
         }
         let mut reader = self.open()?;
         let mut buf = Vec::new();
-        for _ in 0..position.line {
+        for line in 0..position.line {
             let more = match &mut reader {
                 Lines::Jsonl(r) | Lines::Text(r) => {
-                    buf.clear();
-                    r.read_until(b'\n', &mut buf)
-                        .map_err(|e| DataError::io(&self.files[self.file], e))?
-                        > 0
+                    read_line(r, &mut buf, &self.files[self.file], line + 1)? > 0
                 }
                 Lines::Array(items) => items.next().is_some(),
-                Lines::Parquet(rows) => match rows.next() {
-                    Some(Err(e)) => return Err(parquet_error(&self.files[self.file], e)),
+                Lines::Parquet(rows) => match next_row(rows, &self.files[self.file]) {
+                    Some(Err(e)) => return Err(e),
                     row => row.is_some(),
                 },
             };
@@ -280,20 +294,23 @@ impl Iterator for RecordIter {
             let mut text_line = false;
             let item = match self.reader.as_mut().expect("opened above") {
                 Lines::Array(items) => items.next().map(Ok),
-                Lines::Parquet(rows) => match rows.next() {
+                Lines::Parquet(rows) => match next_row(rows, &path) {
                     // A row that cannot be decoded means a damaged file, not a bad record:
                     // nothing after it can be trusted, so this stops the stream.
                     Some(Err(e)) => {
                         self.file = self.files.len();
-                        return Some(Err(parquet_error(&path, e)));
+                        return Some(Err(e));
                     }
-                    Some(Ok(row)) => Some(Ok(row.to_json_value())),
+                    Some(Ok(row)) => Some(Ok(row)),
                     None => None,
                 },
                 Lines::Jsonl(reader) | Lines::Text(reader) => {
-                    buf.clear();
-                    match reader.read_until(b'\n', &mut buf) {
-                        Err(e) => return Some(Err(DataError::io(&path, e))),
+                    match read_line(reader, &mut buf, &path, self.line + 1) {
+                        // Nothing after an unreadable or endless line can be trusted.
+                        Err(e) => {
+                            self.file = self.files.len();
+                            return Some(Err(e));
+                        }
                         Ok(0) => None,
                         Ok(_) => Some(Err(())),
                     }
@@ -360,6 +377,75 @@ impl Iterator for RecordIter {
                 }
             }
         }
+    }
+}
+
+/// Reads one line (with its `\n`) into `buf`, at most [`MAX_LINE_BYTES`]; returns the bytes
+/// read (0 at the end of the file).
+fn read_line(
+    reader: &mut Box<dyn BufRead + Send>,
+    buf: &mut Vec<u8>,
+    path: &Path,
+    line: u64,
+) -> Result<usize, DataError> {
+    buf.clear();
+    let n = reader
+        .take(MAX_LINE_BYTES + 1)
+        .read_until(b'\n', buf)
+        .map_err(|e| DataError::io(path, e))?;
+    if n as u64 > MAX_LINE_BYTES {
+        return Err(DataError::TooLarge {
+            location: RecordLocation {
+                file: path.to_path_buf(),
+                line,
+            },
+            what: "a line",
+            limit: MAX_LINE_BYTES,
+        });
+    }
+    Ok(n)
+}
+
+/// Opens a Parquet file, checking what its footer claims before the reader relies on it: the
+/// parquet crate panics (by design) on a column chunk with a negative offset or size, which a
+/// damaged footer produces.
+fn open_parquet(path: &Path, file: File) -> Result<RowIter<'static>, DataError> {
+    let damaged = |reason: String| DataError::Parquet {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
+    let reader = SerializedFileReader::new(file).map_err(|e| parquet_error(path, e))?;
+    for (g, group) in reader.metadata().row_groups().iter().enumerate() {
+        for column in group.columns() {
+            let start = column
+                .dictionary_page_offset()
+                .unwrap_or(column.data_page_offset());
+            let size = column.compressed_size();
+            if start < 0 || size < 0 || (start as u64).saturating_add(size as u64) > len {
+                return Err(damaged(format!(
+                    "row group {g}: column chunk {} lies outside the file (damaged footer)",
+                    column.column_path()
+                )));
+            }
+        }
+    }
+    Ok(RowIter::from_file_into(Box::new(reader)))
+}
+
+/// The next Parquet row as a JSON value. The parquet crate still panics on some damaged pages
+/// (unchecked lengths inside its decoders); such a panic is caught and becomes the error of
+/// the damaged file it is, instead of taking the process down.
+fn next_row(rows: &mut RowIter<'static>, path: &Path) -> Option<Result<Value, DataError>> {
+    let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rows.next()));
+    match next {
+        Ok(None) => None,
+        Ok(Some(Ok(row))) => Some(Ok(row.to_json_value())),
+        Ok(Some(Err(e))) => Some(Err(parquet_error(path, e))),
+        Err(_) => Some(Err(parquet_error(
+            path,
+            parquet::errors::ParquetError::General("its decoder failed on a damaged page".into()),
+        ))),
     }
 }
 

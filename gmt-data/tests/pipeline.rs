@@ -14,6 +14,9 @@ use tokenizers::Tokenizer;
 #[path = "pipeline/preference.rs"]
 mod preference;
 
+#[path = "pipeline/hostile.rs"]
+mod hostile;
+
 fn shared(rel: &str) -> PathBuf {
     gmt_tests::shared(rel)
 }
@@ -555,7 +558,7 @@ fn batches_pad_pack_truncate_and_drop() {
 #[test]
 fn length_grouping_sorts_each_window_and_resumes_mid_window() {
     let example = |n: usize| Encoded::new(vec![7; n], vec![1; n]);
-    let lengths = [3, 9, 1, 6, 4, 8, 2, 7, 5, 10, 11];
+    let lengths = [3, 9, 12, 6, 4, 8, 2, 7, 5, 10, 11];
     let examples: Vec<Encoded> = lengths.iter().map(|&n| example(n)).collect();
     let config = BatchConfig {
         batch_size: 2,
@@ -580,8 +583,8 @@ fn length_grouping_sorts_each_window_and_resumes_mid_window() {
     assert_eq!(
         all,
         vec![
-            vec![9, 6],
-            vec![3, 1],
+            vec![12, 9],
+            vec![6, 3],
             vec![8, 7],
             vec![4, 2],
             vec![11, 10],

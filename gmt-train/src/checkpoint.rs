@@ -6,17 +6,26 @@
 //! - `optimizer.bin`: the GMT record (AdamW moments, GMT step and RNG seed),
 //! - `trainer.json`: the run's counters ([`TrainProgress`](crate::TrainProgress)) and, under
 //!   `data`, the caller's data position,
-//! - any further files the caller adds (the CLI adds its `config.toml`).
+//! - any further files the caller adds (the CLI adds its `config.toml`),
+//! - `manifest.json`, written last: the size and SHA-256 of every other file. Opening a
+//!   checkpoint checks them all before anything is read, so a damaged or edited file is an
+//!   error naming it, never weights loaded silently wrong (`sha256sum` checks them too).
 //!
 //! It is written under a temporary name (`.partial-step-NNNNNNNN`), every file synced, then
 //! renamed; a crash or a full disk leaves at most a `.partial-*` directory, which is never
-//! mistaken for a checkpoint and is removed by the next write.
+//! mistaken for a checkpoint and is removed by the next write. Old checkpoints are pruned by
+//! renaming them to `.pruned-step-NNNNNNNN` first, so an interrupted deletion never leaves a
+//! half-deleted directory under a checkpoint's name.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Record, Recorder};
+use burn::tensor::backend::Backend;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::{TrainError, TrainProgress};
 
@@ -26,44 +35,115 @@ pub const MODEL_FILE: &str = "model.bin";
 pub const OPTIMIZER_FILE: &str = "optimizer.bin";
 /// The counters and data position in a checkpoint.
 pub const TRAINER_FILE: &str = "trainer.json";
+/// The sizes and checksums of a checkpoint's other files, written last.
+pub const MANIFEST_FILE: &str = "manifest.json";
 const PREFIX: &str = "step-";
 const PARTIAL_PREFIX: &str = ".partial-";
+const PRUNED_PREFIX: &str = ".pruned-";
 
-/// A complete checkpoint directory.
+/// A complete checkpoint directory whose files match its manifest.
 #[derive(Clone, Debug)]
 pub struct Checkpoint {
     dir: PathBuf,
 }
 
 impl Checkpoint {
-    /// Whether `path` is a complete checkpoint directory.
+    /// Whether `path` looks like a complete checkpoint directory (its files are not
+    /// checked; [`open`](Self::open) does that).
     pub fn is_checkpoint(path: &Path) -> bool {
-        [MODEL_FILE, OPTIMIZER_FILE, TRAINER_FILE]
+        [MODEL_FILE, OPTIMIZER_FILE, TRAINER_FILE, MANIFEST_FILE]
             .iter()
             .all(|f| path.join(f).is_file())
     }
 
-    /// Opens a checkpoint directory.
+    /// Opens a checkpoint directory, checking every file against the manifest.
     pub fn open(path: &Path) -> Result<Self, TrainError> {
-        if !Self::is_checkpoint(path) {
+        let missing: Vec<&str> = [MODEL_FILE, OPTIMIZER_FILE, TRAINER_FILE, MANIFEST_FILE]
+            .into_iter()
+            .filter(|f| !path.join(f).is_file())
+            .collect();
+        if !missing.is_empty() {
             return Err(TrainError::Checkpoint {
                 dir: path.to_path_buf(),
                 reason: format!(
-                    "not a gmt checkpoint (it needs {MODEL_FILE}, {OPTIMIZER_FILE} and {TRAINER_FILE})"
+                    "not a complete gmt checkpoint: {} missing (a checkpoint holds {MODEL_FILE}, {OPTIMIZER_FILE}, {TRAINER_FILE} and {MANIFEST_FILE})",
+                    missing.join(", ")
                 ),
             });
         }
-        Ok(Self {
+        let checkpoint = Self {
             dir: path.to_path_buf(),
+        };
+        checkpoint.verify()?;
+        Ok(checkpoint)
+    }
+
+    /// The newest checkpoint under `root` (a run's `checkpoints/` directory), checked
+    /// against its manifest. A damaged or incomplete one (gmt never renames a checkpoint
+    /// into place before it is whole) is an error, not a silent step back to an older one:
+    /// the message names the file and the checkpoints left.
+    pub fn latest(root: &Path) -> Result<Option<Self>, TrainError> {
+        let all = list(root)?;
+        let Some((_, newest)) = all.last() else {
+            return Ok(None);
+        };
+        Self::open(newest).map(Some).map_err(|e| match e {
+            TrainError::Checkpoint { dir, reason } if all.len() > 1 => {
+                let older: Vec<String> = all[..all.len() - 1]
+                    .iter()
+                    .map(|(_, d)| d.display().to_string())
+                    .collect();
+                TrainError::Checkpoint {
+                    dir,
+                    reason: format!(
+                        "{reason}; to resume from an older checkpoint ({}), move this one away",
+                        older.join(", ")
+                    ),
+                }
+            }
+            other => other,
         })
     }
 
-    /// The newest complete checkpoint under `root` (a run's `checkpoints/` directory).
-    pub fn latest(root: &Path) -> Result<Option<Self>, TrainError> {
-        Ok(list(root)?
-            .into_iter()
-            .next_back()
-            .map(|(_, dir)| Self { dir }))
+    /// Checks every file named in the manifest: present, of its size, of its SHA-256.
+    fn verify(&self) -> Result<(), TrainError> {
+        let damaged = |reason: String| TrainError::Checkpoint {
+            dir: self.dir.clone(),
+            reason,
+        };
+        let manifest: Manifest = serde_json::from_slice(&self.read(MANIFEST_FILE)?)
+            .map_err(|e| damaged(format!("{MANIFEST_FILE} is damaged: {e}")))?;
+        for required in [MODEL_FILE, OPTIMIZER_FILE, TRAINER_FILE] {
+            if !manifest.files.iter().any(|f| f.name == required) {
+                return Err(damaged(format!("{MANIFEST_FILE} does not list {required}")));
+            }
+        }
+        for entry in &manifest.files {
+            if entry.name.contains(['/', '\\']) || entry.name.starts_with('.') {
+                return Err(damaged(format!(
+                    "{MANIFEST_FILE} names `{}`, not a file of the checkpoint",
+                    entry.name
+                )));
+            }
+            let path = self.file(&entry.name);
+            let size = fs::metadata(&path)
+                .map_err(|e| damaged(format!("{} is missing: {e}", entry.name)))?
+                .len();
+            if size != entry.bytes {
+                return Err(damaged(format!(
+                    "{} is damaged: {size} bytes, {} when it was written",
+                    entry.name, entry.bytes
+                )));
+            }
+            let digest = sha256_file(&path)?;
+            if digest != entry.sha256 {
+                return Err(damaged(format!(
+                    "{} is damaged or was edited: its SHA-256 differs from the one written with it",
+                    entry.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The checkpoint's directory.
@@ -80,6 +160,30 @@ impl Checkpoint {
     pub fn read(&self, name: &str) -> Result<Vec<u8>, TrainError> {
         let path = self.file(name);
         fs::read(&path).map_err(|e| TrainError::io("cannot read", path, e))
+    }
+
+    /// A burn record (weights, optimizer state) from one of its files. Its bytes match the
+    /// manifest; burn's decoder still panics on some input (a record of another model or
+    /// burn version), so a panic is turned into an error too.
+    pub fn record<B: Backend, R: Record<B>>(
+        &self,
+        file: &str,
+        device: &B::Device,
+    ) -> Result<R, TrainError> {
+        let bytes = self.read(file)?;
+        let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            recorder.load::<R>(bytes, device)
+        }));
+        let reason = match loaded {
+            Ok(Ok(record)) => return Ok(record),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "burn's decoder failed on it (see the message above)".into(),
+        };
+        Err(TrainError::Checkpoint {
+            dir: self.dir.clone(),
+            reason: format!("{file} is not a record of this model: {reason}"),
+        })
     }
 
     /// The run's counters when it was saved.
@@ -111,7 +215,40 @@ impl Checkpoint {
     }
 }
 
-/// The complete checkpoints under `root`, oldest first.
+/// `manifest.json`: every other file of a checkpoint, with its size and checksum.
+#[derive(Serialize, Deserialize)]
+struct Manifest {
+    files: Vec<ManifestEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ManifestEntry {
+    name: String,
+    bytes: u64,
+    sha256: String,
+}
+
+fn sha256_hex(digest: impl AsRef<[u8]>) -> String {
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256_file(path: &Path) -> Result<String, TrainError> {
+    let mut file = File::open(path).map_err(|e| TrainError::io("cannot read", path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| TrainError::io("cannot read", path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(sha256_hex(hasher.finalize()))
+}
+
+/// The checkpoint directories (`step-N`) under `root`, oldest first.
 fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> {
     let Ok(entries) = fs::read_dir(root) else {
         return Ok(Vec::new());
@@ -127,7 +264,7 @@ fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> {
         else {
             continue;
         };
-        if Checkpoint::is_checkpoint(&entry.path()) {
+        if entry.path().is_dir() {
             found.push((step, entry.path()));
         }
     }
@@ -144,7 +281,7 @@ pub fn write_checkpoint(
     keep: usize,
 ) -> Result<PathBuf, TrainError> {
     fs::create_dir_all(root).map_err(|e| TrainError::io("cannot create", root, e))?;
-    remove_partials(root)?;
+    remove_leftovers(root)?;
     let name = format!("{PREFIX}{step:08}");
     let partial = root.join(format!("{PARTIAL_PREFIX}{name}"));
     if let Err(e) = write_files(&partial, files) {
@@ -156,44 +293,67 @@ pub fn write_checkpoint(
     }
     let done = root.join(&name);
     if done.exists() {
-        fs::remove_dir_all(&done).map_err(|e| TrainError::io("cannot replace", &done, e))?;
+        prune(root, &done)?;
     }
     fs::rename(&partial, &done)
         .map_err(|e| TrainError::io("cannot rename into place", &done, e))?;
     sync_dir(root);
     let all = list(root)?;
     for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
-        fs::remove_dir_all(old)
-            .map_err(|e| TrainError::io("cannot delete old checkpoint", old, e))?;
+        prune(root, old)?;
     }
     Ok(done)
 }
 
+/// Writes `files` into `dir`, each synced, then the manifest of them.
 fn write_files(dir: &Path, files: &[(&str, &[u8])]) -> Result<(), TrainError> {
     fs::create_dir_all(dir).map_err(|e| TrainError::io("cannot create", dir, e))?;
-    for (name, bytes) in files {
+    let write = |name: &str, bytes: &[u8]| {
         let path = dir.join(name);
         let mut file =
             File::create(&path).map_err(|e| TrainError::io("cannot create", &path, e))?;
         file.write_all(bytes)
             .and_then(|()| file.sync_all())
-            .map_err(|e| TrainError::io("cannot write", &path, e))?;
+            .map_err(|e| TrainError::io("cannot write", &path, e))
+    };
+    let mut manifest = Manifest { files: Vec::new() };
+    for (name, bytes) in files {
+        write(name, bytes)?;
+        manifest.files.push(ManifestEntry {
+            name: name.to_string(),
+            bytes: bytes.len() as u64,
+            sha256: sha256_hex(Sha256::digest(bytes)),
+        });
     }
+    let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
+    write(MANIFEST_FILE, &json)?;
     sync_dir(dir);
     Ok(())
 }
 
-fn remove_partials(root: &Path) -> Result<(), TrainError> {
+/// Deletes a checkpoint: renamed out of the checkpoints' names first, so that a deletion cut
+/// short leaves a `.pruned-*` directory (removed by the next write), never a half-deleted
+/// `step-*`.
+fn prune(root: &Path, dir: &Path) -> Result<(), TrainError> {
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let doomed = root.join(format!("{PRUNED_PREFIX}{name}"));
+    fs::rename(dir, &doomed).map_err(|e| TrainError::io("cannot delete old checkpoint", dir, e))?;
+    sync_dir(root);
+    fs::remove_dir_all(&doomed)
+        .map_err(|e| TrainError::io("cannot delete old checkpoint", &doomed, e))
+}
+
+/// Removes what an interrupted write or prune left: `.partial-*` and `.pruned-*`.
+fn remove_leftovers(root: &Path) -> Result<(), TrainError> {
     let entries = fs::read_dir(root).map_err(|e| TrainError::io("cannot list", root, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| TrainError::io("cannot list", root, e))?;
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with(PARTIAL_PREFIX)
-        {
-            fs::remove_dir_all(entry.path())
-                .map_err(|e| TrainError::io("cannot remove partial checkpoint", entry.path(), e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(PARTIAL_PREFIX) || name.starts_with(PRUNED_PREFIX) {
+            fs::remove_dir_all(entry.path()).map_err(|e| {
+                TrainError::io("cannot remove unfinished checkpoint", entry.path(), e)
+            })?;
         }
     }
     Ok(())

@@ -137,19 +137,10 @@ impl<B: AutodiffBackend, O: Objective> Trainer<B, O> {
         checkpoint: &Checkpoint,
         device: &B::Device,
     ) -> Result<Self, TrainError> {
-        let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
-        let corrupt = |file: &str, e: burn::record::RecorderError| TrainError::Checkpoint {
-            dir: checkpoint.dir().to_path_buf(),
-            reason: format!("{file} cannot be read back: {e}"),
-        };
-        let weights = recorder
-            .load(checkpoint.read(MODEL_FILE)?, device)
-            .map_err(|e| corrupt(MODEL_FILE, e))?;
+        let weights = checkpoint.record(MODEL_FILE, device)?;
         let progress = checkpoint.progress()?;
         let mut trainer = Self::new(model.load_record(weights), objective, config)?;
-        let record = recorder
-            .load(checkpoint.read(OPTIMIZER_FILE)?, device)
-            .map_err(|e| corrupt(OPTIMIZER_FILE, e))?;
+        let record = checkpoint.record(OPTIMIZER_FILE, device)?;
         trainer.optim = trainer.optim.load_record(record);
         trainer.schedule.total_steps = progress.total_steps;
         trainer.progress = progress;

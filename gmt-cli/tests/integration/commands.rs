@@ -1,4 +1,4 @@
-//! `gmt eval`, `generate`, `info`, `make-data`, and the errors users meet.
+//! `gmt eval`, `generate`, `info` and `make-data` (the errors users meet: `bad_input.rs`).
 
 use crate::common::*;
 
@@ -75,75 +75,6 @@ fn info_lists_backends_and_describes_a_model() {
         "{out}"
     );
     assert!(out.contains("vocab 96"), "{out}");
-    std::fs::remove_dir_all(&dir).unwrap();
-}
-
-#[test]
-fn bad_input_gives_clear_errors_and_no_checkpoint() {
-    let dir = temp_dir("errors");
-    let model = tiny_model(&dir, "llama-tiny");
-    let data = sums(&dir, "train.jsonl", 4, 0);
-    let (m, d) = (model.to_str().unwrap(), data.to_str().unwrap());
-    let out = dir.join("run");
-    let o = out.to_str().unwrap();
-    // The run's arguments with `extra` added; a flag in `extra` replaces the default one.
-    let base = |extra: &[&'static str]| -> Vec<String> {
-        let mut args: Vec<String> = vec!["train".into()];
-        for (flag, value) in [
-            ("--backend", "cpu"),
-            ("--model", m),
-            ("--data", d),
-            ("--output", o),
-            ("--max-steps", "1"),
-        ] {
-            if !extra.contains(&flag) {
-                args.extend([flag.to_string(), value.to_string()]);
-            }
-        }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
-    };
-    let fails = |extra: &[&'static str], expect: &str| {
-        let args = base(extra);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let err = gmt_fails(&args, 1);
-        assert!(err.contains(expect), "expected `{expect}` in:\n{err}");
-    };
-    fails(&["--grad-accum", "0"], "train.grad_accum");
-    fails(&["--mask-ratio", "1.0"], "gmt.mask_ratio");
-    fails(&["--lr=-0.001"], "optim.lr");
-    fails(&["--model", "/no/such/model"], "/no/such/model");
-    fails(&["--data", "/no/such/data.jsonl"], "/no/such/data.jsonl");
-    // A tokenizer whose ids exceed the model's vocabulary.
-    let big = shared().join("fixtures/smollm2-tokenizer/tokenizer.json");
-    let big = Box::leak(big.to_string_lossy().to_string().into_boxed_str());
-    fails(&["--tokenizer", big], "vocabulary");
-    // A malformed record names file and line.
-    let bad = dir.join("bad.jsonl");
-    std::fs::write(
-        &bad,
-        "{\"question\": \"what is 1 plus 1 ?\", \"answer\": \"2\"}\n{oops\n",
-    )
-    .unwrap();
-    let bad = Box::leak(bad.to_string_lossy().to_string().into_boxed_str());
-    fails(&["--data", bad, "--shuffle-buffer", "4"], "bad.jsonl:2");
-    // A checkpoint that cannot be written is an error, and nothing looks like a checkpoint.
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("checkpoints"), "not a directory").unwrap();
-    fails(&[], "checkpoint");
-    assert!(out.join("checkpoints").is_file());
-    assert!(
-        !out.join("final").exists(),
-        "no final model after a failed save"
-    );
-
-    // An unavailable backend exits with code 2, never a panic.
-    if std::env::var_os("GMT_EXPECT_CUDA").is_none() {
-        let args = base(&["--backend", "cuda"]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let err = gmt_fails(&args, 2);
-        assert!(err.contains("cuda"), "{err}");
-    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

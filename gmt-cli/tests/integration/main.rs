@@ -3,6 +3,7 @@
 
 mod common;
 
+mod bad_input;
 mod commands;
 mod dpo;
 mod smollm2;

@@ -67,12 +67,13 @@ impl GgmlType {
         }
     }
 
-    /// Bytes taken by `numel` entries, or `None` if they are not whole blocks.
+    /// Bytes taken by `numel` entries, or `None` if they are not whole blocks (or overflow).
     pub fn byte_size(self, numel: usize) -> Option<usize> {
         let (entries, bytes) = self.block();
-        numel
-            .is_multiple_of(entries)
-            .then(|| numel / entries * bytes)
+        if !numel.is_multiple_of(entries) {
+            return None;
+        }
+        (numel / entries).checked_mul(bytes)
     }
 }
 

@@ -183,28 +183,39 @@ impl GgufFile {
     }
 
     fn tensor_bytes(&self, info: &GgufTensorInfo) -> Result<&[u8], ModelError> {
-        let numel: usize = info.shape.iter().product();
+        let bad = |reason: String| ModelError::bad_weights(&self.source_name, reason);
+        // Shapes and offsets come from the file: checked arithmetic, so that a damaged table
+        // is an error rather than an overflow.
+        let numel = info
+            .shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| {
+                bad(format!(
+                    "tensor `{}`: shape {:?} is too large",
+                    info.name, info.shape
+                ))
+            })?;
         let size = info.ggml_type.byte_size(numel).ok_or_else(|| {
-            ModelError::bad_weights(
-                &self.source_name,
-                format!(
-                    "tensor `{}`: {numel} entries is not a whole number of {:?} blocks",
-                    info.name, info.ggml_type
-                ),
-            )
+            bad(format!(
+                "tensor `{}`: {numel} entries is not a whole number of {:?} blocks",
+                info.name, info.ggml_type
+            ))
         })?;
-        let start = self.data_start + info.offset as usize;
-        self.bytes.get(start..start + size).ok_or_else(|| {
-            ModelError::bad_weights(
-                &self.source_name,
-                format!(
-                    "tensor `{}` needs bytes {start}..{} but the file has {} (truncated?)",
+        let start = usize::try_from(info.offset)
+            .ok()
+            .and_then(|o| self.data_start.checked_add(o));
+        let range = start.and_then(|s| Some(s..s.checked_add(size)?));
+        range
+            .and_then(|r| self.bytes.get(r))
+            .ok_or_else(|| {
+                bad(format!(
+                    "tensor `{}` needs {size} bytes at offset {} past the data start, but the file has {} bytes (truncated?)",
                     info.name,
-                    start + size,
+                    info.offset,
                     self.bytes.len()
-                ),
-            )
-        })
+                ))
+            })
     }
 
     /// The tensor, dequantized to `f32`.
@@ -288,7 +299,8 @@ impl<'a> Reader<'a> {
                         self.error(&format!("`{key}`: array length {len} exceeds the file"))
                     );
                 }
-                let mut items = Vec::with_capacity(len);
+                // Items may be far larger in memory than their minimum byte: grow as read.
+                let mut items = Vec::with_capacity(len.min(1 << 16));
                 for _ in 0..len {
                     items.push(self.value(item_kind, key, depth + 1)?);
                 }

@@ -287,3 +287,82 @@ fn tiny_llama_as_gguf_gives_the_same_logits_as_its_hf_original() {
         "same weights after un-permuting, so bit-identical logits"
     );
 }
+
+/// A small GGUF of every metadata kind and tensor type the loader reads, to damage.
+fn every_kind() -> Vec<u8> {
+    let mut w = Writer::default();
+    w.str("general.architecture", "llama");
+    w.u32("llama.block_count", 2);
+    w.f32("llama.rope.freq_base", 10000.0);
+    // An array of strings (type 9 of type 8), as tokenizer vocabularies are stored.
+    w.key("tokenizer.ggml.tokens", 9);
+    w.kv.extend(8u32.to_le_bytes());
+    w.kv.extend(3u64.to_le_bytes());
+    for token in ["a", "bc", "<s>"] {
+        string(&mut w.kv, token);
+    }
+    let mut q8 = f16_bytes(0.5).to_vec();
+    q8.extend((-16i8..16).map(|q| q as u8));
+    w.tensor("q8", &[32], GgmlType::Q8_0, q8);
+    w.tensor("f32", &[2, 2], GgmlType::F32, vec![0x3f; 16]);
+    let mut q4k = f16_bytes(1.0).to_vec();
+    q4k.extend(f16_bytes(0.5));
+    q4k.extend([7u8; 140]);
+    w.tensor("q4_k", &[256], GgmlType::Q4K, q4k);
+    w.bytes()
+}
+
+/// Parses `bytes` and, when they parse, dequantizes every tensor: either step may refuse the
+/// file, neither may panic.
+fn parse_everything(bytes: Vec<u8>) {
+    if let Ok(file) = GgufFile::parse(bytes, "fuzz.gguf") {
+        for info in &file.tensors {
+            let _ = file.tensor(info);
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+    /// A valid file with bytes changed (counts, lengths, types, shapes, offsets alike):
+    /// an error or a file whose every tensor lies inside it, never a panic or a huge
+    /// allocation.
+    #[test]
+    fn damaged_gguf_files_are_errors_not_panics(
+        edits in proptest::collection::vec(
+            (proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()),
+            1..8,
+        ),
+    ) {
+        let mut bytes = every_kind();
+        for (at, byte) in edits {
+            let i = at.index(bytes.len());
+            bytes[i] = byte;
+        }
+        parse_everything(bytes);
+    }
+
+    /// Arbitrary bytes after a valid magic and version.
+    #[test]
+    fn arbitrary_gguf_bodies_are_errors_not_panics(
+        body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+    ) {
+        let mut bytes = b"GGUF".to_vec();
+        bytes.extend(3u32.to_le_bytes());
+        bytes.extend(body);
+        parse_everything(bytes);
+    }
+}
+
+/// Every 8-byte field set to all-ones in turn (counts, lengths, dimensions, offsets at their
+/// largest): the overflow cases random edits rarely reach.
+#[test]
+fn maximal_counts_and_offsets_are_errors_not_panics() {
+    let intact = every_kind();
+    for i in 0..intact.len().saturating_sub(8) {
+        let mut bytes = intact.clone();
+        bytes[i..i + 8].fill(0xff);
+        parse_everything(bytes);
+    }
+}

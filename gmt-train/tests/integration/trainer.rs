@@ -201,14 +201,88 @@ fn the_all_reduce_seam_sees_every_step() {
     assert_eq!(bits(plain.model()), bits(mirrored.model()));
 }
 
+/// One way a checkpoint file gets damaged.
+type Damage = fn(&std::path::Path);
+
+fn flip_byte(path: &std::path::Path, at: fn(usize) -> usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let i = at(bytes.len());
+    bytes[i] ^= 0x40;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Every damage is found by the manifest before anything is loaded, and the error names the
+/// checkpoint and the file: a flipped header or data byte, a truncated record, an edited
+/// `trainer.json`, a missing or garbled manifest.
 #[test]
-fn a_damaged_checkpoint_is_an_error_naming_it() {
+fn a_damaged_checkpoint_is_an_error_naming_the_file() {
     let dir = TempDir::new("train-damaged");
+    let trainer = Trainer::new(tiny_llama(), CausalLm, &config(1)).unwrap();
+    let cases: [(&str, &str, Damage); 7] = [
+        ("model header byte", "model.bin", |p| {
+            flip_byte(&p.join("model.bin"), |_| 3);
+        }),
+        ("optimizer data byte", "optimizer.bin", |p| {
+            flip_byte(&p.join("optimizer.bin"), |n| n / 2);
+        }),
+        ("truncated weights", "model.bin", |p| {
+            let bytes = std::fs::read(p.join("model.bin")).unwrap();
+            std::fs::write(p.join("model.bin"), &bytes[..bytes.len() / 3]).unwrap();
+        }),
+        ("edited counters", "trainer.json", |p| {
+            let text = std::fs::read_to_string(p.join("trainer.json")).unwrap();
+            std::fs::write(
+                p.join("trainer.json"),
+                text.replace("\"step\":0", "\"step\":7"),
+            )
+            .unwrap();
+        }),
+        ("garbled manifest", "manifest.json", |p| {
+            std::fs::write(p.join("manifest.json"), b"{ not json").unwrap();
+        }),
+        ("missing manifest", "manifest.json", |p| {
+            std::fs::remove_file(p.join("manifest.json")).unwrap();
+        }),
+        ("missing optimizer", "optimizer.bin", |p| {
+            std::fs::remove_file(p.join("optimizer.bin")).unwrap();
+        }),
+    ];
+    for (what, file, damage) in cases {
+        let root = dir.path().join(what.replace(' ', "-"));
+        let saved = trainer.save_checkpoint(&root, &(), &[], 1).unwrap();
+        Checkpoint::open(&saved).expect("intact before the damage");
+        damage(&saved);
+        let err = Checkpoint::open(&saved).err().expect(what).to_string();
+        assert!(
+            err.contains(file) && err.contains("step-00000000"),
+            "{what}: {err}"
+        );
+        // `latest` (what a resume uses) refuses it too.
+        let err = Checkpoint::latest(&root).err().expect(what).to_string();
+        assert!(err.contains(file), "{what}: {err}");
+    }
+}
+
+/// A record whose manifest is consistent but whose bytes are not a record of this model
+/// (another model, another burn version) is an error from `resume`, not a panic.
+#[test]
+fn a_record_of_another_model_is_an_error_not_a_panic() {
+    let dir = TempDir::new("train-foreign-record");
     let root = dir.path().join("checkpoints");
     let trainer = Trainer::new(tiny_llama(), CausalLm, &config(1)).unwrap();
     let saved = trainer.save_checkpoint(&root, &(), &[], 1).unwrap();
-    std::fs::write(saved.join("trainer.json"), b"{ not json").unwrap();
-    let checkpoint = Checkpoint::open(&saved).unwrap();
+    let files: Vec<(String, Vec<u8>)> = ["optimizer.bin", "trainer.json"]
+        .iter()
+        .map(|f| (f.to_string(), std::fs::read(saved.join(f)).unwrap()))
+        .collect();
+    let mut with_garbage: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    let garbage = [0xffu8; 64];
+    with_garbage.push(("model.bin", &garbage));
+    let saved = gmt_train::write_checkpoint(&root, 1, &with_garbage, 1).unwrap();
+    let checkpoint = Checkpoint::open(&saved).expect("the manifest matches the files");
     let err = Trainer::resume(
         tiny_llama(),
         CausalLm,
@@ -217,16 +291,37 @@ fn a_damaged_checkpoint_is_an_error_naming_it() {
         &Default::default(),
     )
     .err()
-    .unwrap();
-    let text = err.to_string();
-    assert!(
-        text.contains("trainer.json") && text.contains("step-00000000"),
-        "{text}"
-    );
-    std::fs::remove_file(saved.join("optimizer.bin")).unwrap();
-    assert!(Checkpoint::open(&saved).is_err());
-    assert!(
-        Checkpoint::latest(&root).unwrap().is_none(),
-        "incomplete: never resumed"
+    .expect("garbage weights are refused")
+    .to_string();
+    assert!(err.contains("model.bin"), "{err}");
+}
+
+/// Pruning renames a checkpoint out of the `step-*` names before deleting it; what an
+/// interrupted write or prune leaves is never chosen by `latest` and is removed by the next
+/// write.
+#[test]
+fn leftovers_of_interrupted_writes_and_prunes_are_never_resumed() {
+    let dir = TempDir::new("train-leftovers");
+    let root = dir.path().join("checkpoints");
+    let mut trainer = Trainer::new(tiny_llama(), CausalLm, &config(3)).unwrap();
+    trainer.save_checkpoint(&root, &(), &[], 1).unwrap();
+    // A half-deleted prune and a half-written checkpoint, both "newer" than step 0.
+    for leftover in [".pruned-step-00000005", ".partial-step-00000009"] {
+        std::fs::create_dir_all(root.join(leftover)).unwrap();
+        std::fs::write(root.join(leftover).join("model.bin"), b"half").unwrap();
+    }
+    let latest = Checkpoint::latest(&root).unwrap().unwrap();
+    assert!(latest.dir().ends_with("step-00000000"));
+    trainer.step(step_batches(0)).unwrap();
+    trainer.save_checkpoint(&root, &(), &[], 1).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["step-00000001"],
+        "old checkpoint pruned, leftovers removed"
     );
 }
