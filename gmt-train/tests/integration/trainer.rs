@@ -252,13 +252,13 @@ fn a_damaged_checkpoint_is_an_error_naming_the_file() {
         let saved = trainer.save_checkpoint(&root, &(), &[], 1).unwrap();
         Checkpoint::open(&saved).expect("intact before the damage");
         damage(&saved);
-        let err = Checkpoint::open(&saved).err().expect(what).to_string();
+        let err = Checkpoint::open(&saved).expect_err(what).to_string();
         assert!(
             err.contains(file) && err.contains("step-00000000"),
             "{what}: {err}"
         );
         // `latest` (what a resume uses) refuses it too.
-        let err = Checkpoint::latest(&root).err().expect(what).to_string();
+        let err = Checkpoint::latest(&root).expect_err(what).to_string();
         assert!(err.contains(file), "{what}: {err}");
     }
 }
