@@ -78,6 +78,27 @@ impl Case {
     }
 }
 
+impl Case {
+    /// The checkpoint of [`Case::stopped_run`].
+    fn stopped_checkpoint(&self) -> PathBuf {
+        self.stopped_run().join("checkpoints/step-00000001")
+    }
+
+    /// `gmt eval` of the stopped run's checkpoint (as `--model`) on the case's data.
+    fn eval_checkpoint(&self) -> Vec<String> {
+        let model = self.arg("run/checkpoints/step-00000001");
+        strings(&[
+            "eval",
+            "--backend",
+            "cpu",
+            "--model",
+            &model,
+            "--data",
+            &self.arg("train.jsonl"),
+        ])
+    }
+}
+
 /// The run that checkpoint rows copy: made once per test run.
 static TEMPLATE_RUN: OnceLock<PathBuf> = OnceLock::new();
 
@@ -170,644 +191,180 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
+// One row a line or two: rustfmt would spread each over a dozen and bury the table.
+#[rustfmt::skip]
 fn rows() -> Vec<Row> {
     let mut rows = vec![
         // --- data ---
-        row(
-            "empty data file",
-            |c| {
-                let d = c.write("empty.jsonl", "");
-                c.train(&["--data", &d])
-            },
-            1,
-            "empty.jsonl",
-            &[],
-        ),
-        row(
-            "whitespace-only data file",
-            |c| {
-                let d = c.write("blank.jsonl", "\n  \n\t\n");
-                c.train(&["--data", &d])
-            },
-            1,
-            "blank.jsonl",
-            &[],
-        ),
-        row(
-            "malformed JSON line",
-            |c| {
-                let d = c.write(
-                    "bad.jsonl",
-                    "{\"question\": \"what is 1 plus 1 ?\", \"answer\": \"2\"}\n{oops\n",
-                );
-                c.train(&["--data", &d, "--shuffle-buffer", "4"])
-            },
-            1,
-            "bad.jsonl:2",
-            &["bad.jsonl"],
-        ),
-        row(
-            "record missing its answer",
-            |c| {
-                let d = c.write("q.jsonl", "{\"question\": \"what is 1 plus 1 ?\"}\n");
-                c.train(&[
-                    "--data",
-                    &d,
-                    "--format",
-                    "fields",
-                    "--user-field",
-                    "question",
-                    "--assistant-field",
-                    "answer",
-                ])
-            },
-            1,
-            "q.jsonl:1",
-            &[],
-        ),
-        row(
-            "invalid UTF-8",
-            |c| {
-                let d = c.write("latin1.jsonl", b"{\"text\": \"caf\xe9\"}\n");
-                c.train(&["--data", &d])
-            },
-            1,
-            "UTF-8",
-            &[],
-        ),
-        row(
-            "empty evaluation data",
-            |c| {
-                let e = c.write("eval.jsonl", "\n");
-                c.train(&["--eval-data", &e])
-            },
-            1,
-            "eval.jsonl",
-            &[],
-        ),
-        row(
-            "/dev/zero as data",
-            |c| c.train(&["--data", "/dev/zero"]),
-            1,
-            "longer than",
-            &[],
-        ),
-        row(
-            ".json that is not an array",
-            |c| {
-                let d = c.write("obj.json", "{\"question\": \"a\", \"answer\": \"b\"}");
-                c.train(&["--data", &d])
-            },
-            1,
-            "array",
-            &[],
-        ),
-        row(
-            "unknown format name",
-            |c| c.train(&["--format", "yaml"]),
-            1,
-            "yaml",
-            &[],
-        ),
-        row(
-            "directory without data files",
-            |c| {
-                c.write("empty-dir/readme.md", "no data here");
-                c.train(&["--data", &c.arg("empty-dir")])
-            },
-            1,
-            "no data files",
-            &[],
-        ),
-        row(
-            "glob matching nothing",
-            |c| {
-                let pattern = c.arg("shard-*.jsonl");
-                c.train(&["--data", &pattern])
-            },
-            1,
-            "no file matches",
-            &[],
-        ),
-        row(
-            ".gz that is not gzip",
-            |c| {
-                let d = c.write(
-                    "plain.jsonl.gz",
-                    std::fs::read(c.path("train.jsonl")).unwrap(),
-                );
-                c.train(&["--data", &d])
-            },
-            1,
-            "plain.jsonl.gz",
-            &[],
-        ),
-        row(
-            "garbage .parquet",
-            |c| {
-                let d = c.write("rows.parquet", b"PAR1 this is not parquet PAR1");
-                c.train(&["--data", &d])
-            },
-            1,
-            "Parquet",
-            &[],
-        ),
-        row(
-            "every record bad, skipped",
-            |c| {
-                let d = c.write("all-bad.jsonl", "{oops\n[1,2\n");
-                c.train(&[
-                    "--data",
-                    &d,
-                    "--skip-bad-records",
-                    "--max-steps",
-                    "0",
-                    "--epochs",
-                    "1",
-                ])
-            },
-            1,
-            "no examples",
-            &[],
-        ),
-        row(
-            "responses cut off by max_seq_len",
-            |c| c.train(&["--max-seq-len", "6", "--max-steps", "0", "--epochs", "1"]),
-            1,
-            "no examples to train on",
-            &[],
-        ),
-        row(
-            "responses cut off, steps fixed",
-            |c| c.train(&["--max-seq-len", "6"]),
-            1,
-            "no examples",
-            &[],
-        ),
-        row(
-            "preference pairs trained as SFT",
-            |c| {
-                let d = c.write("pairs.jsonl", "{\"prompt\": \"what is 1 plus 1 ?\", \"chosen\": \"2\", \"rejected\": \"3\"}\n");
-                c.train(&["--data", &d])
-            },
-            1,
-            "preference",
-            &[],
-        ),
-        row(
-            "missing evaluation data",
-            |c| c.train(&["--eval-data", "/no/such/eval.jsonl"]),
-            1,
-            "/no/such/eval.jsonl",
-            &[],
-        ),
+        row("empty data file", |c| c.train(&["--data", &c.write("empty.jsonl", "")]), 1, "empty.jsonl", &[]),
+        row("whitespace-only data file", |c| c.train(&["--data", &c.write("blank.jsonl", "\n  \n\t\n")]), 1, "blank.jsonl", &[]),
+        row("malformed JSON line", |c| {
+            let d = c.write("bad.jsonl", "{\"question\": \"what is 1 plus 1 ?\", \"answer\": \"2\"}\n{oops\n");
+            c.train(&["--data", &d, "--shuffle-buffer", "4"])
+        }, 1, "bad.jsonl:2", &["bad.jsonl"]),
+        row("record missing its answer", |c| {
+            let d = c.write("q.jsonl", "{\"question\": \"what is 1 plus 1 ?\"}\n");
+            c.train(&["--data", &d, "--format", "fields", "--user-field", "question", "--assistant-field", "answer"])
+        }, 1, "q.jsonl:1", &[]),
+        row("invalid UTF-8", |c| c.train(&["--data", &c.write("latin1.jsonl", b"{\"text\": \"caf\xe9\"}\n")]), 1, "UTF-8", &[]),
+        row("empty evaluation data", |c| c.train(&["--eval-data", &c.write("eval.jsonl", "\n")]), 1, "eval.jsonl", &[]),
+        row("/dev/zero as data", |c| c.train(&["--data", "/dev/zero"]), 1, "longer than", &[]),
+        row(".json that is not an array", |c| {
+            c.train(&["--data", &c.write("obj.json", "{\"question\": \"a\", \"answer\": \"b\"}")])
+        }, 1, "array", &[]),
+        row("unknown format name", |c| c.train(&["--format", "yaml"]), 1, "yaml", &[]),
+        row("directory without data files", |c| {
+            c.write("empty-dir/readme.md", "no data here");
+            c.train(&["--data", &c.arg("empty-dir")])
+        }, 1, "no data files", &[]),
+        row("glob matching nothing", |c| c.train(&["--data", &c.arg("shard-*.jsonl")]), 1, "no file matches", &[]),
+        row(".gz that is not gzip", |c| {
+            let d = c.write("plain.jsonl.gz", std::fs::read(c.path("train.jsonl")).unwrap());
+            c.train(&["--data", &d])
+        }, 1, "plain.jsonl.gz", &[]),
+        row("garbage .parquet", |c| c.train(&["--data", &c.write("rows.parquet", b"PAR1 this is not parquet PAR1")]), 1, "Parquet", &[]),
+        row("every record bad, skipped", |c| {
+            let d = c.write("all-bad.jsonl", "{oops\n[1,2\n");
+            c.train(&["--data", &d, "--skip-bad-records", "--max-steps", "0", "--epochs", "1"])
+        }, 1, "no examples", &[]),
+        row("responses cut off by max_seq_len", |c| {
+            c.train(&["--max-seq-len", "6", "--max-steps", "0", "--epochs", "1"])
+        }, 1, "no examples to train on", &[]),
+        row("responses cut off, steps fixed", |c| c.train(&["--max-seq-len", "6"]), 1, "no examples", &[]),
+        row("preference pairs trained as SFT", |c| {
+            let d = c.write("pairs.jsonl", "{\"prompt\": \"what is 1 plus 1 ?\", \"chosen\": \"2\", \"rejected\": \"3\"}\n");
+            c.train(&["--data", &d])
+        }, 1, "preference", &[]),
+        row("missing evaluation data", |c| c.train(&["--eval-data", "/no/such/eval.jsonl"]), 1, "/no/such/eval.jsonl", &[]),
         // --- models ---
-        row(
-            "missing model",
-            |c| c.train(&["--model", "/no/such/model"]),
-            1,
-            "/no/such/model",
-            &[],
-        ),
-        row(
-            "model without config.json",
-            |c| {
-                std::fs::remove_file(c.path("llama-tiny/config.json")).unwrap();
-                c.train(&[])
-            },
-            1,
-            "config.json",
-            &["llama-tiny"],
-        ),
-        row(
-            "garbled config.json",
-            |c| {
-                c.write("llama-tiny/config.json", "{\"hidden_size\": ");
-                c.train(&[])
-            },
-            1,
-            "config.json",
-            &["llama-tiny"],
-        ),
-        row(
-            "truncated safetensors",
-            |c| {
-                let bytes = std::fs::read(c.path("llama-tiny/model.safetensors")).unwrap();
-                c.write("llama-tiny/model.safetensors", &bytes[..bytes.len() / 2]);
-                c.train(&[])
-            },
-            1,
-            "safetensors",
-            &["llama-tiny"],
-        ),
-        row(
-            "garbage GGUF",
-            |c| {
-                let m = c.write("model.gguf", b"GGUF\x03\x00\x00\x00garbage");
-                c.train(&["--model", &m])
-            },
-            1,
-            "model.gguf",
-            &["model.gguf"],
-        ),
-        row(
-            "garbled tokenizer.json",
-            |c| {
-                c.write("llama-tiny/tokenizer.json", "{\"model\": 3}");
-                c.train(&[])
-            },
-            1,
-            "tokenizer",
-            &["llama-tiny"],
-        ),
-        row(
-            "tokenizer larger than the vocabulary",
-            |c| {
-                let big = shared().join("fixtures/smollm2-tokenizer/tokenizer.json");
-                c.train(&["--tokenizer", big.to_str().unwrap()])
-            },
-            1,
-            "vocabulary",
-            &[],
-        ),
-        row(
-            "missing chat template file",
-            |c| c.train(&["--chat-template", "/no/such/template.jinja"]),
-            1,
-            "template.jinja",
-            &[],
-        ),
-        row(
-            "chat template that does not parse",
-            |c| {
-                let t = c.write("broken.jinja", "{% for m in messages %}{{ m.content ");
-                c.train(&["--chat-template", &t])
-            },
-            1,
-            "template",
-            &["broken.jinja"],
-        ),
+        row("missing model", |c| c.train(&["--model", "/no/such/model"]), 1, "/no/such/model", &[]),
+        row("model without config.json", |c| {
+            std::fs::remove_file(c.path("llama-tiny/config.json")).unwrap();
+            c.train(&[])
+        }, 1, "config.json", &["llama-tiny"]),
+        row("garbled config.json", |c| {
+            c.write("llama-tiny/config.json", "{\"hidden_size\": ");
+            c.train(&[])
+        }, 1, "config.json", &["llama-tiny"]),
+        row("truncated safetensors", |c| {
+            let bytes = std::fs::read(c.path("llama-tiny/model.safetensors")).unwrap();
+            c.write("llama-tiny/model.safetensors", &bytes[..bytes.len() / 2]);
+            c.train(&[])
+        }, 1, "safetensors", &["llama-tiny"]),
+        row("garbage GGUF", |c| c.train(&["--model", &c.write("model.gguf", b"GGUF\x03\x00\x00\x00garbage")]), 1, "model.gguf", &["model.gguf"]),
+        row("garbled tokenizer.json", |c| {
+            c.write("llama-tiny/tokenizer.json", "{\"model\": 3}");
+            c.train(&[])
+        }, 1, "tokenizer", &["llama-tiny"]),
+        row("tokenizer larger than the vocabulary", |c| {
+            let big = shared().join("fixtures/smollm2-tokenizer/tokenizer.json");
+            c.train(&["--tokenizer", big.to_str().unwrap()])
+        }, 1, "vocabulary", &[]),
+        row("missing chat template file", |c| c.train(&["--chat-template", "/no/such/template.jinja"]), 1, "template.jinja", &[]),
+        row("chat template that does not parse", |c| {
+            c.train(&["--chat-template", &c.write("broken.jinja", "{% for m in messages %}{{ m.content ")])
+        }, 1, "template", &["broken.jinja"]),
         // --- settings ---
-        row(
-            "grad_accum 0",
-            |c| c.train(&["--grad-accum", "0"]),
-            1,
-            "train.grad_accum",
-            &[],
-        ),
-        row(
-            "micro_batch_size 0",
-            |c| c.train(&["--micro-batch-size", "0"]),
-            1,
-            "train.micro_batch_size",
-            &[],
-        ),
-        row(
-            "mask ratio 1",
-            |c| c.train(&["--mask-ratio", "1.0"]),
-            1,
-            "gmt.mask_ratio",
-            &[],
-        ),
-        row(
-            "negative learning rate",
-            |c| c.train(&["--lr=-0.001"]),
-            1,
-            "optim.lr",
-            &[],
-        ),
-        row(
-            "beta2 above 1",
-            |c| c.train(&["--beta2", "2"]),
-            1,
-            "optim.beta2",
-            &[],
-        ),
-        row(
-            "negative eps",
-            |c| c.train(&["--eps=-1"]),
-            1,
-            "optim.eps",
-            &[],
-        ),
-        row(
-            "beta1 NaN",
-            |c| c.train(&["--beta1", "nan"]),
-            1,
-            "optim.beta1",
-            &[],
-        ),
-        row(
-            "weight decay NaN",
-            |c| c.train(&["--weight-decay", "nan"]),
-            1,
-            "optim.weight_decay",
-            &[],
-        ),
-        row(
-            "max_seq_len 1",
-            |c| c.train(&["--max-seq-len", "1"]),
-            1,
-            "data.max_seq_len",
-            &[],
-        ),
-        row(
-            "max_seq_len huge",
-            |c| c.train(&["--max-seq-len", "18446744073709551615"]),
-            1,
-            "data.max_seq_len",
-            &[],
-        ),
-        row(
-            "packing past the model's context",
-            |c| c.train(&["--packing", "--max-seq-len", "100000"]),
-            1,
-            "max_position_embeddings",
-            &[],
-        ),
-        row(
-            "eval fraction above 1",
-            |c| c.train(&["--eval-fraction", "1.5"]),
-            1,
-            "data.eval_fraction",
-            &[],
-        ),
-        row(
-            "DPO with packing",
-            |c| c.train(&["--objective", "dpo", "--packing"]),
-            1,
-            "data.packing",
-            &[],
-        ),
-        row(
-            "config file with a misspelt key",
-            |c| {
-                let f = c.write("run.toml", "[optim]\nweight_decy = 0.1\n");
-                c.train(&["--config", &f])
-            },
-            1,
-            "did you mean `weight_decay`",
-            &["run.toml"],
-        ),
-        row(
-            "config file that is not TOML",
-            |c| {
-                let f = c.write("run.toml", "[optim\nlr = \n");
-                c.train(&["--config", &f])
-            },
-            1,
-            "run.toml",
-            &["run.toml"],
-        ),
-        row(
-            "--force with --resume",
-            |c| c.train(&["--force", "--resume"]),
-            2,
-            "--force",
-            &[],
-        ),
+        row("grad_accum 0", |c| c.train(&["--grad-accum", "0"]), 1, "train.grad_accum", &[]),
+        row("micro_batch_size 0", |c| c.train(&["--micro-batch-size", "0"]), 1, "train.micro_batch_size", &[]),
+        row("mask ratio 1", |c| c.train(&["--mask-ratio", "1.0"]), 1, "gmt.mask_ratio", &[]),
+        row("negative learning rate", |c| c.train(&["--lr=-0.001"]), 1, "optim.lr", &[]),
+        row("beta2 above 1", |c| c.train(&["--beta2", "2"]), 1, "optim.beta2", &[]),
+        row("negative eps", |c| c.train(&["--eps=-1"]), 1, "optim.eps", &[]),
+        row("beta1 NaN", |c| c.train(&["--beta1", "nan"]), 1, "optim.beta1", &[]),
+        row("weight decay NaN", |c| c.train(&["--weight-decay", "nan"]), 1, "optim.weight_decay", &[]),
+        row("max_seq_len 1", |c| c.train(&["--max-seq-len", "1"]), 1, "data.max_seq_len", &[]),
+        row("max_seq_len huge", |c| c.train(&["--max-seq-len", "18446744073709551615"]), 1, "data.max_seq_len", &[]),
+        row("packing past the model's context", |c| c.train(&["--packing", "--max-seq-len", "100000"]), 1, "max_position_embeddings", &[]),
+        row("eval fraction above 1", |c| c.train(&["--eval-fraction", "1.5"]), 1, "data.eval_fraction", &[]),
+        row("DPO with packing", |c| c.train(&["--objective", "dpo", "--packing"]), 1, "data.packing", &[]),
+        row("config file with a misspelt key", |c| {
+            c.train(&["--config", &c.write("run.toml", "[optim]\nweight_decy = 0.1\n")])
+        }, 1, "did you mean `weight_decay`", &["run.toml"]),
+        row("config file that is not TOML", |c| c.train(&["--config", &c.write("run.toml", "[optim\nlr = \n")]), 1, "run.toml", &["run.toml"]),
+        row("--force with --resume", |c| c.train(&["--force", "--resume"]), 2, "--force", &[]),
         // --- checkpoints ---
-        row(
-            "flipped byte in the weights",
-            |c| {
-                let run = c.stopped_run();
-                flip_byte(&run.join("checkpoints/step-00000001/model.bin"), 100);
-                c.train(&["--resume"])
-            },
-            1,
-            "model.bin",
-            &["run/checkpoints", "run/metrics.jsonl"],
-        ),
-        row(
-            "truncated optimizer state",
-            |c| {
-                let run = c.stopped_run();
-                let file = run.join("checkpoints/step-00000001/optimizer.bin");
-                let bytes = std::fs::read(&file).unwrap();
-                std::fs::write(&file, &bytes[..bytes.len() - 10]).unwrap();
-                c.train(&["--resume"])
-            },
-            1,
-            "optimizer.bin",
-            &["run/checkpoints"],
-        ),
-        row(
-            "edited trainer.json",
-            |c| {
-                let run = c.stopped_run();
-                let file = run.join("checkpoints/step-00000001/trainer.json");
-                let text = std::fs::read_to_string(&file).unwrap();
-                std::fs::write(&file, text.replace("\"step\":1", "\"step\":0")).unwrap();
-                c.train(&["--resume"])
-            },
-            1,
-            "trainer.json",
-            &["run/checkpoints"],
-        ),
-        row(
-            "checkpoint without its manifest",
-            |c| {
-                let run = c.stopped_run();
-                std::fs::remove_file(run.join("checkpoints/step-00000001/manifest.json")).unwrap();
-                c.train(&["--resume"])
-            },
-            1,
-            "manifest.json missing",
-            &["run/checkpoints"],
-        ),
-        row(
-            "half-deleted checkpoint from a killed prune",
-            |c| {
-                let run = c.stopped_run();
-                let checkpoint = run.join("checkpoints/step-00000001");
-                std::fs::rename(&checkpoint, run.join("checkpoints/.pruned-step-00000001"))
-                    .unwrap();
-                std::fs::remove_file(run.join("checkpoints/.pruned-step-00000001/model.bin"))
-                    .unwrap();
-                c.train(&["--resume"])
-            },
-            1,
-            "no checkpoint",
-            &[],
-        ),
-        row(
-            "unreadable metrics history",
-            |c| {
-                let run = c.stopped_run();
-                let metrics = run.join("metrics.jsonl");
-                let mut text = std::fs::read_to_string(&metrics).unwrap();
-                text.push_str("{\"step\": 2, \"loss\": nul\n");
-                std::fs::write(&metrics, text).unwrap();
-                c.train(&["--resume"])
-            },
-            1,
-            "metrics",
-            &["run/metrics.jsonl", "run/checkpoints"],
-        ),
-        row(
-            "resume with other settings",
-            |c| {
-                c.stopped_run();
-                c.train(&["--resume", "--lr", "0.5"])
-            },
-            1,
-            "settings differ",
-            &["run/checkpoints"],
-        ),
-        row(
-            "resume with no checkpoint",
-            |c| c.train(&["--resume"]),
-            1,
-            "no checkpoint",
-            &[],
-        ),
-        row(
-            "export of a damaged checkpoint",
-            |c| {
-                let run = c.stopped_run();
-                flip_byte(&run.join("checkpoints/step-00000001/model.bin"), 200);
-                strings(&[
-                    "export",
-                    "--checkpoint",
-                    &c.arg("run"),
-                    "--output",
-                    &c.arg("exported"),
-                ])
-            },
-            1,
-            "model.bin",
-            &["run/checkpoints"],
-        ),
-        row(
-            "eval of a damaged checkpoint",
-            |c| {
-                let run = c.stopped_run();
-                flip_byte(&run.join("checkpoints/step-00000001/optimizer.bin"), 50);
-                strings(&[
-                    "eval",
-                    "--backend",
-                    "cpu",
-                    "--model",
-                    &c.arg("run/checkpoints/step-00000001"),
-                    "--data",
-                    &c.arg("train.jsonl"),
-                ])
-            },
-            1,
-            "optimizer.bin",
-            &["run/checkpoints"],
-        ),
-        row(
-            "eval of a checkpoint without its manifest",
-            |c| {
-                let run = c.stopped_run();
-                std::fs::remove_file(run.join("checkpoints/step-00000001/manifest.json")).unwrap();
-                strings(&[
-                    "eval",
-                    "--backend",
-                    "cpu",
-                    "--model",
-                    &c.arg("run/checkpoints/step-00000001"),
-                    "--data",
-                    &c.arg("train.jsonl"),
-                ])
-            },
-            1,
-            "manifest.json missing",
-            &["run/checkpoints"],
-        ),
+        row("flipped byte in the weights", |c| {
+            flip_byte(&c.stopped_checkpoint().join("model.bin"), 100);
+            c.train(&["--resume"])
+        }, 1, "model.bin", &["run/checkpoints", "run/metrics.jsonl"]),
+        row("truncated optimizer state", |c| {
+            let file = c.stopped_checkpoint().join("optimizer.bin");
+            let bytes = std::fs::read(&file).unwrap();
+            std::fs::write(&file, &bytes[..bytes.len() - 10]).unwrap();
+            c.train(&["--resume"])
+        }, 1, "optimizer.bin", &["run/checkpoints"]),
+        row("edited trainer.json", |c| {
+            let file = c.stopped_checkpoint().join("trainer.json");
+            let text = std::fs::read_to_string(&file).unwrap();
+            std::fs::write(&file, text.replace("\"step\":1", "\"step\":0")).unwrap();
+            c.train(&["--resume"])
+        }, 1, "trainer.json", &["run/checkpoints"]),
+        row("checkpoint without its manifest", |c| {
+            std::fs::remove_file(c.stopped_checkpoint().join("manifest.json")).unwrap();
+            c.train(&["--resume"])
+        }, 1, "manifest.json missing", &["run/checkpoints"]),
+        row("half-deleted checkpoint from a killed prune", |c| {
+            let checkpoint = c.stopped_checkpoint();
+            let pruned = checkpoint.with_file_name(".pruned-step-00000001");
+            std::fs::rename(&checkpoint, &pruned).unwrap();
+            std::fs::remove_file(pruned.join("model.bin")).unwrap();
+            c.train(&["--resume"])
+        }, 1, "no checkpoint", &[]),
+        row("unreadable metrics history", |c| {
+            let metrics = c.stopped_run().join("metrics.jsonl");
+            let mut text = std::fs::read_to_string(&metrics).unwrap();
+            text.push_str("{\"step\": 2, \"loss\": nul\n");
+            std::fs::write(&metrics, text).unwrap();
+            c.train(&["--resume"])
+        }, 1, "metrics", &["run/metrics.jsonl", "run/checkpoints"]),
+        row("resume with other settings", |c| {
+            c.stopped_run();
+            c.train(&["--resume", "--lr", "0.5"])
+        }, 1, "settings differ", &["run/checkpoints"]),
+        row("resume with no checkpoint", |c| c.train(&["--resume"]), 1, "no checkpoint", &[]),
+        row("export of a damaged checkpoint", |c| {
+            flip_byte(&c.stopped_checkpoint().join("model.bin"), 200);
+            strings(&["export", "--checkpoint", &c.arg("run"), "--output", &c.arg("exported")])
+        }, 1, "model.bin", &["run/checkpoints"]),
+        row("eval of a damaged checkpoint", |c| {
+            flip_byte(&c.stopped_checkpoint().join("optimizer.bin"), 50);
+            c.eval_checkpoint()
+        }, 1, "optimizer.bin", &["run/checkpoints"]),
+        row("eval of a checkpoint without its manifest", |c| {
+            std::fs::remove_file(c.stopped_checkpoint().join("manifest.json")).unwrap();
+            c.eval_checkpoint()
+        }, 1, "manifest.json missing", &["run/checkpoints"]),
         // --- outputs ---
-        row(
-            "training over an earlier run",
-            |c| {
-                let run = c.stopped_run();
-                std::fs::remove_dir_all(run.join("checkpoints")).unwrap();
-                c.write("run/final/model.safetensors", "the earlier run's weights");
-                c.train(&[])
-            },
-            1,
-            "earlier run (final/, metrics.jsonl",
-            &["run/final", "run/metrics.jsonl"],
-        ),
-        row(
-            "training over earlier checkpoints",
-            |c| {
-                c.stopped_run();
-                c.train(&[])
-            },
-            1,
-            "--resume to continue it, --force to replace it",
-            &["run/checkpoints", "run/metrics.jsonl"],
-        ),
-        row(
-            "export over a model",
-            |c| {
-                c.stopped_run();
-                strings(&[
-                    "export",
-                    "--checkpoint",
-                    &c.arg("run"),
-                    "--output",
-                    &c.arg("llama-tiny"),
-                ])
-            },
-            1,
-            "already holds a model (config.json, model.safetensors",
-            &["llama-tiny"],
-        ),
-        row(
-            "make-data over data",
-            |c| {
-                sums(&c.dir, "test.jsonl", 3, 0);
-                strings(&[
-                    "make-data",
-                    "--output",
-                    &c.arg(""),
-                    "--train",
-                    "5",
-                    "--test",
-                    "2",
-                ])
-            },
-            1,
-            "already holds test.jsonl, train.jsonl",
-            &["train.jsonl", "test.jsonl"],
-        ),
-        row(
-            "make-data of absurd size",
-            |c| {
-                strings(&[
-                    "make-data",
-                    "--output",
-                    &c.arg("new"),
-                    "--train",
-                    "18446744073709551615",
-                ])
-            },
-            1,
-            "at most",
-            &[],
-        ),
-        row(
-            "checkpoint that cannot be written",
-            |c| {
-                c.write("run/checkpoints", "not a directory");
-                c.train(&[])
-            },
-            1,
-            "checkpoint",
-            &["run/checkpoints"],
-        ),
+        row("training over an earlier run", |c| {
+            let run = c.stopped_run();
+            std::fs::remove_dir_all(run.join("checkpoints")).unwrap();
+            c.write("run/final/model.safetensors", "the earlier run's weights");
+            c.train(&[])
+        }, 1, "earlier run (final/, metrics.jsonl", &["run/final", "run/metrics.jsonl"]),
+        row("training over earlier checkpoints", |c| {
+            c.stopped_run();
+            c.train(&[])
+        }, 1, "--resume to continue it, --force to replace it", &["run/checkpoints", "run/metrics.jsonl"]),
+        row("export over a model", |c| {
+            c.stopped_run();
+            strings(&["export", "--checkpoint", &c.arg("run"), "--output", &c.arg("llama-tiny")])
+        }, 1, "already holds a model (config.json, model.safetensors", &["llama-tiny"]),
+        row("make-data over data", |c| {
+            sums(&c.dir, "test.jsonl", 3, 0);
+            strings(&["make-data", "--output", &c.arg(""), "--train", "5", "--test", "2"])
+        }, 1, "already holds test.jsonl, train.jsonl", &["train.jsonl", "test.jsonl"]),
+        row("make-data of absurd size", |c| {
+            strings(&["make-data", "--output", &c.arg("new"), "--train", "18446744073709551615"])
+        }, 1, "at most", &[]),
+        row("checkpoint that cannot be written", |c| {
+            c.write("run/checkpoints", "not a directory");
+            c.train(&[])
+        }, 1, "checkpoint", &["run/checkpoints"]),
     ];
     // An unavailable backend exits with code 2 (where a GPU is expected, CUDA is there).
     if std::env::var_os("GMT_EXPECT_CUDA").is_none() {
-        rows.push(row(
-            "unavailable backend",
-            |c| c.train(&["--backend", "cuda"]),
-            2,
-            "cuda",
-            &[],
-        ));
+        rows.push(row("unavailable backend", |c| c.train(&["--backend", "cuda"]), 2, "cuda", &[]));
     }
     rows
 }

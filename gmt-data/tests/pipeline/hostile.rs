@@ -42,20 +42,24 @@ fn read_all(path: &std::path::Path) {
     let Ok(stream) = DataStream::new(source, enc, config) else {
         return;
     };
-    let batching = BatchConfig {
-        batch_size: 2,
-        max_seq_len: 64,
+    let Ok(batches) = Batches::new(stream, batching(2, 64)) else {
+        return;
+    };
+    // Every error ends a stream or is followed by more records; none repeats forever.
+    assert!(batches.take(10_000).count() < 10_000, "the stream ends");
+}
+
+/// Padded batches of `batch_size` rows of at most `max_seq_len` tokens, truncating.
+fn batching(batch_size: usize, max_seq_len: usize) -> BatchConfig {
+    BatchConfig {
+        batch_size,
+        max_seq_len,
         truncation: Truncation::Truncate,
         packing: false,
         pad_id: 0,
         group_by_length: 0,
         max_prompt_len: None,
-    };
-    let Ok(batches) = Batches::new(stream, batching) else {
-        return;
-    };
-    // Every error ends a stream or is followed by more records; none repeats forever.
-    assert!(batches.take(10_000).count() < 10_000, "the stream ends");
+    }
 }
 
 fn write_as(name: &str, bytes: &[u8]) -> std::path::PathBuf {
@@ -173,16 +177,7 @@ fn truncation_that_leaves_nothing_to_learn_is_counted_not_batched() {
     );
     let enc = encoder(false);
     let stream = DataStream::new(DataSource::open(&path).unwrap(), &enc, ordered()).unwrap();
-    let batching = BatchConfig {
-        batch_size: 4,
-        max_seq_len: 64,
-        truncation: Truncation::Truncate,
-        packing: false,
-        pad_id: 0,
-        group_by_length: 0,
-        max_prompt_len: None,
-    };
-    let mut batches = Batches::new(stream, batching).unwrap();
+    let mut batches = Batches::new(stream, batching(4, 64)).unwrap();
     let all: Vec<_> = batches.by_ref().collect::<Result<_, _>>().unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].batch, 1, "only the short example is batched");
