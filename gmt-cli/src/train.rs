@@ -125,7 +125,11 @@ fn run_loop<B: AutodiffBackend, R: RunObjective>(
                 interrupted,
             });
         }
-        let micro_batches = objective.batches(batches.next_step(data.grad_accum())?)?;
+        // Data that runs dry says why (bad records, examples cut to nothing) before the error.
+        let step_batches = batches
+            .next_step(data.grad_accum())
+            .inspect_err(|_| report_data(batches.stream().report(), &batches.fit_report()))?;
+        let micro_batches = objective.batches(step_batches)?;
         if micro_batches.is_empty() {
             break; // every epoch is done
         }

@@ -230,7 +230,7 @@ fn rows() -> Vec<Row> {
         row("responses cut off by max_seq_len", |c| {
             c.train(&["--max-seq-len", "6", "--max-steps", "0", "--epochs", "1"])
         }, 1, "no examples to train on", &[]),
-        row("responses cut off, steps fixed", |c| c.train(&["--max-seq-len", "6"]), 1, "no examples", &[]),
+        row("responses cut off, steps fixed", |c| c.train(&["--max-seq-len", "6"]), 1, "examples have no response token within max_seq_len", &[]),
         row("preference pairs trained as SFT", |c| {
             let d = c.write("pairs.jsonl", "{\"prompt\": \"what is 1 plus 1 ?\", \"chosen\": \"2\", \"rejected\": \"3\"}\n");
             c.train(&["--data", &d])
