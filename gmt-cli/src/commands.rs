@@ -389,22 +389,8 @@ pub fn generate_text(args: &GenerateArgs) -> Result<Finished> {
 
 /// `gmt export`
 pub fn export(args: &ExportArgs) -> Result<Finished> {
-    let model_files = [
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "tokenizer_config.json",
-    ];
-    let existing: Vec<&str> = model_files
-        .into_iter()
-        .filter(|f| args.output.join(f).exists())
-        .collect();
-    if !existing.is_empty() && !args.force {
-        anyhow::bail!(
-            "{} already holds a model ({}): pass --force to replace it, or choose another --output",
-            args.output.display(),
-            existing.join(", ")
-        );
+    if !args.force {
+        crate::export::ensure_no_model(&args.output)?;
     }
     let checkpoint = if checkpoint::is_run_checkpoint(&args.checkpoint) {
         checkpoint::open(&args.checkpoint)?

@@ -11,8 +11,31 @@ use tokenizers::Tokenizer;
 
 use crate::model_source::token_text;
 
-/// Writes `config.json`, `model.safetensors`, `tokenizer.json` and `tokenizer_config.json`
-/// (with the chat template and special tokens) into `dir`.
+/// The files [`export_model`] writes.
+const MODEL_FILES: [&str; 4] = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+];
+
+/// Refuses a directory that already holds any of the files [`export_model`] would replace.
+pub fn ensure_no_model(dir: &Path) -> Result<()> {
+    let existing: Vec<&str> = MODEL_FILES
+        .into_iter()
+        .filter(|f| dir.join(f).exists())
+        .collect();
+    anyhow::ensure!(
+        existing.is_empty(),
+        "{} already holds a model ({}): pass --force to replace it, or choose another --output",
+        dir.display(),
+        existing.join(", ")
+    );
+    Ok(())
+}
+
+/// Writes [`MODEL_FILES`]: `config.json`, `model.safetensors`, `tokenizer.json` and
+/// `tokenizer_config.json` (with the chat template and special tokens) into `dir`.
 pub fn export_model<B: Backend>(
     model: &LlamaForCausalLm<B>,
     tokenizer: &Tokenizer,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use gmt_core::{GmtConfig, MaskScope, MaskStrategy, MaskTarget};
-use gmt_data::{FieldMapping, RecordFormat, Split, Truncation};
+use gmt_data::{BatchConfig, FieldMapping, RecordFormat, Split, Truncation};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendChoice;
@@ -325,7 +325,7 @@ impl TrainSettings {
         let t = &self.train;
         let dpo = t.objective == ObjectiveKind::Dpo;
         let o = &self.optim;
-        let checks: [(bool, &str, String); 16] = [
+        let checks: [(bool, &str, String); 13] = [
             (
                 t.grad_accum == 0,
                 "train.grad_accum",
@@ -350,21 +350,6 @@ impl TrainSettings {
                 !(self.optim.lr >= 0.0 && self.optim.lr.is_finite()),
                 "optim.lr",
                 format!("{} is not a learning rate ≥ 0", self.optim.lr),
-            ),
-            (
-                !(2..=gmt_data::MAX_SEQ_LEN).contains(&self.data.max_seq_len),
-                "data.max_seq_len",
-                format!(
-                    "{} is outside 2..={} tokens",
-                    self.data.max_seq_len,
-                    gmt_data::MAX_SEQ_LEN
-                ),
-            ),
-            (
-                self.data.packing && self.data.group_by_length > 0,
-                "data.group_by_length",
-                "packing leaves no padding to save; use packing or length grouping, not both"
-                    .into(),
             ),
             (
                 !(0.0..1.0).contains(&o.beta1),
@@ -397,16 +382,6 @@ impl TrainSettings {
                 format!("{} is outside [0, 1]", self.schedule.min_lr_ratio),
             ),
             (
-                self.data
-                    .max_prompt_len
-                    .is_some_and(|m| m == 0 || m >= self.data.max_seq_len),
-                "data.max_prompt_len",
-                format!(
-                    "must be at least 1 and below max_seq_len ({}), so that every response keeps a token",
-                    self.data.max_seq_len
-                ),
-            ),
-            (
                 dpo && self.data.packing,
                 "data.packing",
                 "DPO sums each response's log-probability over its own row: no packing".into(),
@@ -429,6 +404,19 @@ impl TrainSettings {
             bail!("invalid setting `dpo.{key}`: {reason}");
         }
         // The libraries check their own settings; the messages name the config file's keys.
+        let d = &self.data;
+        let batching = BatchConfig {
+            batch_size: t.micro_batch_size,
+            max_seq_len: d.max_seq_len,
+            truncation: d.truncation,
+            packing: d.packing,
+            pad_id: 0,
+            group_by_length: d.group_by_length,
+            max_prompt_len: d.max_prompt_len,
+        };
+        if let Err(gmt_data::DataError::InvalidConfig { key, reason }) = batching.validate() {
+            bail!("invalid setting `data.{key}`: {reason}");
+        }
         let split = Split::Train {
             eval_fraction: self.data.eval_fraction,
         };

@@ -18,7 +18,7 @@
 //! half-deleted directory under a checkpoint's name.
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Record, Recorder};
@@ -37,6 +37,8 @@ pub const OPTIMIZER_FILE: &str = "optimizer.bin";
 pub const TRAINER_FILE: &str = "trainer.json";
 /// The sizes and checksums of a checkpoint's other files, written last.
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// The files every checkpoint holds.
+const REQUIRED_FILES: [&str; 4] = [MODEL_FILE, OPTIMIZER_FILE, TRAINER_FILE, MANIFEST_FILE];
 const PREFIX: &str = "step-";
 const PARTIAL_PREFIX: &str = ".partial-";
 const PRUNED_PREFIX: &str = ".pruned-";
@@ -51,23 +53,19 @@ impl Checkpoint {
     /// Whether `path` looks like a complete checkpoint directory (its files are not
     /// checked; [`open`](Self::open) does that).
     pub fn is_checkpoint(path: &Path) -> bool {
-        [MODEL_FILE, OPTIMIZER_FILE, TRAINER_FILE, MANIFEST_FILE]
-            .iter()
-            .all(|f| path.join(f).is_file())
+        missing_files(path).is_empty()
     }
 
     /// Opens a checkpoint directory, checking every file against the manifest.
     pub fn open(path: &Path) -> Result<Self, TrainError> {
-        let missing: Vec<&str> = [MODEL_FILE, OPTIMIZER_FILE, TRAINER_FILE, MANIFEST_FILE]
-            .into_iter()
-            .filter(|f| !path.join(f).is_file())
-            .collect();
+        let missing = missing_files(path);
         if !missing.is_empty() {
             return Err(TrainError::Checkpoint {
                 dir: path.to_path_buf(),
                 reason: format!(
-                    "not a complete gmt checkpoint: {} missing (a checkpoint holds {MODEL_FILE}, {OPTIMIZER_FILE}, {TRAINER_FILE} and {MANIFEST_FILE})",
-                    missing.join(", ")
+                    "not a complete gmt checkpoint: {} missing (a checkpoint holds {})",
+                    missing.join(", "),
+                    REQUIRED_FILES.join(", ")
                 ),
             });
         }
@@ -228,24 +226,19 @@ struct ManifestEntry {
     sha256: String,
 }
 
-fn sha256_hex(digest: impl AsRef<[u8]>) -> String {
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+/// The [`REQUIRED_FILES`] that `dir` lacks.
+fn missing_files(dir: &Path) -> Vec<&'static str> {
+    REQUIRED_FILES
+        .into_iter()
+        .filter(|f| !dir.join(f).is_file())
+        .collect()
 }
 
 fn sha256_file(path: &Path) -> Result<String, TrainError> {
     let mut file = File::open(path).map_err(|e| TrainError::io("cannot read", path, e))?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| TrainError::io("cannot read", path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(sha256_hex(hasher.finalize()))
+    std::io::copy(&mut file, &mut hasher).map_err(|e| TrainError::io("cannot read", path, e))?;
+    Ok(format!("{:x}", hasher.finalize()))
 }
 
 /// The checkpoint directories (`step-N`) under `root`, oldest first.
@@ -322,7 +315,7 @@ fn write_files(dir: &Path, files: &[(&str, &[u8])]) -> Result<(), TrainError> {
         manifest.files.push(ManifestEntry {
             name: name.to_string(),
             bytes: bytes.len() as u64,
-            sha256: sha256_hex(Sha256::digest(bytes)),
+            sha256: format!("{:x}", Sha256::digest(bytes)),
         });
     }
     let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
