@@ -15,13 +15,12 @@ use std::time::Duration;
 
 use burn::backend::{Autodiff, NdArray};
 use burn::module::AutodiffModule;
-use burn::optim::AdamWConfig;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gmt_bench::{peak_rss_bytes, random_model, smollm2_135m_config};
 use gmt_core::GmtConfig;
 use gmt_models::{LlamaConfig, LlamaForCausalLm, TokenBatch};
 use gmt_train::{
-    CausalLm, Dpo, DpoConfig, LrSchedule, Objective, PreferenceBatch, ReferenceLogProbs,
+    CausalLm, Dpo, DpoConfig, Objective, PreferenceBatch, ReferenceLogProbs, ScheduleConfig,
     ScheduleKind, Trainer, TrainerConfig,
 };
 use rand::{Rng, SeedableRng};
@@ -42,17 +41,14 @@ fn batch(vocab: usize) -> TokenBatch {
 fn trainer<O: Objective>(model: &LlamaConfig, mask_ratio: f64, objective: O) -> Trainer<B, O> {
     let config = TrainerConfig {
         gmt: GmtConfig::new(mask_ratio),
-        adamw: AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.0),
-        schedule: LrSchedule {
-            lr: 1e-5,
+        schedule: ScheduleConfig {
             kind: ScheduleKind::Constant,
-            warmup_steps: 0,
-            total_steps: u64::MAX,
-            min_lr_ratio: 0.0,
+            ..ScheduleConfig::default()
         },
+        ..TrainerConfig::default()
     };
     let model = random_model::<B>(model, &Default::default(), 0);
-    Trainer::new(model, objective, &config).unwrap()
+    Trainer::new(model, objective, &config, u64::MAX).unwrap()
 }
 
 fn train_step(c: &mut Criterion) {

@@ -92,13 +92,13 @@ impl RunDir {
         total_steps: impl FnOnce() -> Result<u64>,
         device: &B::Device,
     ) -> Result<(Trainer<B, O>, Option<DataPosition>)> {
+        let config = self.settings.trainer_config();
         let Some(checkpoint) = &self.resume_from else {
-            let config = self.settings.trainer_config(total_steps()?);
-            return Ok((Trainer::new(model, objective, &config)?, None));
+            return Ok((
+                Trainer::new(model, objective, &config, total_steps()?)?,
+                None,
+            ));
         };
-        let config = self
-            .settings
-            .trainer_config(checkpoint.progress()?.total_steps);
         let trainer = Trainer::resume(model, objective, &config, checkpoint, device)?;
         let step = trainer.progress().step;
         tracing::info!("resuming {} at step {step}", checkpoint.dir().display());

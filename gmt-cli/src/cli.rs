@@ -199,6 +199,9 @@ pub struct GmtFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
+    /// Clip the global norm of the masked gradient (after masking) to this; 0 = off.
+    #[arg(long)]
+    pub max_grad_norm: Option<f64>,
 }
 
 /// `[optim]` flags of `gmt train`.
@@ -219,9 +222,6 @@ pub struct OptimFlags {
     /// AdamW decoupled weight decay.
     #[arg(long)]
     pub weight_decay: Option<f32>,
-    /// Clip the global norm of the masked gradient (after masking) to this; 0 = off.
-    #[arg(long)]
-    pub max_grad_norm: Option<f64>,
 }
 
 /// `[dpo]` flags of `gmt train` (gmt-train's `DpoConfig`).
@@ -273,7 +273,8 @@ pub struct LoopFlags {
     /// Passes over the data when --max-steps is 0.
     #[arg(long)]
     pub epochs: Option<u64>,
-    /// Seed of data order, masks and sampling.
+    /// Seed of data order and sampling, and of the masks unless the config file sets
+    /// `[gmt] seed`.
     #[arg(long)]
     pub seed: Option<u64>,
     /// Evaluate every N steps (and at the end).

@@ -7,14 +7,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use gmt_core::{GmtConfig, MaskScope, MaskStrategy, MaskTarget};
+use gmt_core::GmtConfig;
 use gmt_data::{BatchConfig, FieldMapping, RecordFormat, Split, Truncation};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendChoice;
 use crate::model_source::Overrides;
-use burn::optim::AdamWConfig;
-use gmt_train::{DpoConfig, LrSchedule, ScheduleKind, TrainerConfig};
+use gmt_train::{DpoConfig, OptimConfig, ScheduleConfig, TrainerConfig};
 
 /// Everything `gmt train` needs, as saved to `<output>/config.toml`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -24,12 +23,13 @@ pub struct TrainSettings {
     pub model: ModelSettings,
     /// The training and evaluation data.
     pub data: DataSettings,
-    /// Gradient-Mask Tuning.
-    pub gmt: GmtSettings,
-    /// AdamW.
-    pub optim: OptimSettings,
-    /// Learning-rate schedule.
-    pub schedule: ScheduleSettings,
+    /// Gradient-Mask Tuning: gmt-core's own configuration. `seed`, when the file leaves it
+    /// out, is `[train] seed`.
+    pub gmt: GmtConfig,
+    /// The learning rate and AdamW: gmt-train's own configuration.
+    pub optim: OptimConfig,
+    /// Learning-rate schedule: gmt-train's own configuration.
+    pub schedule: ScheduleConfig,
     /// The DPO loss (with `train.objective = "dpo"`): gmt-train's own configuration.
     pub dpo: DpoConfig,
     /// Batching, length, checkpoints and evaluation.
@@ -139,90 +139,6 @@ impl Default for DataSettings {
     }
 }
 
-/// `[gmt]`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GmtSettings {
-    /// Fraction of gradient entries set to zero each step, in [0, 1).
-    pub mask_ratio: f64,
-    /// `tensor` (each parameter on its own) or `global` (one threshold for all).
-    pub scope: MaskScope,
-    /// `gradient` (AdamW sees Γ·mask) or `update` (masked entries do not move).
-    pub target: MaskTarget,
-    /// `magnitude` (GMT; `gmt` is accepted too), `random` (the paper's control) or `none`
-    /// (plain fine-tuning).
-    pub strategy: MaskStrategy,
-    /// Glob patterns of parameters never masked (still trained), e.g. `*norm*`.
-    pub exclude: Vec<String>,
-}
-
-impl Default for GmtSettings {
-    fn default() -> Self {
-        Self {
-            mask_ratio: 0.2,
-            scope: MaskScope::Tensor,
-            target: MaskTarget::Gradient,
-            strategy: MaskStrategy::Magnitude,
-            exclude: Vec::new(),
-        }
-    }
-}
-
-/// `[optim]`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OptimSettings {
-    /// Peak learning rate.
-    pub lr: f64,
-    /// AdamW β1.
-    pub beta1: f32,
-    /// AdamW β2.
-    pub beta2: f32,
-    /// AdamW ε.
-    pub eps: f32,
-    /// Decoupled weight decay.
-    pub weight_decay: f32,
-    /// Clip the global norm of the masked gradient to this (0 = no clipping).
-    pub max_grad_norm: f64,
-}
-
-impl Default for OptimSettings {
-    fn default() -> Self {
-        // PyTorch's AdamW defaults except weight decay (PyTorch's is 0.01), which fine-tuning
-        // recipes usually set to 0.
-        Self {
-            lr: 1e-5,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            max_grad_norm: 1.0,
-        }
-    }
-}
-
-/// `[schedule]`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ScheduleSettings {
-    /// `constant`, `linear` or `cosine` decay after warmup.
-    pub kind: ScheduleKind,
-    /// Linear warmup from 0 over this many steps.
-    pub warmup_steps: u64,
-    /// The learning rate at the end of decay, as a fraction of `lr`.
-    pub min_lr_ratio: f64,
-}
-
-impl Default for ScheduleSettings {
-    fn default() -> Self {
-        Self {
-            kind: ScheduleKind::Cosine,
-            warmup_steps: 0,
-            min_lr_ratio: 0.0,
-        }
-    }
-}
-
 /// `[train]`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -239,7 +155,7 @@ pub struct LoopSettings {
     pub max_steps: u64,
     /// Passes over the training data when `max_steps` is 0.
     pub epochs: u64,
-    /// Seed of data order, masks and sampling.
+    /// Seed of data order and sampling, and of the masks unless `[gmt] seed` is set.
     pub seed: u64,
     /// Evaluate every N steps (0 = only at the end).
     pub eval_every: u64,
@@ -296,14 +212,27 @@ impl TrainSettings {
 
     /// Settings from a TOML table (a file's, with flags laid over it).
     pub fn from_table(table: toml::Table) -> Result<Self> {
-        toml::Value::Table(table)
+        let mask_seed_set = sets_mask_seed(&table);
+        let settings: Self = toml::Value::Table(table)
             .try_into()
-            .map_err(|e| anyhow::anyhow!(explain_toml_error(&e)))
+            .map_err(|e| anyhow::anyhow!(explain_toml_error(&e)))?;
+        Ok(settings.with_mask_seed(mask_seed_set))
     }
 
     /// Parses TOML text; unknown keys are errors with the closest known key suggested.
     pub fn from_toml(text: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| anyhow::anyhow!(explain_toml_error(&e)))
+        let settings: Self =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!(explain_toml_error(&e)))?;
+        let table: toml::Table = toml::from_str(text)?;
+        Ok(settings.with_mask_seed(sets_mask_seed(&table)))
+    }
+
+    /// One seed for the run: the masks' seed is `[train] seed` unless `[gmt] seed` was given.
+    fn with_mask_seed(mut self, mask_seed_set: bool) -> Self {
+        if !mask_seed_set {
+            self.gmt.seed = self.train.seed;
+        }
+        self
     }
 
     /// The settings as TOML (what `--print-config` prints and `config.toml` holds).
@@ -324,8 +253,7 @@ impl TrainSettings {
         }
         let t = &self.train;
         let dpo = t.objective == ObjectiveKind::Dpo;
-        let o = &self.optim;
-        let checks: [(bool, &str, String); 13] = [
+        let checks: [(bool, &str, String); 6] = [
             (
                 t.grad_accum == 0,
                 "train.grad_accum",
@@ -345,41 +273,6 @@ impl TrainSettings {
                 t.keep_checkpoints == 0,
                 "train.keep_checkpoints",
                 "must be at least 1".into(),
-            ),
-            (
-                !(self.optim.lr >= 0.0 && self.optim.lr.is_finite()),
-                "optim.lr",
-                format!("{} is not a learning rate ≥ 0", self.optim.lr),
-            ),
-            (
-                !(0.0..1.0).contains(&o.beta1),
-                "optim.beta1",
-                format!("{} is outside [0, 1)", o.beta1),
-            ),
-            (
-                !(0.0..1.0).contains(&o.beta2),
-                "optim.beta2",
-                format!("{} is outside [0, 1)", o.beta2),
-            ),
-            (
-                !(o.eps > 0.0 && o.eps.is_finite()),
-                "optim.eps",
-                format!("{} is not a positive finite ε", o.eps),
-            ),
-            (
-                !(o.weight_decay >= 0.0 && o.weight_decay.is_finite()),
-                "optim.weight_decay",
-                format!("{} is not a weight decay ≥ 0", o.weight_decay),
-            ),
-            (
-                self.optim.max_grad_norm < 0.0 || self.optim.max_grad_norm.is_nan(),
-                "optim.max_grad_norm",
-                format!("{} is negative", self.optim.max_grad_norm),
-            ),
-            (
-                !(0.0..=1.0).contains(&self.schedule.min_lr_ratio),
-                "schedule.min_lr_ratio",
-                format!("{} is outside [0, 1]", self.schedule.min_lr_ratio),
             ),
             (
                 dpo && self.data.packing,
@@ -423,14 +316,12 @@ impl TrainSettings {
         if let Err(gmt_data::DataError::InvalidConfig { reason, .. }) = split.validate() {
             bail!("invalid setting `data.eval_fraction`: {reason}");
         }
-        self.gmt_config().validate().map_err(|e| match e {
-            gmt_core::GmtError::InvalidConfig { key, reason } => {
-                let section = if key == "max_grad_norm" {
-                    "optim"
-                } else {
-                    "gmt"
-                };
-                anyhow::anyhow!("invalid setting `{section}.{key}`: {reason}")
+        self.trainer_config().validate().map_err(|e| match e {
+            gmt_train::TrainError::InvalidConfig { key, reason } => {
+                anyhow::anyhow!("invalid setting `{key}`: {reason}")
+            }
+            gmt_train::TrainError::Gmt(gmt_core::GmtError::InvalidConfig { key, reason }) => {
+                anyhow::anyhow!("invalid setting `gmt.{key}`: {reason}")
             }
             other => other.into(),
         })?;
@@ -507,35 +398,12 @@ impl TrainSettings {
         }
     }
 
-    /// The GMT optimizer's configuration.
-    pub fn gmt_config(&self) -> GmtConfig {
-        let (g, max_norm) = (&self.gmt, self.optim.max_grad_norm);
-        GmtConfig::new(g.mask_ratio)
-            .with_scope(g.scope)
-            .with_target(g.target)
-            .with_strategy(g.strategy)
-            .with_exclude(g.exclude.clone())
-            .with_seed(self.train.seed)
-            .with_max_grad_norm((max_norm > 0.0).then_some(max_norm))
-    }
-
-    /// The trainer's configuration for a run of `total_steps` steps.
-    pub fn trainer_config(&self, total_steps: u64) -> TrainerConfig {
-        let o = &self.optim;
+    /// The trainer's configuration: the `[gmt]`, `[optim]` and `[schedule]` sections.
+    pub fn trainer_config(&self) -> TrainerConfig {
         TrainerConfig {
-            gmt: self.gmt_config(),
-            adamw: AdamWConfig::new()
-                .with_beta_1(o.beta1)
-                .with_beta_2(o.beta2)
-                .with_epsilon(o.eps)
-                .with_weight_decay(o.weight_decay),
-            schedule: LrSchedule {
-                lr: o.lr,
-                kind: self.schedule.kind,
-                warmup_steps: self.schedule.warmup_steps,
-                total_steps,
-                min_lr_ratio: self.schedule.min_lr_ratio,
-            },
+            gmt: self.gmt.clone(),
+            optim: self.optim.clone(),
+            schedule: self.schedule,
         }
     }
 
@@ -564,6 +432,11 @@ impl TrainSettings {
             &self.data.system_field,
         )
     }
+}
+
+/// Whether a settings table gives `[gmt] seed` itself.
+fn sets_mask_seed(table: &toml::Table) -> bool {
+    table.get("gmt").and_then(|gmt| gmt.get("seed")).is_some()
 }
 
 /// A record format from its name and, for `fields`, the field names.
@@ -616,6 +489,7 @@ fn explain_toml_error(error: &toml::de::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gmt_core::MaskStrategy;
 
     #[test]
     fn unknown_keys_suggest_the_closest_known_key() {
@@ -635,6 +509,26 @@ mod tests {
     }
 
     #[test]
+    fn the_mask_seed_is_the_run_seed_unless_given() {
+        let s = TrainSettings::from_toml("[train]\nseed = 7\n").unwrap();
+        assert_eq!((s.train.seed, s.gmt.seed), (7, 7));
+        let s = TrainSettings::from_toml("[train]\nseed = 7\n[gmt]\nseed = 3\n").unwrap();
+        assert_eq!((s.train.seed, s.gmt.seed), (7, 3));
+        // What `config.toml` holds reads back as itself.
+        assert_eq!(TrainSettings::from_toml(&s.to_toml()).unwrap(), s);
+    }
+
+    #[test]
+    fn no_clipping_is_written_as_zero_and_read_back() {
+        let mut s = TrainSettings::default();
+        assert_eq!(s.gmt.max_grad_norm, Some(1.0), "gmt train clips at 1.0");
+        s.gmt.max_grad_norm = None;
+        let text = s.to_toml();
+        assert!(text.contains("max_grad_norm = 0"), "{text}");
+        assert_eq!(TrainSettings::from_toml(&text).unwrap(), s);
+    }
+
+    #[test]
     fn the_strategy_is_named_as_in_gmt_core_and_gmt_is_an_alias() {
         for (name, strategy) in [
             ("magnitude", MaskStrategy::Magnitude),
@@ -644,7 +538,7 @@ mod tests {
         ] {
             let s = TrainSettings::from_toml(&format!("[gmt]\nstrategy = \"{name}\"\n")).unwrap();
             assert_eq!(s.gmt.strategy, strategy, "{name}");
-            assert_eq!(s.gmt_config().strategy, strategy, "{name}");
+            assert_eq!(s.trainer_config().gmt.strategy, strategy, "{name}");
         }
         let err = TrainSettings::from_toml("[gmt]\nstrategy = \"magnitud\"\n").unwrap_err();
         assert!(format!("{err:#}").contains("magnitud"), "{err:#}");
@@ -668,13 +562,13 @@ mod tests {
         s.train.output_dir = Some("o".into());
         assert!(s.validate().is_ok());
         type Breaker = fn(&mut TrainSettings);
-        let cases: [(Breaker, &str); 10] = [
+        let cases: [(Breaker, &str); 11] = [
             (|s| s.data.eval_fraction = 1.5, "data.eval_fraction"),
             (|s| s.train.grad_accum = 0, "train.grad_accum"),
             // Checked by gmt-core, named by its key in the config file.
             (
-                |s| s.optim.max_grad_norm = f64::INFINITY,
-                "optim.max_grad_norm",
+                |s| s.gmt.max_grad_norm = Some(f64::INFINITY),
+                "gmt.max_grad_norm",
             ),
             (|s| s.gmt.mask_ratio = 1.0, "gmt.mask_ratio"),
             (|s| s.optim.lr = -1e-4, "optim.lr"),
@@ -683,6 +577,7 @@ mod tests {
             (|s| s.optim.eps = -1.0, "optim.eps"),
             (|s| s.optim.weight_decay = f32::NAN, "optim.weight_decay"),
             (|s| s.dpo.beta = 0.0, "dpo.beta"),
+            (|s| s.schedule.min_lr_ratio = -0.5, "schedule.min_lr_ratio"),
         ];
         for (break_it, key) in cases {
             let mut bad = s.clone();

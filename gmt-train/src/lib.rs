@@ -11,17 +11,15 @@
 //! ```no_run
 //! # fn run(model: gmt_models::LlamaForCausalLm<burn::backend::Autodiff<burn::backend::NdArray>>,
 //! #        batches: Vec<gmt_models::TokenBatch>) -> Result<(), gmt_train::TrainError> {
-//! use burn::optim::AdamWConfig;
 //! use gmt_core::GmtConfig;
-//! use gmt_train::{CausalLm, LrSchedule, ScheduleKind, Trainer, TrainerConfig};
+//! use gmt_train::{CausalLm, OptimConfig, Trainer, TrainerConfig};
 //!
 //! let config = TrainerConfig {
 //!     gmt: GmtConfig::new(0.2).with_max_grad_norm(Some(1.0)),
-//!     adamw: AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.0),
-//!     schedule: LrSchedule { lr: 1e-4, kind: ScheduleKind::Cosine, warmup_steps: 2,
-//!                            total_steps: batches.len() as u64, min_lr_ratio: 0.0 },
+//!     optim: OptimConfig { lr: 1e-4, ..OptimConfig::default() },
+//!     ..TrainerConfig::default()  // cosine decay, no warmup
 //! };
-//! let mut trainer = Trainer::new(model, CausalLm, &config)?;
+//! let mut trainer = Trainer::new(model, CausalLm, &config, batches.len() as u64)?;
 //! for batch in batches {
 //!     let step = trainer.step([batch])?;   // one micro-batch per step here
 //!     println!("step {}: loss {:.4}, kept {:.1}%", step.step, step.loss(),
@@ -44,7 +42,8 @@
 //! - [`Checkpoint`], [`write_checkpoint`]: atomic checkpoint directories — `checkpoint.rs`
 //! - [`TrainingBatches`], [`DataPosition`]: gmt-data batches over epochs, resumable —
 //!   `data.rs`
-//! - [`LrSchedule`], [`ScheduleKind`] — `schedule.rs`
+//! - [`OptimConfig`]: the learning rate and AdamW's hyper-parameters — `optim.rs`
+//! - [`ScheduleConfig`], [`LrSchedule`], [`ScheduleKind`] — `schedule.rs`
 //! - [`TrainError`] — `error.rs`
 
 #![warn(missing_docs)]
@@ -56,6 +55,7 @@ mod dpo;
 mod error;
 mod evaluate;
 mod objective;
+mod optim;
 mod schedule;
 mod trainer;
 
@@ -69,7 +69,8 @@ pub use dpo::{
 pub use error::TrainError;
 pub use evaluate::{LossReport, evaluate};
 pub use objective::{CausalLm, MetricSums, MicroBatchLoss, Objective};
-pub use schedule::{LrSchedule, ScheduleKind};
+pub use optim::OptimConfig;
+pub use schedule::{LrSchedule, ScheduleConfig, ScheduleKind};
 pub use trainer::{GmtAdamW, StepSummary, TrainProgress, Trainer, TrainerConfig};
 
 /// The README's Rust examples, compiled (and, where not marked `no_run`, run) as doctests.

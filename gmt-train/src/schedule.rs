@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::TrainError;
+
 /// The decay after warmup.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -43,6 +45,53 @@ pub struct LrSchedule {
     pub total_steps: u64,
     /// Final rate as a fraction of `lr`.
     pub min_lr_ratio: f64,
+}
+
+/// The schedule's shape, as a config file holds it (`[schedule]` in `gmt train`'s config); the
+/// peak rate and the run's length complete it into an [`LrSchedule`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Decay after warmup (default cosine).
+    pub kind: ScheduleKind,
+    /// Steps of linear warmup from 0 (default 0).
+    pub warmup_steps: u64,
+    /// The rate at the end of decay, as a fraction of the peak, in [0, 1] (default 0).
+    pub min_lr_ratio: f64,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            kind: ScheduleKind::Cosine,
+            warmup_steps: 0,
+            min_lr_ratio: 0.0,
+        }
+    }
+}
+
+impl ScheduleConfig {
+    /// Refuses a floor outside [0, 1] (the key is `schedule.min_lr_ratio`).
+    pub fn validate(&self) -> Result<(), TrainError> {
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return Err(TrainError::InvalidConfig {
+                key: "schedule.min_lr_ratio",
+                reason: format!("{} is outside [0, 1]", self.min_lr_ratio),
+            });
+        }
+        Ok(())
+    }
+
+    /// The schedule from peak rate `lr` over `total_steps` optimizer steps.
+    pub fn over(&self, lr: f64, total_steps: u64) -> LrSchedule {
+        LrSchedule {
+            lr,
+            kind: self.kind,
+            warmup_steps: self.warmup_steps,
+            total_steps,
+            min_lr_ratio: self.min_lr_ratio,
+        }
+    }
 }
 
 impl LrSchedule {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamW, GradientsParams, Optimizer};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
@@ -16,24 +16,46 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{MODEL_FILE, OPTIMIZER_FILE, TRAINER_FILE, write_checkpoint};
 use crate::{
-    Checkpoint, GradientAllReduce, LossReport, LrSchedule, Objective, SingleReplica, StepTotals,
-    TrainError, evaluate,
+    Checkpoint, GradientAllReduce, LossReport, LrSchedule, Objective, OptimConfig, ScheduleConfig,
+    SingleReplica, StepTotals, TrainError, evaluate,
 };
 
 /// GMT around burn's AdamW, for a Llama-family model: the optimizer a [`Trainer`] steps.
 pub type GmtAdamW<B> =
     GmtOptimizer<OptimizerAdaptor<AdamW, LlamaForCausalLm<B>, B>, LlamaForCausalLm<B>, B>;
 
-/// How a run optimizes: the mask, AdamW's hyper-parameters and the learning-rate schedule.
-#[derive(Clone, Debug)]
+/// How a run optimizes: the mask, the learning rate and AdamW's hyper-parameters, and the
+/// schedule's shape — the `[gmt]`, `[optim]` and `[schedule]` sections of `gmt train`'s config
+/// file, which deserializes into these types (unknown keys refused, absent ones defaulted).
+///
+/// ```
+/// use gmt_train::TrainerConfig;
+///
+/// let config: TrainerConfig = toml::from_str("[gmt]\nmask_ratio = 0.3\n[optim]\nlr = 2e-5\n")?;
+/// assert_eq!((config.gmt.mask_ratio, config.optim.lr), (0.3, 2e-5));
+/// assert_eq!(config.gmt.max_grad_norm, Some(1.0)); // GmtConfig's defaults
+/// config.validate()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainerConfig {
     /// Gradient-Mask Tuning (ratio, scope, target, strategy, exclusions, clipping, seed).
     pub gmt: GmtConfig,
-    /// AdamW (β1, β2, ε, weight decay). burn's defaults differ from PyTorch's
-    /// (ε 1e-5 against 1e-8, weight decay 1e-4 against 0.01): set them.
-    pub adamw: AdamWConfig,
-    /// The learning rate of every step.
-    pub schedule: LrSchedule,
+    /// The peak learning rate and AdamW's β, ε and weight decay.
+    pub optim: OptimConfig,
+    /// Warmup and decay of the learning rate.
+    pub schedule: ScheduleConfig,
+}
+
+impl TrainerConfig {
+    /// Checks every section. Errors name the key: `optim.lr`, `schedule.min_lr_ratio`, or
+    /// gmt-core's own ([`TrainError::Gmt`], keys without the `gmt.` section).
+    pub fn validate(&self) -> Result<(), TrainError> {
+        self.gmt.validate()?;
+        self.optim.validate()?;
+        self.schedule.validate()
+    }
 }
 
 /// The counters of a run, saved in checkpoints.
@@ -107,20 +129,23 @@ pub struct Trainer<B: AutodiffBackend, O: Objective> {
 }
 
 impl<B: AutodiffBackend, O: Objective> Trainer<B, O> {
-    /// A run from step 0.
+    /// A run from step 0 that will take `total_steps` optimizer steps (the schedule's
+    /// length). The config is validated first.
     pub fn new(
         model: LlamaForCausalLm<B>,
         objective: O,
         config: &TrainerConfig,
+        total_steps: u64,
     ) -> Result<Self, TrainError> {
-        let optim = config.gmt.init(config.adamw.init(), &model)?;
+        config.validate()?;
+        let optim = config.gmt.init(config.optim.adamw().init(), &model)?;
         Ok(Self {
             model: Some(model),
             optim,
             objective,
-            schedule: config.schedule,
+            schedule: config.schedule.over(config.optim.lr, total_steps),
             progress: TrainProgress {
-                total_steps: config.schedule.total_steps,
+                total_steps,
                 ..TrainProgress::default()
             },
             all_reduce: Box::new(SingleReplica),
@@ -139,10 +164,14 @@ impl<B: AutodiffBackend, O: Objective> Trainer<B, O> {
     ) -> Result<Self, TrainError> {
         let weights = checkpoint.record(MODEL_FILE, device)?;
         let progress = checkpoint.progress()?;
-        let mut trainer = Self::new(model.load_record(weights), objective, config)?;
+        let mut trainer = Self::new(
+            model.load_record(weights),
+            objective,
+            config,
+            progress.total_steps,
+        )?;
         let record = checkpoint.record(OPTIMIZER_FILE, device)?;
         trainer.optim = trainer.optim.load_record(record);
-        trainer.schedule.total_steps = progress.total_steps;
         trainer.progress = progress;
         Ok(trainer)
     }

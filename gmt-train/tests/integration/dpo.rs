@@ -80,7 +80,7 @@ fn dpo_with_precomputed_reference_resumes_bit_for_bit() {
             .collect()
     };
 
-    let mut straight = Trainer::new(tiny_llama(), dpo(), &config(4)).unwrap();
+    let mut straight = Trainer::new(tiny_llama(), dpo(), &config(), 4).unwrap();
     let mut first_steps = Vec::new();
     for s in 0..4 {
         let step = straight.step(step_batches(s)).unwrap();
@@ -110,7 +110,7 @@ fn dpo_with_precomputed_reference_resumes_bit_for_bit() {
     let root = dir.path().join("checkpoints");
     let reference_file = dir.path().join("reference_logps.json");
     table.save(&reference_file).unwrap();
-    let mut first = Trainer::new(tiny_llama(), dpo(), &config(4)).unwrap();
+    let mut first = Trainer::new(tiny_llama(), dpo(), &config(), 4).unwrap();
     for s in 0..2 {
         first.step(step_batches(s)).unwrap();
     }
@@ -123,7 +123,7 @@ fn dpo_with_precomputed_reference_resumes_bit_for_bit() {
     let mut resumed = Trainer::resume(
         tiny_llama(),
         dpo(),
-        &config(4),
+        &config(),
         &checkpoint,
         &Default::default(),
     )
@@ -149,12 +149,12 @@ fn dpo_with_mask_ratio_zero_is_plain_dpo_and_refuses_batches_without_reference()
     let mut batch = pairs(0);
     table.fill(&mut batch).unwrap();
 
-    let mut plain = config(1);
+    let mut plain = config();
     plain.gmt = GmtConfig::new(0.0).with_max_grad_norm(Some(1.0));
     let mut none = plain.clone();
     none.gmt = none.gmt.with_strategy(gmt_core::MaskStrategy::None);
-    let mut a = Trainer::new(tiny_llama(), dpo(), &plain).unwrap();
-    let mut b = Trainer::new(tiny_llama(), dpo(), &none).unwrap();
+    let mut a = Trainer::new(tiny_llama(), dpo(), &plain, 1).unwrap();
+    let mut b = Trainer::new(tiny_llama(), dpo(), &none, 1).unwrap();
     a.step([batch.clone()]).unwrap();
     b.step([batch]).unwrap();
     assert_eq!(bits(a.model()), bits(b.model()));

@@ -1,15 +1,14 @@
 //! A few steps, a checkpoint, a resume: the continued run is the uninterrupted one, to the bit.
 
 use burn::backend::{Autodiff, NdArray};
-use burn::optim::AdamWConfig;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use gmt_core::{GmtConfig, MaskScope};
 use gmt_models::{LlamaForCausalLm, TokenBatch, load_hf_dir};
 use gmt_tests::TempDir;
 use gmt_train::{
-    CausalLm, Checkpoint, GradientAllReduce, LrSchedule, ScheduleKind, StepTotals, TrainError,
-    Trainer, TrainerConfig,
+    CausalLm, Checkpoint, GradientAllReduce, OptimConfig, ScheduleConfig, ScheduleKind, StepTotals,
+    TrainError, Trainer, TrainerConfig,
 };
 
 type B = Autodiff<NdArray>;
@@ -32,20 +31,20 @@ fn batch(i: u64) -> TokenBatch {
     TokenBatch::new(ids, 2, 12).with_labels(labels)
 }
 
-pub(crate) fn config(total_steps: u64) -> TrainerConfig {
+pub(crate) fn config() -> TrainerConfig {
     TrainerConfig {
         gmt: GmtConfig::new(0.3)
             .with_scope(MaskScope::Global)
             .with_seed(5)
             .with_max_grad_norm(Some(1.0)),
-        adamw: AdamWConfig::new()
-            .with_epsilon(1e-8)
-            .with_weight_decay(0.01),
-        schedule: LrSchedule {
+        optim: OptimConfig {
             lr: 3e-3,
+            weight_decay: 0.01,
+            ..OptimConfig::default()
+        },
+        schedule: ScheduleConfig {
             kind: ScheduleKind::Cosine,
             warmup_steps: 1,
-            total_steps,
             min_lr_ratio: 0.1,
         },
     }
@@ -67,7 +66,7 @@ fn step_batches(step: u64) -> [TokenBatch; 2] {
 
 #[test]
 fn checkpoint_and_resume_continue_the_run_bit_for_bit() {
-    let mut straight = Trainer::new(tiny_llama(), CausalLm, &config(4)).unwrap();
+    let mut straight = Trainer::new(tiny_llama(), CausalLm, &config(), 4).unwrap();
     let mut losses = Vec::new();
     for s in 0..4 {
         let step = straight.step(step_batches(s)).unwrap();
@@ -89,7 +88,7 @@ fn checkpoint_and_resume_continue_the_run_bit_for_bit() {
 
     let dir = TempDir::new("train-resume");
     let root = dir.path().join("checkpoints");
-    let mut first = Trainer::new(tiny_llama(), CausalLm, &config(4)).unwrap();
+    let mut first = Trainer::new(tiny_llama(), CausalLm, &config(), 4).unwrap();
     for s in 0..2 {
         first.step(step_batches(s)).unwrap();
     }
@@ -101,12 +100,13 @@ fn checkpoint_and_resume_continue_the_run_bit_for_bit() {
     assert_eq!(saved, Checkpoint::latest(&root).unwrap().unwrap().dir());
     assert_eq!(std::fs::read(saved.join("note.txt")).unwrap(), b"extra");
 
-    // A fresh model and a config with another length: the checkpoint's state wins.
+    // A fresh model: weights, optimizer state, counters and the run's length come from the
+    // checkpoint.
     let checkpoint = Checkpoint::open(&saved).unwrap();
     let mut resumed = Trainer::resume(
         tiny_llama(),
         CausalLm,
-        &config(99),
+        &config(),
         &checkpoint,
         &Default::default(),
     )
@@ -138,7 +138,7 @@ fn checkpoint_and_resume_continue_the_run_bit_for_bit() {
 
 #[test]
 fn a_step_with_nothing_to_learn_is_an_error_and_changes_nothing() {
-    let mut trainer = Trainer::new(tiny_llama(), CausalLm, &config(2)).unwrap();
+    let mut trainer = Trainer::new(tiny_llama(), CausalLm, &config(), 2).unwrap();
     let before = bits(trainer.model());
     let unlabeled = TokenBatch::new((3..27).collect(), 2, 12).with_labels(vec![-100; 24]);
     let err = trainer.step([unlabeled.clone()]).err().unwrap();
@@ -182,7 +182,7 @@ impl GradientAllReduce<B> for MirrorReplica {
 #[test]
 fn a_trainer_moves_between_threads() {
     fn send<T: Send>(_: &T) {}
-    let trainer = Trainer::new(tiny_llama(), CausalLm, &config(1))
+    let trainer = Trainer::new(tiny_llama(), CausalLm, &config(), 1)
         .unwrap()
         .with_all_reduce(MirrorReplica);
     send(&trainer);
@@ -190,8 +190,8 @@ fn a_trainer_moves_between_threads() {
 
 #[test]
 fn the_all_reduce_seam_sees_every_step() {
-    let mut plain = Trainer::new(tiny_llama(), CausalLm, &config(1)).unwrap();
-    let mut mirrored = Trainer::new(tiny_llama(), CausalLm, &config(1))
+    let mut plain = Trainer::new(tiny_llama(), CausalLm, &config(), 1).unwrap();
+    let mut mirrored = Trainer::new(tiny_llama(), CausalLm, &config(), 1)
         .unwrap()
         .with_all_reduce(MirrorReplica);
     let a = plain.step(step_batches(0)).unwrap();
@@ -217,7 +217,7 @@ fn flip_byte(path: &std::path::Path, at: fn(usize) -> usize) {
 #[test]
 fn a_damaged_checkpoint_is_an_error_naming_the_file() {
     let dir = TempDir::new("train-damaged");
-    let trainer = Trainer::new(tiny_llama(), CausalLm, &config(1)).unwrap();
+    let trainer = Trainer::new(tiny_llama(), CausalLm, &config(), 1).unwrap();
     let cases: [(&str, &str, Damage); 7] = [
         ("model header byte", "model.bin", |p| {
             flip_byte(&p.join("model.bin"), |_| 3);
@@ -269,7 +269,7 @@ fn a_damaged_checkpoint_is_an_error_naming_the_file() {
 fn a_record_of_another_model_is_an_error_not_a_panic() {
     let dir = TempDir::new("train-foreign-record");
     let root = dir.path().join("checkpoints");
-    let trainer = Trainer::new(tiny_llama(), CausalLm, &config(1)).unwrap();
+    let trainer = Trainer::new(tiny_llama(), CausalLm, &config(), 1).unwrap();
     let saved = trainer.save_checkpoint(&root, &(), &[], 1).unwrap();
     let files: Vec<(String, Vec<u8>)> = ["optimizer.bin", "trainer.json"]
         .iter()
@@ -286,7 +286,7 @@ fn a_record_of_another_model_is_an_error_not_a_panic() {
     let err = Trainer::resume(
         tiny_llama(),
         CausalLm,
-        &config(1),
+        &config(),
         &checkpoint,
         &Default::default(),
     )
@@ -303,7 +303,7 @@ fn a_record_of_another_model_is_an_error_not_a_panic() {
 fn leftovers_of_interrupted_writes_and_prunes_are_never_resumed() {
     let dir = TempDir::new("train-leftovers");
     let root = dir.path().join("checkpoints");
-    let mut trainer = Trainer::new(tiny_llama(), CausalLm, &config(3)).unwrap();
+    let mut trainer = Trainer::new(tiny_llama(), CausalLm, &config(), 3).unwrap();
     trainer.save_checkpoint(&root, &(), &[], 1).unwrap();
     // A half-deleted prune and a half-written checkpoint, both "newer" than step 0.
     for leftover in [".pruned-step-00000005", ".partial-step-00000009"] {
@@ -324,4 +324,23 @@ fn leftovers_of_interrupted_writes_and_prunes_are_never_resumed() {
         ["step-00000001"],
         "old checkpoint pruned, leftovers removed"
     );
+}
+
+#[test]
+fn a_config_that_cannot_work_is_refused_by_key_before_any_step() {
+    type Breaker = fn(&mut TrainerConfig);
+    let cases: [(Breaker, &str); 4] = [
+        (|c| c.optim.lr = f64::NAN, "optim.lr"),
+        (|c| c.optim.beta2 = 1.0, "optim.beta2"),
+        (|c| c.schedule.min_lr_ratio = 2.0, "schedule.min_lr_ratio"),
+        (|c| c.gmt.mask_ratio = -0.1, "mask_ratio"),
+    ];
+    for (break_it, key) in cases {
+        let mut bad = config();
+        break_it(&mut bad);
+        let err = Trainer::new(tiny_llama(), CausalLm, &bad, 1)
+            .err()
+            .expect("an impossible config is refused");
+        assert!(err.to_string().contains(key), "{key}: {err}");
+    }
 }

@@ -2,14 +2,13 @@
 //! from gmt-models with gmt-train's trainer (GMT from gmt-core), and the loss falls.
 
 use burn::backend::{Autodiff, NdArray};
-use burn::optim::AdamWConfig;
 use gmt_core::GmtConfig;
 use gmt_data::{
     BatchConfig, Batches, ChatTemplate, DataSource, DataStream, Encoder, FieldMapping,
     RecordFormat, StreamConfig, Truncation,
 };
 use gmt_models::{Architecture, LlamaConfig, LlamaForCausalLm, WeightMap};
-use gmt_train::{CausalLm, LrSchedule, ScheduleKind, Trainer, TrainerConfig};
+use gmt_train::{CausalLm, OptimConfig, ScheduleConfig, ScheduleKind, Trainer, TrainerConfig};
 use tokenizers::Tokenizer;
 
 type B = Autodiff<NdArray>;
@@ -81,16 +80,16 @@ fn gsm8k_batches_train_a_llama_with_gmt() {
 
     let config = TrainerConfig {
         gmt: GmtConfig::new(0.2).with_exclude(vec!["*norm*".into()]),
-        adamw: AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.0),
-        schedule: LrSchedule {
+        optim: OptimConfig {
             lr: 1e-2,
+            ..OptimConfig::default()
+        },
+        schedule: ScheduleConfig {
             kind: ScheduleKind::Constant,
-            warmup_steps: 0,
-            total_steps: 10,
-            min_lr_ratio: 0.0,
+            ..ScheduleConfig::default()
         },
     };
-    let mut trainer = Trainer::new(small_llama(vocab), CausalLm, &config).unwrap();
+    let mut trainer = Trainer::new(small_llama(vocab), CausalLm, &config, 10).unwrap();
     let before = trainer.evaluate(&batches).unwrap().loss;
     let mut last = None;
     while !trainer.is_done() {
