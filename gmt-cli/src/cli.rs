@@ -42,6 +42,8 @@ pub enum Command {
     Info(InfoArgs),
     /// Generate the arithmetic word-problem dataset used by the README's demo.
     MakeData(MakeDataArgs),
+    /// Train and evaluate many runs (configurations × seeds) from a sweep file; resumable.
+    Sweep(SweepArgs),
 }
 
 /// Which model, tokenizer and template to use (`[model]` for `gmt train`).
@@ -346,7 +348,7 @@ fn too_large(args: &TrainArgs) -> Option<String> {
 }
 
 /// Puts every key of `top` into `base`, section by section.
-fn overlay(base: &mut toml::Table, top: toml::Table) {
+pub(crate) fn overlay(base: &mut toml::Table, top: toml::Table) {
     for (key, value) in top {
         match (base.get_mut(&key), value) {
             (Some(toml::Value::Table(inner)), toml::Value::Table(value)) => overlay(inner, value),
@@ -406,12 +408,34 @@ pub struct EvalArgs {
 }
 
 /// What `gmt eval` measures.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum EvalTask {
     /// Mean loss and perplexity.
     Loss,
     /// Loss plus answer accuracy on GSM8K-style question/answer data.
     Gsm8k,
+}
+
+/// `gmt sweep`
+#[derive(Args, Debug)]
+pub struct SweepArgs {
+    /// The sweep file: base settings (`[base.*]` or `base_config`), configurations
+    /// (`[[configs]]`) and/or a grid (`[axes]`), `seeds`, and `[eval]`.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The sweep's directory (overrides the file's `output_dir`).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Print each run and where it stands (done, partial, to do), and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Finish at most N runs in this invocation, then stop (rerun to continue).
+    #[arg(long, value_name = "N")]
+    pub max_runs: Option<usize>,
+    /// Stop the run in progress after N optimizer steps with a checkpoint (rerun to continue).
+    #[arg(long, value_name = "N")]
+    pub stop_after: Option<u64>,
 }
 
 /// `gmt generate`

@@ -37,7 +37,8 @@ pub enum Finished {
     Interrupted,
 }
 
-fn select(choice: BackendChoice) -> Result<backend::Selected> {
+/// The backend `choice` names, logged.
+pub fn select(choice: BackendChoice) -> Result<backend::Selected> {
     let selected = backend::select(choice)?;
     tracing::info!("backend: {selected}");
     Ok(selected)
@@ -65,20 +66,7 @@ pub fn train(args: &TrainArgs) -> Result<Finished> {
     }
     settings.validate()?;
     let selected = select(settings.train.backend)?;
-    let interrupt = Arc::new(AtomicBool::new(false));
-    let flag = interrupt.clone();
-    // Ctrl-C, SIGTERM and SIGHUP alike (ctrlc's `termination` feature): a scheduler's stop
-    // signal must leave a checkpoint, not a lost run.
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("second interrupt: exiting without a checkpoint");
-            std::process::exit(130);
-        }
-        eprintln!(
-            "interrupted (Ctrl-C or SIGTERM): finishing this step and saving a checkpoint (interrupt again to abort)"
-        );
-    })
-    .context("cannot install the interrupt (Ctrl-C, SIGTERM) handler")?;
+    let interrupt = interrupt_flag()?;
     let job = TrainJob {
         settings,
         resume: args.resume,
@@ -130,6 +118,25 @@ pub fn train(args: &TrainArgs) -> Result<Finished> {
     }
 }
 
+/// A flag set by Ctrl-C, SIGTERM and SIGHUP alike (ctrlc's `termination` feature): a
+/// scheduler's stop signal must leave a checkpoint, not a lost run. A second signal exits
+/// at once.
+pub fn interrupt_flag() -> Result<Arc<AtomicBool>> {
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = interrupt.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("second interrupt: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!(
+            "interrupted (Ctrl-C or SIGTERM): finishing this step and saving a checkpoint (interrupt again to abort)"
+        );
+    })
+    .context("cannot install the interrupt (Ctrl-C, SIGTERM) handler")?;
+    Ok(interrupt)
+}
+
 fn format_of(format: &FormatArgs, default: Option<RecordFormat>) -> Result<Option<RecordFormat>> {
     Ok(record_format(
         format.format.as_deref(),
@@ -140,7 +147,8 @@ fn format_of(format: &FormatArgs, default: Option<RecordFormat>) -> Result<Optio
     .or(default))
 }
 
-struct EvalJob<'a>(&'a EvalArgs);
+/// `gmt eval` as a backend job: what `--json` prints.
+pub struct EvalJob<'a>(pub &'a EvalArgs);
 
 impl BackendJob for EvalJob<'_> {
     type Output = serde_json::Value;

@@ -16,6 +16,7 @@ mod model_source;
 mod objective;
 mod plot;
 mod settings;
+mod sweep;
 mod train;
 
 use std::process::ExitCode;
@@ -49,6 +50,7 @@ fn main() -> ExitCode {
         Command::Export(args) => commands::export(args),
         Command::Info(args) => commands::info(args),
         Command::MakeData(args) => commands::make_data(args),
+        Command::Sweep(args) => sweep::sweep(args),
     };
     match result {
         Ok(Finished::Done) => ExitCode::SUCCESS,

@@ -7,4 +7,5 @@ mod bad_input;
 mod commands;
 mod dpo;
 mod smollm2;
+mod sweep;
 mod train;
