@@ -112,6 +112,7 @@ pub fn sweep(args: &SweepArgs) -> Result<Finished> {
         match run_one(&plan, run, args.stop_after, &interrupt)? {
             Some(result) => {
                 result::write_json(&dir.join(RESULT_FILE), &result)?;
+                remove_bulk(&dir, plan.keep_final)?;
                 finished_here += 1;
                 write_outputs(&plan)?;
             }
@@ -186,6 +187,20 @@ fn run_one(
         eval,
         started.elapsed().as_secs_f64(),
     )))
+}
+
+/// A finished run's checkpoints (only for resuming) and, unless kept, its final model: a
+/// sweep of 7B runs would otherwise fill any disk.
+fn remove_bulk(dir: &Path, keep_final: bool) -> Result<()> {
+    let mut bulk = vec![dir.join("checkpoints")];
+    if !keep_final {
+        bulk.push(dir.join("final"));
+    }
+    for path in bulk.into_iter().filter(|p| p.exists()) {
+        std::fs::remove_dir_all(&path)
+            .with_context(|| format!("cannot remove {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// `gmt eval`'s arguments for a run's final model.

@@ -23,7 +23,9 @@ pub struct SweepSpec {
     /// and masks).
     #[serde(default = "default_seeds")]
     pub seeds: Vec<u64>,
-    /// The configuration the others are compared with (default: the first).
+    /// The configuration the others are compared with: a configuration's full name, or the
+    /// name of one of `configs` (each configuration is then compared with it at the same axis
+    /// values). Default: the first of `configs` (or the first configuration).
     #[serde(default)]
     pub baseline: Option<String>,
     /// A `gmt train` config file the runs start from (`base` is laid over it).
@@ -42,6 +44,15 @@ pub struct SweepSpec {
     /// The evaluation of each finished run.
     #[serde(default)]
     pub eval: Option<EvalSpec>,
+    /// Keep each run's exported model (`final/`, the model's size per run) after its
+    /// evaluation (default true). Checkpoints, needed only to resume, are always deleted once
+    /// a run is evaluated.
+    #[serde(default = "yes")]
+    pub keep_final: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_seeds() -> Vec<u64> {
@@ -91,6 +102,10 @@ pub struct Configuration {
     pub name: String,
     /// `gmt.mask_ratio` → 0.3, …
     pub changes: BTreeMap<String, toml::Value>,
+    /// The `[[configs]]` entry it comes from (its `name`), if any.
+    named: Option<String>,
+    /// Its point of the axes' grid.
+    point: BTreeMap<String, toml::Value>,
 }
 
 /// One training run of the sweep.
@@ -111,17 +126,25 @@ pub struct PlannedRun {
 pub struct SweepPlan {
     /// The sweep's directory.
     pub dir: PathBuf,
-    /// The configurations, the baseline first... in file order (the baseline is `baseline`).
+    /// The configurations: `[[configs]]` in file order, each crossed with the axes' grid.
     pub configs: Vec<Configuration>,
-    /// Index of the baseline configuration.
-    pub baseline: usize,
+    /// For each configuration, the index of the one it is compared with (itself for a
+    /// baseline).
+    pub baselines: Vec<usize>,
     /// Every run, configuration by configuration, seed by seed.
     pub runs: Vec<PlannedRun>,
     /// The evaluation after each run.
     pub eval: Option<EvalSpec>,
+    /// Keep each run's `final/` model after its evaluation.
+    pub keep_final: bool,
 }
 
 impl SweepPlan {
+    /// Whether configuration `i` is a baseline.
+    pub fn is_baseline(&self, i: usize) -> bool {
+        self.baselines[i] == i
+    }
+
     /// Reads `path` and builds every run's settings; any setting that does not exist or cannot
     /// work, and any two runs that would collide, is an error naming the run.
     pub fn from_file(path: &Path, output: Option<&Path>) -> Result<Self> {
@@ -152,18 +175,7 @@ impl SweepPlan {
         };
         crate::cli::overlay(&mut base, spec.base.clone());
         let configs = configurations(&spec)?;
-        let baseline = match &spec.baseline {
-            None => 0,
-            Some(name) => configs
-                .iter()
-                .position(|c| &c.name == name)
-                .with_context(|| {
-                    format!(
-                        "`baseline = \"{name}\"` names no configuration (they are: {})",
-                        names(&configs)
-                    )
-                })?,
-        };
+        let baselines = baselines(&configs, spec.baseline.as_deref())?;
         let mut runs = Vec::new();
         for (index, config) in configs.iter().enumerate() {
             for &seed in &spec.seeds {
@@ -189,9 +201,10 @@ impl SweepPlan {
         Ok(Self {
             dir,
             configs,
-            baseline,
+            baselines,
             runs,
             eval: spec.eval,
+            keep_final: spec.keep_final,
         })
     }
 }
@@ -235,7 +248,8 @@ fn configurations(spec: &SweepSpec) -> Result<Vec<Configuration>> {
     }
     let short = short_keys(axes.keys());
     let mut configs = Vec::new();
-    for (name, changes) in &named {
+    for (name_given, changes) in &named {
+        let name = name_given;
         for point in &grid {
             let mut all = changes.clone();
             for (key, value) in point {
@@ -258,10 +272,44 @@ fn configurations(spec: &SweepSpec) -> Result<Vec<Configuration>> {
                     .collect::<Vec<_>>()
                     .join(","),
             };
-            configs.push(Configuration { name, changes: all });
+            configs.push(Configuration {
+                name,
+                changes: all,
+                named: name_given.clone(),
+                point: point.clone(),
+            });
         }
     }
     Ok(configs)
+}
+
+/// Each configuration's baseline: `name` as a full configuration name, or as a `[[configs]]`
+/// name taken at each configuration's own grid point; by default the first `[[configs]]`
+/// entry (or the first configuration).
+fn baselines(configs: &[Configuration], name: Option<&str>) -> Result<Vec<usize>> {
+    if let Some(i) = name.and_then(|n| configs.iter().position(|c| c.name == n)) {
+        return Ok(vec![i; configs.len()]);
+    }
+    let named = match name {
+        Some(n) if configs.iter().any(|c| c.named.as_deref() == Some(n)) => Some(n.to_string()),
+        Some(n) => bail!(
+            "`baseline = \"{n}\"` names no configuration (they are: {})",
+            names(configs)
+        ),
+        None => match &configs[0].named {
+            Some(first) => Some(first.clone()),
+            None => return Ok(vec![0; configs.len()]), // a grid alone: its first point
+        },
+    };
+    Ok(configs
+        .iter()
+        .map(|c| {
+            configs
+                .iter()
+                .position(|b| b.named == named && b.point == c.point)
+                .unwrap_or(0)
+        })
+        .collect())
 }
 
 /// A run's settings: the base, the configuration's changes, its seed and directory.
@@ -434,6 +482,7 @@ mod tests {
             ]
         );
         assert_eq!(plan.runs.len(), 8);
+        assert_eq!(plan.baselines, [0; 4], "a grid alone: its first point");
         let run = &plan.runs[7];
         assert_eq!((run.settings.gmt.mask_ratio, run.seed), (0.5, 2));
         assert_eq!(run.settings.train.seed, 2);
@@ -447,13 +496,39 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_plans_six_configurations() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("# sweep.toml\n")
+            .expect("the README's sweep example");
+        let end = start + readme[start..].find("```").unwrap();
+        let spec: SweepSpec = toml::from_str(&readme[start..end]).unwrap();
+        let plan = SweepPlan::new(spec, None).unwrap();
+        let names: Vec<&str> = plan.configs.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "sft,lr=0.00001",
+                "sft,lr=0.0001",
+                "gmt,lr=0.00001",
+                "gmt,lr=0.0001",
+                "random,lr=0.00001",
+                "random,lr=0.0001"
+            ]
+        );
+        assert_eq!(plan.runs.len(), 18);
+        // `baseline = "sft"`: each configuration against sft at its own learning rate.
+        assert_eq!(plan.baselines, [0, 1, 0, 1, 0, 1]);
+    }
+
+    #[test]
     fn named_configurations_and_the_baseline() {
         let plan = SweepPlan::new(
             spec("baseline = \"sft\"\n[[configs]]\nname = \"gmt\"\ngmt.mask_ratio = 0.3\n[[configs]]\nname = \"sft\"\ngmt.mask_ratio = 0.0\n"),
             None,
         )
         .unwrap();
-        assert_eq!(plan.baseline, 1);
+        assert_eq!(plan.baselines, [1, 1]);
         assert_eq!(plan.runs[0].settings.gmt.mask_ratio, 0.3);
     }
 

@@ -85,7 +85,7 @@ impl RunResult {
             eval,
             timing: Timing {
                 train_secs: metrics.last().map_or(0.0, |m| m.elapsed_secs),
-                median_step_secs: step_secs.get(step_secs.len() / 2).copied().unwrap_or(0.0),
+                median_step_secs: median(&step_secs),
                 eval_secs,
             },
         }
@@ -94,6 +94,15 @@ impl RunResult {
     /// A number from the evaluation (`loss`, `accuracy`, …).
     pub fn eval_metric(&self, key: &str) -> Option<f64> {
         self.eval.as_ref()?.get(key)?.as_f64()
+    }
+}
+
+/// The median of sorted numbers (0 for none).
+fn median(sorted: &[f64]) -> f64 {
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
     }
 }
 

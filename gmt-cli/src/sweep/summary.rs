@@ -65,11 +65,20 @@ pub fn table(plan: &SweepPlan, results: &[RunResult]) -> String {
     for (name, ..) in &measures {
         let _ = write!(out, " {name} |");
     }
-    out.push_str("\n| --- | --- |");
-    out.push_str(&" --- |".repeat(measures.len()));
+    out.push_str(" time vs baseline |\n| --- | --- |");
+    out.push_str(&" --- |".repeat(measures.len() + 1));
+    let step_secs = |name: &str| {
+        let xs: Vec<f64> = results
+            .iter()
+            .filter(|r| r.config == name)
+            .map(|r| r.timing.median_step_secs)
+            .collect();
+        MeanSe::of(&xs).map(|s| s.mean)
+    };
     for (i, config) in plan.configs.iter().enumerate() {
+        let base_secs = step_secs(&plan.configs[plan.baselines[i]].name);
         let runs: Vec<&RunResult> = results.iter().filter(|r| r.config == config.name).collect();
-        let mark = if i == plan.baseline {
+        let mark = if plan.is_baseline(i) {
             " (baseline)"
         } else {
             ""
@@ -80,13 +89,17 @@ pub fn table(plan: &SweepPlan, results: &[RunResult]) -> String {
             let cell = MeanSe::of(&xs).map_or("—".to_string(), |s| s.show(*scale, *digits));
             let _ = write!(out, " {cell} |");
         }
+        let ratio = match (step_secs(&config.name), base_secs) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+            _ => "—".to_string(),
+        };
+        let _ = write!(out, " {ratio} |");
     }
     out
 }
 
 /// Per configuration: the mean ± SE of its difference from the baseline, seed by seed.
 fn paired_table(plan: &SweepPlan, results: &[RunResult]) -> String {
-    let base = &plan.configs[plan.baseline].name;
     let by_seed = |name: &str| -> BTreeMap<u64, &RunResult> {
         results
             .iter()
@@ -94,26 +107,27 @@ fn paired_table(plan: &SweepPlan, results: &[RunResult]) -> String {
             .map(|r| (r.seed, r))
             .collect()
     };
-    let baseline = by_seed(base);
     let measures: Vec<_> = MEASURES
         .iter()
         .filter(|(_, get, ..)| results.iter().any(|r| get(r).is_some()))
         .collect();
-    let mut out = String::from("| configuration | pairs |");
+    let mut out = String::from("| configuration | baseline | pairs |");
     for (name, ..) in &measures {
         let _ = write!(out, " Δ {name} |");
     }
-    out.push_str("\n| --- | --- |");
+    out.push_str("\n| --- | --- | --- |");
     out.push_str(&" --- |".repeat(measures.len()));
     for (i, config) in plan.configs.iter().enumerate() {
-        if i == plan.baseline {
+        if plan.is_baseline(i) {
             continue;
         }
+        let base = &plan.configs[plan.baselines[i]].name;
+        let baseline = by_seed(base);
         let pairs: Vec<(&RunResult, &RunResult)> = by_seed(&config.name)
             .into_iter()
             .filter_map(|(seed, r)| baseline.get(&seed).map(|b| (r, *b)))
             .collect();
-        let _ = write!(out, "\n| `{}` | {} |", config.name, pairs.len());
+        let _ = write!(out, "\n| `{}` | `{base}` | {} |", config.name, pairs.len());
         for (_, get, scale, digits) in &measures {
             let diffs: Vec<f64> = pairs
                 .iter()
@@ -131,12 +145,12 @@ fn paired_table(plan: &SweepPlan, results: &[RunResult]) -> String {
 
 /// `summary.md`.
 pub fn markdown(plan: &SweepPlan, results: &[RunResult]) -> String {
-    let base = &plan.configs[plan.baseline].name;
     let mut out = format!(
         "# Sweep summary\n\n{} of {} runs finished ({} configurations × {} seeds). Mean ± \
          standard error over seeds (no ± with one seed). `s/step` is the median wall-clock \
          time of an optimizer step; `kept %` the mean fraction of gradient entries the mask \
-         kept.\n\n",
+         kept; `time vs baseline` the ratio of mean `s/step` (compare only runs timed on one \
+         otherwise idle machine).\n\n",
         results.len(),
         plan.runs.len(),
         plan.configs.len(),
@@ -145,7 +159,7 @@ pub fn markdown(plan: &SweepPlan, results: &[RunResult]) -> String {
     out.push_str(&table(plan, results));
     let _ = write!(
         out,
-        "\n\n## Paired differences from the baseline `{base}`\n\nEach configuration minus the \
+        "\n\n## Paired differences from the baseline\n\nEach configuration minus its \
          baseline, seed by seed, over the seeds both finished: mean ± standard error of the \
          differences. A difference within about two standard errors of zero is not evidence \
          of an effect.\n\n"

@@ -132,6 +132,10 @@ fn a_sweep_stopped_and_rerun_gives_the_results_of_an_uninterrupted_one() {
     );
     assert!(summary.contains("| `mask_ratio=0.3` | 2 |"), "{summary}");
     assert!(split.join("summary.svg").is_file());
+    // A finished run keeps its final model, not the checkpoints it no longer needs.
+    let first = split.join("runs/mask_ratio=0.0/seed-1");
+    assert!(first.join("final/model.safetensors").is_file());
+    assert!(!first.join("checkpoints").exists());
 
     // A rerun of a finished sweep trains nothing and reports the same.
     let again = gmt_ok(&["sweep", "--config", &split_file]);
