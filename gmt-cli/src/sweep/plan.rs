@@ -37,8 +37,8 @@ pub struct SweepSpec {
     /// A grid: every combination of these settings' values (`"gmt.mask_ratio" = [0.1, 0.5]`).
     #[serde(default)]
     pub axes: toml::Table,
-    /// Named configurations, each a set of settings (`name = "sft"`, `gmt.mask_ratio = 0.0`);
-    /// crossed with the axes when both are given.
+    /// Named configurations, each a set of settings (`name = "sft"`, `gmt.mask_ratio = 0.0`)
+    /// and optionally its own `seeds`; crossed with the axes when both are given.
     #[serde(default)]
     pub configs: Vec<toml::Table>,
     /// The evaluation of each finished run.
@@ -106,6 +106,8 @@ pub struct Configuration {
     named: Option<String>,
     /// Its point of the axes' grid.
     point: BTreeMap<String, toml::Value>,
+    /// Its own seeds (a `[[configs]]` entry's `seeds`), instead of the sweep's.
+    seeds: Option<Vec<u64>>,
 }
 
 /// One training run of the sweep.
@@ -131,7 +133,7 @@ pub struct SweepPlan {
     /// For each configuration, the index of the one it is compared with (itself for a
     /// baseline).
     pub baselines: Vec<usize>,
-    /// Every run, configuration by configuration, seed by seed.
+    /// Every run, seed by seed and, within a seed, configuration by configuration.
     pub runs: Vec<PlannedRun>,
     /// The evaluation after each run.
     pub eval: Option<EvalSpec>,
@@ -176,9 +178,21 @@ impl SweepPlan {
         crate::cli::overlay(&mut base, spec.base.clone());
         let configs = configurations(&spec)?;
         let baselines = baselines(&configs, spec.baseline.as_deref())?;
+        // Seed by seed, every configuration within a seed: a sweep cut short still has
+        // complete paired comparisons for the seeds it finished.
+        let seeds_of = |c: &Configuration| c.seeds.clone().unwrap_or(spec.seeds.clone());
+        let mut all_seeds: Vec<u64> = Vec::new();
+        for seed in configs.iter().flat_map(seeds_of) {
+            if !all_seeds.contains(&seed) {
+                all_seeds.push(seed);
+            }
+        }
         let mut runs = Vec::new();
-        for (index, config) in configs.iter().enumerate() {
-            for &seed in &spec.seeds {
+        for seed in all_seeds {
+            for (index, config) in configs.iter().enumerate() {
+                if !seeds_of(config).contains(&seed) {
+                    continue;
+                }
                 let rel_dir = Path::new("runs")
                     .join(dir_name(&config.name))
                     .join(format!("seed-{seed}"));
@@ -220,10 +234,22 @@ fn configurations(spec: &SweepSpec) -> Result<Vec<Configuration>> {
             Some(other) => bail!("configs[{i}]: `name` must be a non-empty string, not {other}"),
             None => None,
         };
-        named.push((name, changes));
+        let seeds = match changes.remove("seeds") {
+            None => None,
+            Some(value) => Some(
+                value
+                    .try_into::<Vec<u64>>()
+                    .ok()
+                    .filter(|s| !s.is_empty() && first_duplicate(s).is_none())
+                    .with_context(|| {
+                        format!("configs[{i}]: `seeds` must be a list of distinct seeds")
+                    })?,
+            ),
+        };
+        named.push((name, changes, seeds));
     }
     if named.is_empty() {
-        named.push((None, BTreeMap::new()));
+        named.push((None, BTreeMap::new(), None));
     }
     let mut axes = BTreeMap::new();
     flatten("", &spec.axes, &mut axes);
@@ -248,7 +274,7 @@ fn configurations(spec: &SweepSpec) -> Result<Vec<Configuration>> {
     }
     let short = short_keys(axes.keys());
     let mut configs = Vec::new();
-    for (name_given, changes) in &named {
+    for (name_given, changes, seeds) in &named {
         let name = name_given;
         for point in &grid {
             let mut all = changes.clone();
@@ -277,6 +303,7 @@ fn configurations(spec: &SweepSpec) -> Result<Vec<Configuration>> {
                 changes: all,
                 named: name_given.clone(),
                 point: point.clone(),
+                seeds: seeds.clone(),
             });
         }
     }
@@ -485,6 +512,11 @@ mod tests {
         assert_eq!(plan.baselines, [0; 4], "a grid alone: its first point");
         let run = &plan.runs[7];
         assert_eq!((run.settings.gmt.mask_ratio, run.seed), (0.5, 2));
+        assert_eq!(
+            (plan.runs[1].seed, plan.runs[1].config),
+            (1, 1),
+            "seed by seed"
+        );
         assert_eq!(run.settings.train.seed, 2);
         assert_eq!(run.settings.gmt.seed, 2, "the mask seed follows the run's");
         assert_eq!(
@@ -516,9 +548,36 @@ mod tests {
                 "random,lr=0.0001"
             ]
         );
-        assert_eq!(plan.runs.len(), 18);
+        assert_eq!(plan.runs.len(), 16);
         // `baseline = "sft"`: each configuration against sft at its own learning rate.
         assert_eq!(plan.baselines, [0, 1, 0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn a_configuration_may_have_its_own_seeds() {
+        let plan = SweepPlan::new(
+            spec("seeds = [0, 1, 2]\n[[configs]]\nname = \"sft\"\ngmt.mask_ratio = 0.0\n[[configs]]\nname = \"gmt-0.1\"\ngmt.mask_ratio = 0.1\nseeds = [0, 1]\n"),
+            None,
+        )
+        .unwrap();
+        let runs: Vec<(usize, u64)> = plan.runs.iter().map(|r| (r.config, r.seed)).collect();
+        assert_eq!(runs, [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2)]);
+        assert!(plan.configs[1].changes.get("seeds").is_none());
+        let err = SweepPlan::new(spec("[[configs]]\nseeds = [1, 1]\n"), None).unwrap_err();
+        assert!(format!("{err:#}").contains("distinct seeds"), "{err:#}");
+    }
+
+    #[test]
+    fn the_study_sweeps_plan() {
+        for (file, runs) in [("arithmetic", 17), ("gsm8k", 9)] {
+            let path = format!("{}/../docs/study/{file}.toml", env!("CARGO_MANIFEST_DIR"));
+            let plan = SweepPlan::from_file(Path::new(&path), None).unwrap();
+            assert_eq!(plan.runs.len(), runs, "{file}");
+            assert!(
+                plan.baselines.iter().all(|&b| b == 0),
+                "{file}: against sft"
+            );
+        }
     }
 
     #[test]

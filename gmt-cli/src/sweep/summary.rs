@@ -146,7 +146,7 @@ fn paired_table(plan: &SweepPlan, results: &[RunResult]) -> String {
 /// `summary.md`.
 pub fn markdown(plan: &SweepPlan, results: &[RunResult]) -> String {
     let mut out = format!(
-        "# Sweep summary\n\n{} of {} runs finished ({} configurations × {} seeds). Mean ± \
+        "# Sweep summary\n\n{} of {} runs finished, over {} configurations. Mean ± \
          standard error over seeds (no ± with one seed). `s/step` is the median wall-clock \
          time of an optimizer step; `kept %` the mean fraction of gradient entries the mask \
          kept; `time vs baseline` the ratio of mean `s/step` (compare only runs timed on one \
@@ -154,7 +154,6 @@ pub fn markdown(plan: &SweepPlan, results: &[RunResult]) -> String {
         results.len(),
         plan.runs.len(),
         plan.configs.len(),
-        plan.runs.len() / plan.configs.len().max(1),
     );
     out.push_str(&table(plan, results));
     let _ = write!(

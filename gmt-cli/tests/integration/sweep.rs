@@ -103,8 +103,8 @@ fn a_sweep_stopped_and_rerun_gives_the_results_of_an_uninterrupted_one() {
         configs,
         [
             ("mask_ratio=0.0", 1),
-            ("mask_ratio=0.0", 2),
             ("mask_ratio=0.3", 1),
+            ("mask_ratio=0.0", 2),
             ("mask_ratio=0.3", 2)
         ]
     );
@@ -122,10 +122,13 @@ fn a_sweep_stopped_and_rerun_gives_the_results_of_an_uninterrupted_one() {
         }
     }
     // Seeds change the data order, so the runs of one configuration differ.
-    assert_ne!(rows[0]["train_loss"], rows[1]["train_loss"]);
+    assert_ne!(rows[0]["train_loss"], rows[2]["train_loss"]);
 
     let summary = std::fs::read_to_string(split.join("summary.md")).unwrap();
-    assert!(summary.contains("4 of 4 runs finished"), "{summary}");
+    assert!(
+        summary.contains("4 of 4 runs finished, over 2 configurations"),
+        "{summary}"
+    );
     assert!(
         summary.contains("`mask_ratio=0.0` (baseline) | 2 |"),
         "{summary}"
