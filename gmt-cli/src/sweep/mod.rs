@@ -101,6 +101,11 @@ pub fn sweep(args: &SweepArgs) -> Result<Finished> {
         if RunState::of(&dir)? == RunState::Done {
             continue;
         }
+        // An interrupt that came during an evaluation stops the sweep before the next run.
+        if interrupt.load(Ordering::SeqCst) {
+            println!("interrupted; rerun the same command to continue");
+            return Ok(Finished::Interrupted);
+        }
         if args.max_runs.is_some_and(|n| finished_here >= n) {
             println!(
                 "stopped after {finished_here} runs (--max-runs); rerun the same command to continue"
