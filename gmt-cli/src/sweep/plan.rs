@@ -562,7 +562,7 @@ mod tests {
         .unwrap();
         let runs: Vec<(usize, u64)> = plan.runs.iter().map(|r| (r.config, r.seed)).collect();
         assert_eq!(runs, [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2)]);
-        assert!(plan.configs[1].changes.get("seeds").is_none());
+        assert!(!plan.configs[1].changes.contains_key("seeds"));
         let err = SweepPlan::new(spec("[[configs]]\nseeds = [1, 1]\n"), None).unwrap_err();
         assert!(format!("{err:#}").contains("distinct seeds"), "{err:#}");
     }

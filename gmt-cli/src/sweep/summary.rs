@@ -46,24 +46,65 @@ impl MeanSe {
     }
 }
 
-/// The numbers a summary reports for each run.
-const MEASURES: [(&str, fn(&RunResult) -> Option<f64>, f64, usize); 5] = [
-    ("eval loss", |r| r.eval_metric("loss"), 1.0, 4),
-    ("accuracy %", |r| r.eval_metric("accuracy"), 100.0, 1),
-    ("train loss (last 10%)", |r| Some(r.train_loss_tail), 1.0, 4),
-    ("kept %", |r| Some(r.mean_kept_fraction), 100.0, 1),
-    ("s/step", |r| Some(r.timing.median_step_secs), 1.0, 3),
+/// A number a summary reports for each run.
+struct Measure {
+    /// Its column heading.
+    name: &'static str,
+    /// Its value for a run, if the run has it.
+    get: fn(&RunResult) -> Option<f64>,
+    /// Shown multiplied by this (100 for percentages).
+    scale: f64,
+    /// Decimals shown.
+    digits: usize,
+}
+
+const MEASURES: [Measure; 5] = [
+    Measure {
+        name: "eval loss",
+        get: |r| r.eval_metric("loss"),
+        scale: 1.0,
+        digits: 4,
+    },
+    Measure {
+        name: "accuracy %",
+        get: |r| r.eval_metric("accuracy"),
+        scale: 100.0,
+        digits: 1,
+    },
+    Measure {
+        name: "train loss (last 10%)",
+        get: |r| Some(r.train_loss_tail),
+        scale: 1.0,
+        digits: 4,
+    },
+    Measure {
+        name: "kept %",
+        get: |r| Some(r.mean_kept_fraction),
+        scale: 100.0,
+        digits: 1,
+    },
+    Measure {
+        name: "s/step",
+        get: |r| Some(r.timing.median_step_secs),
+        scale: 1.0,
+        digits: 3,
+    },
 ];
+
+/// The measures some run has.
+fn present(results: &[RunResult]) -> Vec<&'static Measure> {
+    MEASURES
+        .iter()
+        .filter(|m| results.iter().any(|r| (m.get)(r).is_some()))
+        .collect()
+}
 
 /// Per configuration: mean ± SE of each measure over its seeds.
 pub fn table(plan: &SweepPlan, results: &[RunResult]) -> String {
-    let measures: Vec<_> = MEASURES
-        .iter()
-        .filter(|(_, get, ..)| results.iter().any(|r| get(r).is_some()))
-        .collect();
+    let measures = present(results);
     let mut out = String::from("| configuration | seeds |");
-    for (name, ..) in &measures {
-        let _ = write!(out, " {name} |");
+    for m in &measures {
+        let _ = write!(out, " {} |", m.name);
     }
     out.push_str(" time vs baseline |\n| --- | --- |");
     out.push_str(&" --- |".repeat(measures.len() + 1));
@@ -84,9 +125,9 @@ pub fn table(plan: &SweepPlan, results: &[RunResult]) -> String {
             ""
         };
         let _ = write!(out, "\n| `{}`{mark} | {} |", config.name, runs.len());
-        for (_, get, scale, digits) in &measures {
-            let xs: Vec<f64> = runs.iter().filter_map(|r| get(r)).collect();
-            let cell = MeanSe::of(&xs).map_or("—".to_string(), |s| s.show(*scale, *digits));
+        for m in &measures {
+            let xs: Vec<f64> = runs.iter().filter_map(|r| (m.get)(r)).collect();
+            let cell = MeanSe::of(&xs).map_or("—".to_string(), |s| s.show(m.scale, m.digits));
             let _ = write!(out, " {cell} |");
         }
         let ratio = match (step_secs(&config.name), base_secs) {
@@ -107,13 +148,10 @@ fn paired_table(plan: &SweepPlan, results: &[RunResult]) -> String {
             .map(|r| (r.seed, r))
             .collect()
     };
-    let measures: Vec<_> = MEASURES
-        .iter()
-        .filter(|(_, get, ..)| results.iter().any(|r| get(r).is_some()))
-        .collect();
+    let measures = present(results);
     let mut out = String::from("| configuration | baseline | pairs |");
-    for (name, ..) in &measures {
-        let _ = write!(out, " Δ {name} |");
+    for m in &measures {
+        let _ = write!(out, " Δ {} |", m.name);
     }
     out.push_str("\n| --- | --- | --- |");
     out.push_str(&" --- |".repeat(measures.len()));
@@ -128,14 +166,14 @@ fn paired_table(plan: &SweepPlan, results: &[RunResult]) -> String {
             .filter_map(|(seed, r)| baseline.get(&seed).map(|b| (r, *b)))
             .collect();
         let _ = write!(out, "\n| `{}` | `{base}` | {} |", config.name, pairs.len());
-        for (_, get, scale, digits) in &measures {
+        for m in &measures {
             let diffs: Vec<f64> = pairs
                 .iter()
-                .filter_map(|(r, b)| Some(get(r)? - get(b)?))
+                .filter_map(|(r, b)| Some((m.get)(r)? - (m.get)(b)?))
                 .collect();
             let cell = MeanSe::of(&diffs).map_or("—".to_string(), |s| {
                 let sign = if s.mean >= 0.0 { "+" } else { "" };
-                format!("{sign}{}", s.show(*scale, *digits))
+                format!("{sign}{}", s.show(m.scale, m.digits))
             });
             let _ = write!(out, " {cell} |");
         }
@@ -230,14 +268,14 @@ pub fn plot(plan: &SweepPlan, results: &[RunResult], path: &Path) -> Result<()> 
         .draw()
         .map_err(|e| err(&e))?;
 
-    let (label, get, scale): (&str, fn(&RunResult) -> Option<f64>, f64) =
-        if results.iter().any(|r| r.eval_metric("accuracy").is_some()) {
-            ("accuracy %", |r| r.eval_metric("accuracy"), 100.0)
-        } else if results.iter().any(|r| r.eval_metric("loss").is_some()) {
-            ("eval loss", |r| r.eval_metric("loss"), 1.0)
-        } else {
-            ("train loss (last 10%)", |r| Some(r.train_loss_tail), 1.0)
-        };
+    // The headline: accuracy, else eval loss, else training loss (MEASURES' first three).
+    let present = present(results);
+    let headline = ["accuracy %", "eval loss"]
+        .iter()
+        .find_map(|name| present.iter().find(|m| m.name == *name))
+        .copied()
+        .unwrap_or(&MEASURES[2]);
+    let (label, get, scale) = (headline.name, headline.get, headline.scale);
     let mut marks = Vec::new();
     for (i, config) in plan.configs.iter().enumerate() {
         let xs: Vec<f64> = results
@@ -299,8 +337,11 @@ pub fn plot(plan: &SweepPlan, results: &[RunResult], path: &Path) -> Result<()> 
     Ok(())
 }
 
+/// (step, loss) points.
+type Curve = Vec<(u64, f64)>;
+
 /// Each configuration's loss per step, mean over its finished seeds.
-fn loss_curves(plan: &SweepPlan, results: &[RunResult]) -> Result<Vec<(String, Vec<(u64, f64)>)>> {
+fn loss_curves(plan: &SweepPlan, results: &[RunResult]) -> Result<Vec<(String, Curve)>> {
     let mut curves = Vec::new();
     for config in &plan.configs {
         let mut sums: BTreeMap<u64, (f64, usize)> = BTreeMap::new();
