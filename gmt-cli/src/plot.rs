@@ -1,12 +1,37 @@
 //! The end-of-run plot (SVG, `plotters`): training and evaluation loss per step, and the
 //! fraction of gradient entries kept in each decoder layer.
 
+use std::ops::Range;
 use std::path::Path;
 
 use anyhow::{Result, anyhow};
+use plotters::coord::Shift;
+use plotters::coord::types::{RangedCoordf64, RangedCoordu64};
 use plotters::prelude::*;
 
 use crate::metrics::StepMetrics;
+
+/// A chart of values per optimizer step (`0..steps` by `y`), its mesh drawn.
+pub fn per_step_chart<'a, DB: DrawingBackend + 'a>(
+    area: &'a DrawingArea<DB, Shift>,
+    caption: &str,
+    steps: u64,
+    y: Range<f64>,
+) -> Result<ChartContext<'a, DB, Cartesian2d<RangedCoordu64, RangedCoordf64>>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0u64..steps, y)
+        .map_err(|e| anyhow!("{e}"))?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    Ok(chart)
+}
 
 /// Draws `metrics` into an SVG file at `path`.
 pub fn plot_run(metrics: &[StepMetrics], path: &Path) -> Result<()> {
@@ -28,18 +53,7 @@ pub fn plot_run(metrics: &[StepMetrics], path: &Path) -> Result<()> {
     } else {
         (0.0, 1.0)
     };
-    let mut chart = ChartBuilder::on(&left)
-        .caption("loss", ("sans-serif", 20))
-        .margin(10)
-        .x_label_area_size(35)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0u64..steps, lo..hi)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("step")
-        .draw()
-        .map_err(|e| err(&e))?;
+    let mut chart = per_step_chart(&left, "loss", steps, lo..hi).map_err(|e| err(&e))?;
     chart
         .draw_series(LineSeries::new(
             metrics.iter().map(|m| (m.step, m.loss)),

@@ -11,6 +11,7 @@ use plotters::prelude::*;
 use super::RunResult;
 use super::plan::SweepPlan;
 use crate::metrics::read_metrics;
+use crate::plot::per_step_chart;
 
 /// Mean and standard error (sample standard deviation / √n) of a few numbers.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -238,17 +239,7 @@ pub fn plot(plan: &SweepPlan, results: &[RunResult], path: &Path) -> Result<()> 
         (a.0.max(s), a.1.min(y), a.2.max(y))
     });
     let (lo, hi) = padded(lo, hi);
-    let mut chart = ChartBuilder::on(&left)
-        .caption("loss per step (mean over seeds)", ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(35)
-        .y_label_area_size(55)
-        .build_cartesian_2d(0u64..steps, lo..hi)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("step")
-        .draw()
+    let mut chart = per_step_chart(&left, "loss per step (mean over seeds)", steps, lo..hi)
         .map_err(|e| err(&e))?;
     for (i, (name, curve)) in curves.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
