@@ -9,6 +9,7 @@ mod plan;
 mod result;
 mod summary;
 
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,9 +73,14 @@ impl RunState {
 pub fn sweep(args: &SweepArgs) -> Result<Finished> {
     let plan = SweepPlan::from_file(&args.config, args.output.as_deref())?;
     if args.list {
+        let mut out = std::io::stdout().lock();
         for run in &plan.runs {
             let state = RunState::of(&plan.dir.join(&run.rel_dir))?;
-            println!("{}  {}", run.rel_dir.display(), state.name());
+            match writeln!(out, "{}  {}", run.rel_dir.display(), state.name()) {
+                // `gmt sweep --list | head`: the reader has what it wanted.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+                written => written.context("cannot write the list to stdout")?,
+            }
         }
         return Ok(Finished::Done);
     }
