@@ -52,7 +52,7 @@ impl RunState {
             Self::Done
         } else if dir.join(TRAINED_FILE).is_file() {
             Self::Trained
-        } else if dir.is_dir() && checkpoint::latest(dir)?.is_some() {
+        } else if has_checkpoint(dir) {
             Self::Partial
         } else {
             Self::ToDo
@@ -67,6 +67,16 @@ impl RunState {
             Self::ToDo => "to do",
         }
     }
+}
+
+/// Whether a run directory holds a checkpoint. Only a look at the names: `gmt train
+/// --resume` verifies the checkpoint (hashing its files) once, when it resumes.
+fn has_checkpoint(dir: &Path) -> bool {
+    std::fs::read_dir(checkpoint::checkpoints_dir(dir)).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
+    })
 }
 
 /// `gmt sweep`
@@ -160,8 +170,9 @@ fn run_one(
 ) -> Result<Option<RunResult>> {
     let dir = plan.dir.join(&run.rel_dir);
     let settings = &run.settings;
-    if RunState::of(&dir)? != RunState::Trained {
-        let resume = RunState::of(&dir)? == RunState::Partial;
+    let state = RunState::of(&dir)?;
+    if state != RunState::Trained {
+        let resume = state == RunState::Partial;
         let job = TrainJob {
             settings: settings.clone(),
             resume,
