@@ -41,3 +41,29 @@ for backend in cuda wgpu; do
   peak_memory target/release/examples/train_throughput \
     --backend "$backend" --batch "$batch" --seq "$seq" --steps "$steps" --warmup 2
 done
+
+# Several GPUs: one data-parallel run over all of them against the same run on GPU 0 alone
+# (the same steps: each device takes its share of the --grad-accum micro-batches).
+gpus="$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)"
+if [ "$gpus" -ge 2 ]; then
+  echo "== data-parallel: SmolLM2-135M on $gpus GPUs against 1"
+  cargo build --release --locked -p gmt-cli
+  work="$(mktemp -d)"
+  model="$(scripts/fetch-smollm2.sh)"
+  target/release/gmt make-data --output "$work/data" --train 400 --test 20 --seed 1
+  devices="$(seq -s, -f 'cuda:%g' 0 $((gpus - 1)))"
+  for run in one:cuda:0 all:"$devices"; do
+    name="${run%%:*}"; list="${run#*:}"
+    /usr/bin/time -f "$name ($list): %e s" target/release/gmt train --model "$model" \
+      --data "$work/data/train.jsonl" --output "$work/$name" --devices "$list" \
+      --max-steps 8 --micro-batch-size 8 --grad-accum "$gpus" --max-seq-len 256 --packing \
+      --lr 1e-4 --mask-ratio 0.3
+  done
+  python3 - "$work" <<'PY'
+import json, sys
+runs = {n: [json.loads(l) for l in open(f"{sys.argv[1]}/{n}/metrics.jsonl")] for n in ("one", "all")}
+for a, b in zip(runs["one"], runs["all"]):
+    print(f"step {a['step']}: loss {a['loss']:.6f} vs {b['loss']:.6f}, kept {a['kept_fraction']:.4f} vs {b['kept_fraction']:.4f}")
+PY
+  rm -rf "$work"
+fi

@@ -31,30 +31,204 @@ pub enum BackendChoice {
     Cuda,
 }
 
-/// The backend in use, with its device.
+/// The backend in use, with its devices: one, or one per replica of a data-parallel run.
 #[derive(Clone, Debug)]
 pub enum Selected {
-    /// burn-ndarray.
-    Cpu,
-    /// WGPU on an adapter.
+    /// burn-ndarray, with `replicas` replicas on the one CPU (for tests of the
+    /// data-parallel path: they share the cores).
+    Cpu {
+        /// Replicas (1 unless `--devices cpu,cpu,…`).
+        replicas: usize,
+    },
+    /// WGPU on one or more adapters.
     Wgpu {
-        /// The initialized device.
-        device: WgpuDevice,
-        /// Adapter name and kind, for the log.
+        /// The initialized devices.
+        devices: Vec<WgpuDevice>,
+        /// The first adapter's name and kind, for the log.
         adapter: String,
     },
-    /// CUDA on GPU 0.
-    Cuda(CudaDevice),
+    /// CUDA on one or more GPUs.
+    Cuda(Vec<CudaDevice>),
 }
 
 impl fmt::Display for Selected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Cpu => write!(f, "cpu (ndarray, {} threads)", rayon_threads()),
-            Self::Wgpu { adapter, .. } => write!(f, "wgpu ({adapter})"),
-            Self::Cuda(_) => write!(f, "cuda (GPU 0)"),
+            Self::Cpu { replicas: 1 } => write!(f, "cpu (ndarray, {} threads)", rayon_threads()),
+            Self::Cpu { replicas } => write!(
+                f,
+                "cpu (ndarray, {} threads) × {replicas} replicas",
+                rayon_threads()
+            ),
+            Self::Wgpu { devices, adapter } if devices.len() == 1 => write!(f, "wgpu ({adapter})"),
+            Self::Wgpu { devices, adapter } => {
+                write!(
+                    f,
+                    "wgpu ({} devices: {devices:?}; first {adapter})",
+                    devices.len()
+                )
+            }
+            Self::Cuda(devices) => {
+                let ids: Vec<String> = devices.iter().map(|d| d.index.to_string()).collect();
+                match ids.len() {
+                    1 => write!(f, "cuda (GPU {})", ids[0]),
+                    _ => write!(f, "cuda (GPUs {})", ids.join(", ")),
+                }
+            }
         }
     }
+}
+
+/// One entry of `--devices`: `cpu`, `cuda:N` or `wgpu:N` (the N-th discrete GPU; `wgpu` alone
+/// is the default adapter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceSpec {
+    /// A replica on the CPU (burn-ndarray).
+    Cpu,
+    /// CUDA GPU N.
+    Cuda(usize),
+    /// WGPU: discrete GPU N, or the default adapter.
+    Wgpu(Option<usize>),
+}
+
+impl DeviceSpec {
+    fn backend(self) -> BackendChoice {
+        match self {
+            Self::Cpu => BackendChoice::Cpu,
+            Self::Cuda(_) => BackendChoice::Cuda,
+            Self::Wgpu(_) => BackendChoice::Wgpu,
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, index) = match s.trim().split_once(':') {
+            Some((kind, index)) => (kind, Some(index)),
+            None => (s.trim(), None),
+        };
+        let index = index
+            .map(|i| {
+                i.parse::<usize>()
+                    .map_err(|_| format!("device `{s}`: `{i}` is not a device number"))
+            })
+            .transpose()?;
+        match (kind, index) {
+            ("cpu", None) => Ok(Self::Cpu),
+            ("cuda", Some(i)) => Ok(Self::Cuda(i)),
+            ("cuda", None) => Ok(Self::Cuda(0)),
+            ("wgpu", i) => Ok(Self::Wgpu(i)),
+            _ => Err(format!(
+                "unknown device `{s}`: expected cpu, cuda:N or wgpu:N"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(spec: DeviceSpec) -> String {
+        spec.to_string()
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => write!(f, "cpu"),
+            Self::Cuda(i) => write!(f, "cuda:{i}"),
+            Self::Wgpu(Some(i)) => write!(f, "wgpu:{i}"),
+            Self::Wgpu(None) => write!(f, "wgpu"),
+        }
+    }
+}
+
+/// `--devices` that cannot be used together or with `--backend`.
+#[derive(Debug, thiserror::Error)]
+pub enum DevicesError {
+    /// Devices of more than one backend.
+    #[error(
+        "--devices mixes backends ({0} and {1}): every replica must run on the same kind of device"
+    )]
+    MixedBackends(DeviceSpec, DeviceSpec),
+    /// Devices of another backend than `--backend` names.
+    #[error("--devices {devices} are not devices of --backend {backend:?}")]
+    OtherBackend {
+        /// The devices' kind.
+        devices: DeviceSpec,
+        /// The backend asked for.
+        backend: BackendChoice,
+    },
+    /// A GPU named twice.
+    #[error("--devices names {0} twice: one replica per GPU")]
+    Repeated(DeviceSpec),
+    /// A device that cannot be initialized.
+    #[error(transparent)]
+    Unavailable(#[from] BackendUnavailable),
+}
+
+/// Picks the backend and initializes every device of `devices` (one replica each); with no
+/// devices, one device of `choice` as [`select`] does.
+pub fn select_devices(
+    choice: BackendChoice,
+    devices: &[DeviceSpec],
+) -> Result<Selected, DevicesError> {
+    let Some(&first) = devices.first() else {
+        return Ok(select(choice)?);
+    };
+    if let Some(&other) = devices.iter().find(|d| d.backend() != first.backend()) {
+        return Err(DevicesError::MixedBackends(first, other));
+    }
+    if !matches!(choice, BackendChoice::Auto) && choice != first.backend() {
+        return Err(DevicesError::OtherBackend {
+            devices: first,
+            backend: choice,
+        });
+    }
+    for (i, d) in devices.iter().enumerate() {
+        if *d != DeviceSpec::Cpu && devices[..i].contains(d) {
+            return Err(DevicesError::Repeated(*d));
+        }
+    }
+    Ok(match first {
+        DeviceSpec::Cpu => Selected::Cpu {
+            replicas: devices.len(),
+        },
+        DeviceSpec::Cuda(_) => Selected::Cuda(
+            devices
+                .iter()
+                .map(|d| match d {
+                    DeviceSpec::Cuda(i) => probe_cuda(*i),
+                    _ => unreachable!("checked: one backend"),
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        DeviceSpec::Wgpu(_) => {
+            let mut adapters = Vec::new();
+            for d in devices {
+                let device = match d {
+                    DeviceSpec::Wgpu(Some(i)) => WgpuDevice::DiscreteGpu(*i),
+                    _ => WgpuDevice::DefaultDevice,
+                };
+                adapters.push(probe_wgpu_device(device)?);
+            }
+            let adapter = adapters[0].1.clone();
+            Selected::Wgpu {
+                devices: adapters.into_iter().map(|(d, _, _)| d).collect(),
+                adapter,
+            }
+        }
+    })
 }
 
 fn rayon_threads() -> usize {
@@ -74,18 +248,18 @@ pub struct BackendUnavailable {
 /// Picks and initializes the backend.
 pub fn select(choice: BackendChoice) -> Result<Selected, BackendUnavailable> {
     match choice {
-        BackendChoice::Cpu => Ok(Selected::Cpu),
-        BackendChoice::Cuda => probe_cuda(),
+        BackendChoice::Cpu => Ok(Selected::Cpu { replicas: 1 }),
+        BackendChoice::Cuda => probe_cuda(0).map(|d| Selected::Cuda(vec![d])),
         BackendChoice::Wgpu => probe_wgpu().map(|(selected, _)| selected),
         BackendChoice::Auto => {
-            if let Ok(cuda) = probe_cuda() {
-                return Ok(cuda);
+            if let Ok(cuda) = probe_cuda(0) {
+                return Ok(Selected::Cuda(vec![cuda]));
             }
             // A software adapter (e.g. Mesa's lavapipe) is slower than burn-ndarray: only a
             // real GPU beats the CPU backend.
             match probe_wgpu() {
                 Ok((selected, true)) => Ok(selected),
-                _ => Ok(Selected::Cpu),
+                _ => Ok(Selected::Cpu { replicas: 1 }),
             }
         }
     }
@@ -107,8 +281,8 @@ fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
-fn probe_cuda() -> Result<Selected, BackendUnavailable> {
-    let device = CudaDevice::new(0);
+fn probe_cuda(index: usize) -> Result<CudaDevice, BackendUnavailable> {
+    let device = CudaDevice::new(index);
     quietly(|| {
         Tensor::<Cuda, 1>::zeros([1], &device)
             .into_data()
@@ -118,20 +292,31 @@ fn probe_cuda() -> Result<Selected, BackendUnavailable> {
     .map_err(|reason| BackendUnavailable {
         backend: "cuda",
         reason: format!(
-            "no CUDA device could be initialized (is an NVIDIA GPU with its driver present?); burn reported: {reason}"
+            "CUDA device {index} could not be initialized (is an NVIDIA GPU with its driver present?); burn reported: {reason}"
         ),
     })?;
-    Ok(Selected::Cuda(device))
+    Ok(device)
 }
 
-/// The initialized WGPU device and whether its adapter is a real GPU.
+/// The initialized default WGPU device and whether its adapter is a real GPU.
 fn probe_wgpu() -> Result<(Selected, bool), BackendUnavailable> {
-    let device = WgpuDevice::DefaultDevice;
+    let (device, adapter, real_gpu) = probe_wgpu_device(WgpuDevice::DefaultDevice)?;
+    Ok((
+        Selected::Wgpu {
+            devices: vec![device],
+            adapter,
+        },
+        real_gpu,
+    ))
+}
+
+/// `device` initialized, its adapter's description, and whether it is a real GPU.
+fn probe_wgpu_device(device: WgpuDevice) -> Result<(WgpuDevice, String, bool), BackendUnavailable> {
     let setup = quietly(|| init_setup::<AutoGraphicsApi>(&device, RuntimeOptions::default()))
         .map_err(|reason| BackendUnavailable {
             backend: "wgpu",
             reason: format!(
-                "{reason} (no Vulkan/Metal/DX12 adapter; on Linux without a GPU, install Mesa's lavapipe: apt-get install mesa-vulkan-drivers)"
+                "{device:?}: {reason} (no Vulkan/Metal/DX12 adapter; on Linux without a GPU, install Mesa's lavapipe: apt-get install mesa-vulkan-drivers)"
             ),
         })?;
     let info = setup.adapter.get_info();
@@ -140,7 +325,7 @@ fn probe_wgpu() -> Result<(Selected, bool), BackendUnavailable> {
         wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu
     );
     let adapter = format!("{} [{:?}, {:?}]", info.name, info.device_type, info.backend);
-    Ok((Selected::Wgpu { device, adapter }, real_gpu))
+    Ok((device, adapter, real_gpu))
 }
 
 /// What `gmt info` prints about each backend, without initializing any of them for training.
@@ -169,7 +354,7 @@ pub fn describe_backends() -> Vec<(String, String)> {
     }
     lines.push((
         "cuda".into(),
-        match probe_cuda() {
+        match probe_cuda(0) {
             Ok(_) => "available: GPU 0".into(),
             Err(e) => format!("not available: {}", e.reason),
         },
@@ -181,15 +366,26 @@ pub fn describe_backends() -> Vec<(String, String)> {
 pub trait BackendJob {
     /// What the job returns.
     type Output;
-    /// Runs on backend `B` with `device`.
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<Self::Output>;
+    /// Runs on backend `B` with `devices`: one, or one per replica of a data-parallel run
+    /// (only `gmt train` selects several).
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> anyhow::Result<Self::Output>;
 }
 
 /// Runs `job` on the selected backend.
 pub fn run_job<J: BackendJob>(selected: &Selected, job: J) -> anyhow::Result<J::Output> {
     match selected {
-        Selected::Cpu => job.run::<Autodiff<NdArray>>(NdArrayDevice::Cpu),
-        Selected::Wgpu { device, .. } => job.run::<Autodiff<Wgpu>>(device.clone()),
-        Selected::Cuda(device) => job.run::<Autodiff<Cuda>>(device.clone()),
+        Selected::Cpu { replicas } => {
+            job.run::<Autodiff<NdArray>>(vec![NdArrayDevice::Cpu; *replicas])
+        }
+        Selected::Wgpu { devices, .. } => job.run::<Autodiff<Wgpu>>(devices.clone()),
+        Selected::Cuda(devices) => job.run::<Autodiff<Cuda>>(devices.clone()),
     }
+}
+
+/// The one device of a single-device job.
+pub fn single<D>(devices: Vec<D>) -> D {
+    devices
+        .into_iter()
+        .next()
+        .expect("a backend is selected with at least one device")
 }

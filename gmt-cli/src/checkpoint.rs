@@ -6,11 +6,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
 use gmt_data::Encoder;
 use gmt_models::{ExportDtype, LlamaForCausalLm};
 pub use gmt_train::Checkpoint;
-use gmt_train::{DataPosition, Objective, Trainer};
+use gmt_train::{DataParallel, DataPosition, Objective, Trainer};
 
 use crate::export::export_model;
 use crate::metrics::read_metrics;
@@ -83,39 +84,65 @@ impl RunDir {
         self.resume_from.is_some()
     }
 
-    /// The trainer: resumed from the checkpoint with its data position, or new for a run of
-    /// `total_steps()` steps.
-    pub fn start<B: AutodiffBackend, O: Objective>(
+    /// The run on `devices`, one replica each: resumed from the checkpoint with its data
+    /// position, or new for a run of `total_steps()` steps. `model` is on the first device;
+    /// the other replicas are copies of it (or of the checkpoint) on theirs.
+    pub fn start<B, O>(
         &self,
         model: LlamaForCausalLm<B>,
         objective: O,
         total_steps: impl FnOnce() -> Result<u64>,
-        device: &B::Device,
-    ) -> Result<(Trainer<B, O>, Option<DataPosition>)> {
+        devices: &[B::Device],
+    ) -> Result<(DataParallel<B, O>, Option<DataPosition>)>
+    where
+        B: AutodiffBackend,
+        O: Objective + Clone + Send + 'static,
+        O::Batch: Send + 'static,
+    {
         let config = self.settings.trainer_config();
-        let Some(checkpoint) = &self.resume_from else {
-            return Ok((
-                Trainer::new(model, objective, &config, total_steps()?)?,
-                None,
-            ));
+        let copies = devices.iter().map(|device| model.clone().fork(device));
+        let (replicas, position) = match &self.resume_from {
+            None => {
+                let total_steps = total_steps()?;
+                let replicas = copies
+                    .map(|model| Trainer::new(model, objective.clone(), &config, total_steps))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (replicas, None)
+            }
+            Some(checkpoint) => {
+                let replicas = copies
+                    .zip(devices)
+                    .map(|(model, device)| {
+                        Trainer::resume(model, objective.clone(), &config, checkpoint, device)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let step = replicas[0].progress().step;
+                tracing::info!("resuming {} at step {step}", checkpoint.dir().display());
+                (replicas, Some(checkpoint.data_position()?))
+            }
         };
-        let trainer = Trainer::resume(model, objective, &config, checkpoint, device)?;
-        let step = trainer.progress().step;
-        tracing::info!("resuming {} at step {step}", checkpoint.dir().display());
-        Ok((trainer, Some(checkpoint.data_position()?)))
+        let run = DataParallel::new(replicas, devices.to_vec())?;
+        Ok((run, position))
     }
 
-    /// Saves a checkpoint of the trainer's current step with the data `position`, keeping
-    /// the newest `keep_checkpoints`.
-    pub fn save<B: AutodiffBackend, O: Objective>(
+    /// Saves a checkpoint of the run's current step with the data `position`, keeping the
+    /// newest `keep_checkpoints`. The replicas are checked to hold the same weights first.
+    pub fn save<B, O>(
         &self,
-        trainer: &Trainer<B, O>,
+        run: &mut DataParallel<B, O>,
         position: &DataPosition,
-    ) -> Result<PathBuf> {
+    ) -> Result<PathBuf>
+    where
+        B: AutodiffBackend,
+        O: Objective + Send + 'static,
+        O::Batch: Send + 'static,
+    {
+        run.check_in_sync()?;
         let toml = self.settings.to_toml();
         let extra: &[(&str, &[u8])] = &[(SETTINGS_FILE, toml.as_bytes())];
         let keep = self.settings.train.keep_checkpoints;
-        Ok(trainer.save_checkpoint(&checkpoints_dir(&self.path), position, extra, keep)?)
+        let dir = checkpoints_dir(&self.path);
+        Ok(run.primary().save_checkpoint(&dir, position, extra, keep)?)
     }
 
     /// Exports the final model to `final/` (a Hugging Face directory) and draws `plot.svg`

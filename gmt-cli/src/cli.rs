@@ -7,7 +7,7 @@ use gmt_core::{MaskScope, MaskStrategy, MaskTarget};
 use gmt_data::Truncation;
 use serde::Serialize;
 
-use crate::backend::BackendChoice;
+use crate::backend::{BackendChoice, DeviceSpec};
 use gmt_train::{DpoLossType, ScheduleKind};
 
 use crate::settings::{ObjectiveKind, ReferenceLogps, TrainSettings};
@@ -263,6 +263,12 @@ pub struct LoopFlags {
     /// Compute backend.
     #[arg(long, value_enum)]
     pub backend: Option<BackendChoice>,
+    /// Train data-parallel, one replica per device: `cuda:0,cuda:1`, `wgpu:0,wgpu:1`, or
+    /// `cpu,cpu` (replicas sharing the CPU, for tests). Each step's --grad-accum micro-batches
+    /// are split evenly over them.
+    #[arg(long, value_delimiter = ',', value_parser = parse_device)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceSpec>,
     /// Sequences per micro-batch.
     #[arg(long)]
     pub micro_batch_size: Option<usize>,
@@ -526,4 +532,8 @@ pub struct MakeDataArgs {
     /// with one arithmetic slip); test.jsonl keeps `{question, answer}` for answer accuracy.
     #[arg(long)]
     pub pairs: bool,
+}
+
+fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+    s.parse()
 }

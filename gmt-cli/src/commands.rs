@@ -26,7 +26,7 @@ use crate::evaluate::answer_accuracy;
 use crate::export::export_model;
 use crate::model_source::{LoadedModel, Overrides, load_model};
 use crate::objective::{DpoRun, Reference, RunObjective};
-use crate::settings::{ObjectiveKind, record_format};
+use crate::settings::{ObjectiveKind, TrainSettings, record_format};
 use crate::train::{TrainJob, TrainOutcome};
 
 /// How a command ended, for the exit code.
@@ -40,6 +40,18 @@ pub enum Finished {
 /// The backend `choice` names, logged.
 pub fn select(choice: BackendChoice) -> Result<backend::Selected> {
     let selected = backend::select(choice)?;
+    tracing::info!("backend: {selected}");
+    Ok(selected)
+}
+
+/// The backend and devices of a training run (`[train] backend` and `devices`), logged.
+pub fn select_for_training(settings: &TrainSettings) -> Result<backend::Selected> {
+    let selected = backend::select_devices(settings.train.backend, &settings.train.devices)
+        .map_err(|e| match e {
+            // Kept as itself: a backend that is not there exits with code 2.
+            backend::DevicesError::Unavailable(e) => anyhow::Error::from(e),
+            other => other.into(),
+        })?;
     tracing::info!("backend: {selected}");
     Ok(selected)
 }
@@ -65,7 +77,7 @@ pub fn train(args: &TrainArgs) -> Result<Finished> {
         return Ok(Finished::Done);
     }
     settings.validate()?;
-    let selected = select(settings.train.backend)?;
+    let selected = select_for_training(&settings)?;
     let interrupt = interrupt_flag()?;
     let job = TrainJob {
         settings,
@@ -153,7 +165,8 @@ pub struct EvalJob<'a>(pub &'a EvalArgs);
 impl BackendJob for EvalJob<'_> {
     type Output = serde_json::Value;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<serde_json::Value> {
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<serde_json::Value> {
+        let device = backend::single(devices);
         let args = self.0;
         let LoadedModel {
             model,
@@ -332,7 +345,8 @@ struct GenerateJob<'a>(&'a GenerateArgs);
 impl BackendJob for GenerateJob<'_> {
     type Output = ();
 
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<()> {
+        let device = backend::single(devices);
         let args = self.0;
         let loaded = load_model::<B::InnerBackend>(
             model_path(&args.model)?,

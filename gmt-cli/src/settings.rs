@@ -11,7 +11,7 @@ use gmt_core::GmtConfig;
 use gmt_data::{BatchConfig, FieldMapping, RecordFormat, Split, Truncation};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::BackendChoice;
+use crate::backend::{BackendChoice, DeviceSpec};
 use crate::model_source::Overrides;
 use gmt_train::{DpoConfig, OptimConfig, ScheduleConfig, TrainerConfig};
 
@@ -147,6 +147,10 @@ pub struct LoopSettings {
     pub output_dir: Option<PathBuf>,
     /// `cpu`, `wgpu`, `cuda` or `auto`.
     pub backend: BackendChoice,
+    /// Data-parallel devices, one replica each (`["cuda:0", "cuda:1"]`); empty: one device
+    /// of `backend`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceSpec>,
     /// Sequences per micro-batch.
     pub micro_batch_size: usize,
     /// Micro-batches per optimizer step.
@@ -178,6 +182,7 @@ impl Default for LoopSettings {
         Self {
             output_dir: None,
             backend: BackendChoice::Auto,
+            devices: Vec::new(),
             micro_batch_size: 4,
             grad_accum: 1,
             max_steps: 0,
@@ -253,11 +258,19 @@ impl TrainSettings {
         }
         let t = &self.train;
         let dpo = t.objective == ObjectiveKind::Dpo;
-        let checks: [(bool, &str, String); 6] = [
+        let replicas = t.devices.len().max(1);
+        let checks: [(bool, &str, String); 7] = [
             (
                 t.grad_accum == 0,
                 "train.grad_accum",
                 "must be at least 1".into(),
+            ),
+            (
+                t.grad_accum % replicas != 0,
+                "train.grad_accum",
+                format!(
+                    "must be a multiple of the {replicas} devices, so that each replica takes an equal share of a step"
+                ),
             ),
             (
                 t.micro_batch_size == 0,
@@ -328,13 +341,15 @@ impl TrainSettings {
         Ok(())
     }
 
-    /// A resumed run must be the run that wrote the checkpoint: everything but the backend and
-    /// the output location must match the `saved` settings.
+    /// A resumed run must be the run that wrote the checkpoint: everything but the backend, the
+    /// devices and the output location must match the `saved` settings. (The devices may
+    /// change: a step's micro-batches are the same whatever their number.)
     pub fn ensure_same_run(&self, saved: &TrainSettings) -> Result<()> {
         let mut a = self.clone();
         let mut b = saved.clone();
         for s in [&mut a, &mut b] {
             s.train.backend = Default::default();
+            s.train.devices = Vec::new();
             s.train.output_dir = None;
         }
         if a != b {

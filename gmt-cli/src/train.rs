@@ -11,7 +11,7 @@ use burn::tensor::backend::AutodiffBackend;
 use gmt_core::StepReport;
 use gmt_data::Encoder;
 use gmt_models::LlamaForCausalLm;
-use gmt_train::LossReport;
+use gmt_train::{LossReport, Objective};
 
 use crate::backend::BackendJob;
 use crate::checkpoint::RunDir;
@@ -61,14 +61,15 @@ pub struct TrainJob {
 impl BackendJob for TrainJob {
     type Output = TrainOutcome;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<TrainOutcome> {
-        train::<B>(self, &device)
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<TrainOutcome> {
+        train::<B>(self, &devices)
     }
 }
 
-fn train<B: AutodiffBackend>(job: TrainJob, device: &B::Device) -> Result<TrainOutcome> {
+fn train<B: AutodiffBackend>(job: TrainJob, devices: &[B::Device]) -> Result<TrainOutcome> {
     let settings = &job.settings;
     let run = RunDir::open(settings, job.resume, job.force)?;
+    let device = &devices[0];
     let loaded = load_model::<B>(settings.model_path()?, &settings.overrides(), device)?;
     let data = RunData::new(settings, loaded.model.config())?;
     let encoder = Encoder::new(
@@ -79,11 +80,11 @@ fn train<B: AutodiffBackend>(job: TrainJob, device: &B::Device) -> Result<TrainO
     data.check_format(&encoder, settings)?;
     let model = loaded.model;
     match settings.train.objective {
-        ObjectiveKind::CausalLm => run_loop(&job, &run, model, &data, &encoder, Sft, device),
+        ObjectiveKind::CausalLm => run_loop(&job, &run, model, &data, &encoder, Sft, devices),
         ObjectiveKind::Dpo => {
             let start = (!run.is_resuming()).then_some(&model);
             let dpo = DpoRun::new(settings, run.path(), start, &data, &encoder, device)?;
-            run_loop(&job, &run, model, &data, &encoder, dpo, device)
+            run_loop(&job, &run, model, &data, &encoder, dpo, devices)
         }
     }
 }
@@ -96,8 +97,12 @@ fn run_loop<B: AutodiffBackend, R: RunObjective>(
     data: &RunData,
     encoder: &Encoder,
     objective: R,
-    device: &B::Device,
-) -> Result<TrainOutcome> {
+    devices: &[B::Device],
+) -> Result<TrainOutcome>
+where
+    R::Objective: Send + 'static,
+    <R::Objective as Objective>::Batch: Send + 'static,
+{
     let t = &job.settings.train;
     let layers = model.config().num_hidden_layers;
     let eval_set = match data.eval_batches(encoder)? {
@@ -105,20 +110,21 @@ fn run_loop<B: AutodiffBackend, R: RunObjective>(
         None => None,
     };
     let total_steps = || data.total_steps(encoder);
-    let (mut trainer, position) = run.start(model, objective.objective(), total_steps, device)?;
+    let (mut replicas, position) = run.start(model, objective.objective(), total_steps, devices)?;
     let mut batches = data.training_batches(encoder, position)?;
 
-    let (started_at, total_steps) = (trainer.progress().step, trainer.progress().total_steps);
+    let counters = *replicas.primary().progress();
+    let (started_at, total_steps) = (counters.step, counters.total_steps);
     let mut metrics_log = MetricsLog::open(run.path(), started_at)?;
     let progress = Progress::new(total_steps, started_at);
     let mut last_eval = None;
-    while !trainer.is_done() {
+    while !replicas.primary().is_done() {
         let interrupted = job.interrupt.load(Ordering::SeqCst);
-        let done_here = trainer.progress().step - started_at;
+        let done_here = replicas.primary().progress().step - started_at;
         if interrupted || job.stop_after.is_some_and(|n| done_here >= n) {
-            let checkpoint = run.save(&trainer, &batches.position())?;
+            let checkpoint = run.save(&mut replicas, &batches.position())?;
             progress.finish();
-            let step = trainer.progress().step;
+            let step = replicas.primary().progress().step;
             return Ok(TrainOutcome::Stopped {
                 step,
                 checkpoint,
@@ -133,9 +139,11 @@ fn run_loop<B: AutodiffBackend, R: RunObjective>(
         if micro_batches.is_empty() {
             break; // every epoch is done
         }
-        let step = trainer
+        let next = replicas.primary().progress().step + 1;
+        let step = replicas
             .step(micro_batches)
-            .with_context(|| format!("optimizer step {}", trainer.progress().step + 1))?;
+            .with_context(|| format!("optimizer step {next}"))?;
+        let trainer = replicas.primary();
         if let StepReport::Skipped { param, .. } = &step.mask {
             progress.println(&format!(
                 "step {} skipped: non-finite gradient in {param}",
@@ -155,14 +163,15 @@ fn run_loop<B: AutodiffBackend, R: RunObjective>(
         }
         metrics_log.write(&metrics)?;
         progress.step(&metrics, total_steps);
-        if every(t.checkpoint_every) && !trainer.is_done() {
-            run.save(&trainer, &batches.position())?;
+        if every(t.checkpoint_every) && !replicas.primary().is_done() {
+            run.save(&mut replicas, &batches.position())?;
         }
     }
     progress.finish();
-    trainer.finish_here();
-    run.save(&trainer, &batches.position())?;
+    replicas.finish_here();
+    run.save(&mut replicas, &batches.position())?;
     report_data(batches.stream().report(), &batches.fit_report());
+    let trainer = replicas.into_primary();
     let final_dir = run.write_final(trainer.model(), encoder, metrics_log.path())?;
     let steps = trainer.progress().step;
     // The step count came from a pass over the same data: running out before it means the

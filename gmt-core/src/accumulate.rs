@@ -126,18 +126,46 @@ impl<M> GradientMean<M> {
                 total_weight: self.total_weight,
             });
         }
-        let mut grads = core::mem::take(&mut self.sum);
+        let (sum, weight) = self.take_sum();
+        Self::mean_of(module, sum, weight)
+    }
+
+    /// Returns the weighted sum Σ wᵢ gᵢ and its weight Σ wᵢ, unnormalised, and resets the
+    /// accumulator: what data-parallel replicas add up before one division gives Γ
+    /// ([`mean_of`](Self::mean_of)). With nothing added, the sum is empty and the weight 0.
+    pub fn take_sum(&mut self) -> (GradientsParams, f64) {
+        let sum = core::mem::take(&mut self.sum);
+        let weight = self.total_weight;
+        self.total_weight = 0.0;
+        self.micro_batches = 0;
+        (sum, weight)
+    }
+
+    /// Γ = `sum` / `weight`, parameter by parameter: the division [`finish`](Self::finish)
+    /// applies, for a sum added up elsewhere (over replicas).
+    pub fn mean_of<B>(
+        module: &M,
+        mut sum: GradientsParams,
+        weight: f64,
+    ) -> Result<GradientsParams, GmtError>
+    where
+        B: AutodiffBackend,
+        M: AutodiffModule<B>,
+    {
+        if !(weight.is_finite() && weight > 0.0) {
+            return Err(GmtError::EmptyAccumulation {
+                total_weight: weight,
+            });
+        }
         // A single unweighted micro-batch passes through untouched: bit-identical to no helper.
-        if self.total_weight != 1.0 {
+        if weight != 1.0 {
             module.visit(&mut Divide::<B> {
-                grads: &mut grads,
-                divisor: self.total_weight,
+                grads: &mut sum,
+                divisor: weight,
                 backend: PhantomData,
             });
         }
-        self.total_weight = 0.0;
-        self.micro_batches = 0;
-        Ok(grads)
+        Ok(sum)
     }
 }
 

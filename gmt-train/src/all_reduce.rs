@@ -36,24 +36,38 @@ impl StepTotals {
     }
 }
 
-/// Turns this process's Γ into the step's Γ.
+/// One replica's share of a step, before the replicas are combined: Σ wᵢ gᵢ over its
+/// micro-batches, unnormalised, with its totals. After the all-reduce it is the whole step's.
+#[derive(Debug)]
+pub struct ReplicaStep {
+    /// Σ wᵢ gᵢ: each micro-batch's gradient times its weight. Empty when no micro-batch of
+    /// this replica had a token to learn from.
+    pub grad_sum: GradientsParams,
+    /// Its weight, loss, tokens and micro-batches.
+    pub totals: StepTotals,
+}
+
+/// Adds this replica's share of a step to the other replicas'.
 ///
-/// The [`Trainer`](crate::Trainer) calls it once per step, after the micro-batches' weighted
-/// mean Γ_local is formed and before GMT masks it. A data-parallel implementation all-reduces
-/// over its R replicas: Γ = Σ_r w_r·Γ_r / Σ_r w_r, and the totals summed, so that masking,
-/// clipping and AdamW see the gradient of the mean loss over every replica's tokens, exactly
-/// as one process with all the micro-batches would.
+/// The [`Trainer`](crate::Trainer) calls it once per step, after its micro-batches' backward
+/// passes and before Γ is formed. A data-parallel implementation sums the replicas' gradient
+/// sums and totals, so that Γ = Σ_r Σ_i w_ri·g_ri / Σ_r Σ_i w_ri is the gradient of the mean
+/// loss over every replica's tokens — what one process with all the micro-batches computes —
+/// and every replica masks, clips and applies the same Γ.
+///
+/// `local` is this replica's share, or the error it met: every replica calls `all_reduce`
+/// every step, a failed one included, so that none waits on a replica that will not arrive.
+/// When any replica failed, every replica returns an error.
 pub trait GradientAllReduce<B: AutodiffBackend> {
-    /// Combines `gamma` (this process's weighted mean Γ) and `totals` with the other replicas'.
+    /// Combines `local` with the other replicas' shares of the step.
     fn all_reduce(
         &mut self,
         model: &LlamaForCausalLm<B>,
-        gamma: GradientsParams,
-        totals: StepTotals,
-    ) -> Result<(GradientsParams, StepTotals), TrainError>;
+        local: Result<ReplicaStep, TrainError>,
+    ) -> Result<ReplicaStep, TrainError>;
 }
 
-/// One process, one replica: Γ is this process's Γ.
+/// One process, one replica: the step is this replica's.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SingleReplica;
 
@@ -61,9 +75,8 @@ impl<B: AutodiffBackend> GradientAllReduce<B> for SingleReplica {
     fn all_reduce(
         &mut self,
         _model: &LlamaForCausalLm<B>,
-        gamma: GradientsParams,
-        totals: StepTotals,
-    ) -> Result<(GradientsParams, StepTotals), TrainError> {
-        Ok((gamma, totals))
+        local: Result<ReplicaStep, TrainError>,
+    ) -> Result<ReplicaStep, TrainError> {
+        local
     }
 }

@@ -81,6 +81,29 @@ pub enum TrainError {
         /// The pair's index in its batch.
         pair: usize,
     },
+    /// Another replica of a data-parallel run failed this step (or the run was stopped).
+    #[error("{}: {reason}", match replica { Some(r) => format!("replica {r} failed"), None => "the data-parallel run broke".to_string() })]
+    ReplicaFailed {
+        /// The replica that failed, when known.
+        replica: Option<usize>,
+        /// Its error.
+        reason: String,
+    },
+    /// burn-collective refused an operation.
+    #[error("all-reduce across devices: {0}")]
+    Collective(String),
+    /// A replica no longer holds the same run as replica 0.
+    #[error(
+        "replica {replica} diverged from replica 0 at step {step}: {what} differ (a device computed differently; the run cannot continue as one)"
+    )]
+    ReplicasDiverged {
+        /// Steps completed when the difference was found.
+        step: u64,
+        /// The replica that differs.
+        replica: usize,
+        /// What differs.
+        what: String,
+    },
 }
 
 impl TrainError {

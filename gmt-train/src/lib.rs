@@ -36,8 +36,10 @@
 //!   fine-tuning) — `objective.rs`
 //! - [`Dpo`], [`DpoConfig`], [`PreferenceBatch`], [`ReferenceLogProbs`],
 //!   [`reference_log_probs`] (preference tuning) — `dpo.rs`
-//! - [`GradientAllReduce`], [`SingleReplica`], [`StepTotals`]: where Γ is produced —
-//!   `all_reduce.rs`
+//! - [`GradientAllReduce`], [`SingleReplica`], [`ReplicaStep`], [`StepTotals`]: where the
+//!   replicas' gradients meet before Γ is formed — `all_reduce.rs`
+//! - [`DataParallel`], [`WeightChecksum`]: one run over several devices of one process
+//!   (burn-collective) — `data_parallel/`
 //! - [`evaluate`], [`LossReport`] — `evaluate.rs`
 //! - [`Checkpoint`], [`write_checkpoint`]: atomic checkpoint directories — `checkpoint.rs`
 //! - [`TrainingBatches`], [`DataPosition`]: gmt-data batches over epochs, resumable —
@@ -51,6 +53,7 @@
 mod all_reduce;
 pub mod checkpoint;
 mod data;
+mod data_parallel;
 mod dpo;
 mod error;
 mod evaluate;
@@ -59,9 +62,10 @@ mod optim;
 mod schedule;
 mod trainer;
 
-pub use all_reduce::{GradientAllReduce, SingleReplica, StepTotals};
+pub use all_reduce::{GradientAllReduce, ReplicaStep, SingleReplica, StepTotals};
 pub use checkpoint::{Checkpoint, write_checkpoint};
 pub use data::{DataPosition, TrainingBatches};
+pub use data_parallel::{DEFAULT_SYNC_CHECK_EVERY, DataParallel, WeightChecksum};
 pub use dpo::{
     Dpo, DpoConfig, DpoLossType, PairLogProbs, PreferenceBatch, ReferenceLogProbs,
     reference_log_probs,

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{MODEL_FILE, OPTIMIZER_FILE, TRAINER_FILE, write_checkpoint};
 use crate::{
-    Checkpoint, GradientAllReduce, LossReport, LrSchedule, Objective, OptimConfig, ScheduleConfig,
-    SingleReplica, StepTotals, TrainError, evaluate,
+    Checkpoint, GradientAllReduce, LossReport, LrSchedule, Objective, OptimConfig, ReplicaStep,
+    ScheduleConfig, SingleReplica, StepTotals, TrainError, evaluate,
 };
 
 /// GMT around burn's AdamW, for a Llama-family model: the optimizer a [`Trainer`] steps.
@@ -201,31 +201,15 @@ impl<B: AutodiffBackend, O: Objective> Trainer<B, O> {
             .model
             .as_ref()
             .expect("the trainer holds its model between steps");
-        let mut mean = GradientMean::new();
-        let mut totals = StepTotals::default();
-        for batch in micro_batches {
-            totals.micro_batches += 1;
-            let out = self.objective.loss(model, &batch)?;
-            totals.tokens += out.tokens;
-            let Some(loss) = out.loss else {
-                totals.empty_micro_batches += 1;
-                continue;
-            };
-            let value: f32 = loss.clone().into_scalar().elem();
-            totals.loss_sum += value as f64 * out.weight;
-            totals.weight += out.weight;
-            totals.metrics.merge(&out.metrics);
-            let grads = GradientsParams::from_grads(loss.backward(), model);
-            mean.add_weighted(model, grads, out.weight)?;
-        }
+        let local = local_step(&self.objective, model, micro_batches);
+        let ReplicaStep { grad_sum, totals } = self.all_reduce.all_reduce(model, local)?;
         if totals.weight <= 0.0 {
             return Err(TrainError::NothingToLearn {
                 step: self.progress.step + 1,
                 micro_batches: totals.micro_batches,
             });
         }
-        let gamma = mean.finish(model)?;
-        let (gamma, totals) = self.all_reduce.all_reduce(model, gamma, totals)?;
+        let gamma = GradientMean::mean_of(model, grad_sum, totals.weight)?;
 
         let model = self
             .model
@@ -349,6 +333,34 @@ impl<B: AutodiffBackend, O: Objective> Trainer<B, O> {
     pub fn schedule(&self) -> &LrSchedule {
         &self.schedule
     }
+}
+
+/// This replica's share of a step: each micro-batch's loss and backward pass, their
+/// gradients summed with their weights.
+fn local_step<B: AutodiffBackend, O: Objective>(
+    objective: &O,
+    model: &LlamaForCausalLm<B>,
+    micro_batches: impl IntoIterator<Item = O::Batch>,
+) -> Result<ReplicaStep, TrainError> {
+    let mut sum = GradientMean::new();
+    let mut totals = StepTotals::default();
+    for batch in micro_batches {
+        totals.micro_batches += 1;
+        let out = objective.loss(model, &batch)?;
+        totals.tokens += out.tokens;
+        let Some(loss) = out.loss else {
+            totals.empty_micro_batches += 1;
+            continue;
+        };
+        let value: f32 = loss.clone().into_scalar().elem();
+        totals.loss_sum += value as f64 * out.weight;
+        totals.weight += out.weight;
+        totals.metrics.merge(&out.metrics);
+        let grads = GradientsParams::from_grads(loss.backward(), model);
+        sum.add_weighted(model, grads, out.weight)?;
+    }
+    let (grad_sum, _) = sum.take_sum();
+    Ok(ReplicaStep { grad_sum, totals })
 }
 
 /// `trainer.json`: the counters, and the caller's data position under `data`.

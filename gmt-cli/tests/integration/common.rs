@@ -172,6 +172,19 @@ pub fn metrics(run: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The `metrics.jsonl` of a run without its timings: what two runs of the same steps share.
+pub fn metrics_without_timings(run: &Path) -> Vec<serde_json::Value> {
+    metrics(run)
+        .into_iter()
+        .map(|mut m| {
+            m.as_object_mut()
+                .unwrap()
+                .retain(|k, _| !["elapsed_secs", "tokens_per_sec"].contains(&k.as_str()));
+            m
+        })
+        .collect()
+}
+
 /// `gmt train` on the CPU from `model` and `data` into `out`; callers add their settings.
 pub fn train_command<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![

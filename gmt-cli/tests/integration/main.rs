@@ -5,6 +5,7 @@ mod common;
 
 mod bad_input;
 mod commands;
+mod data_parallel;
 mod dpo;
 mod smollm2;
 mod sweep;

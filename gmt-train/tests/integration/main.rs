@@ -1,4 +1,5 @@
 //! gmt-train driven as a library, without the `gmt` binary.
 
+mod data_parallel;
 mod dpo;
 mod trainer;

@@ -1,25 +1,27 @@
 //! A few steps, a checkpoint, a resume: the continued run is the uninterrupted one, to the bit.
 
 use burn::backend::{Autodiff, NdArray};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use gmt_core::{GmtConfig, MaskScope};
 use gmt_models::{LlamaForCausalLm, TokenBatch, load_hf_dir};
 use gmt_tests::TempDir;
 use gmt_train::{
-    CausalLm, Checkpoint, GradientAllReduce, OptimConfig, ScheduleConfig, ScheduleKind, StepTotals,
-    TrainError, Trainer, TrainerConfig,
+    CausalLm, Checkpoint, GradientAllReduce, OptimConfig, ReplicaStep, ScheduleConfig,
+    ScheduleKind, TrainError, Trainer, TrainerConfig,
 };
 
-type B = Autodiff<NdArray>;
+pub(crate) type B = Autodiff<NdArray>;
 
-fn tiny_llama() -> LlamaForCausalLm<B> {
+pub(crate) fn tiny_llama() -> LlamaForCausalLm<B> {
     load_hf_dir(gmt_tests::hf_fixture("llama-tiny"), &Default::default())
         .expect("the tiny Llama fixture in ../shared")
 }
 
 /// Micro-batch `i`: 2 rows of 12 deterministic tokens (vocabulary 96), labels on the last 8.
-fn batch(i: u64) -> TokenBatch {
+pub(crate) fn batch(i: u64) -> TokenBatch {
     let ids: Vec<u32> = (0..24u64)
         .map(|j| ((i * 31 + j * 7 + (j * j) % 5) % 93 + 3) as u32)
         .collect();
@@ -160,21 +162,45 @@ fn a_step_with_nothing_to_learn_is_an_error_and_changes_nothing() {
     assert_eq!(step.totals.weight, 16.0);
 }
 
-/// An all-reduce stand-in for a second replica that saw the same micro-batches: Γ is then
-/// unchanged and the totals double.
+/// An all-reduce stand-in for a second replica that saw the same micro-batches: the sums
+/// and totals double, so Γ is unchanged.
 struct MirrorReplica;
 
 impl GradientAllReduce<B> for MirrorReplica {
     fn all_reduce(
         &mut self,
-        _model: &LlamaForCausalLm<B>,
-        gamma: GradientsParams,
-        mut totals: StepTotals,
-    ) -> Result<(GradientsParams, StepTotals), TrainError> {
+        model: &LlamaForCausalLm<B>,
+        local: Result<ReplicaStep, TrainError>,
+    ) -> Result<ReplicaStep, TrainError> {
+        let ReplicaStep {
+            grad_sum,
+            mut totals,
+        } = local?;
         totals.weight *= 2.0;
         totals.loss_sum *= 2.0;
         totals.tokens *= 2;
-        Ok((gamma, totals))
+        let mut double = Double {
+            grads: grad_sum,
+            backend: std::marker::PhantomData,
+        };
+        model.visit(&mut double);
+        Ok(ReplicaStep {
+            grad_sum: double.grads,
+            totals,
+        })
+    }
+}
+
+struct Double<B> {
+    grads: GradientsParams,
+    backend: std::marker::PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Double<B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            self.grads.register(param.id, g.mul_scalar(2.0));
+        }
     }
 }
 

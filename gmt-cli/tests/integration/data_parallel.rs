@@ -1,0 +1,90 @@
+//! `gmt train --devices cpu,cpu`: two replicas on the CPU train the run one process trains,
+//! to the bit, and a checkpoint of either resumes on the other.
+
+use crate::common::*;
+use crate::train::train_args;
+use std::path::Path;
+
+fn args<'a>(model: &'a str, data: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = train_args(model, data, out);
+    args.extend_from_slice(extra);
+    args
+}
+
+fn final_weights(run: &Path) -> Vec<u8> {
+    std::fs::read(run.join("final/model.safetensors")).unwrap()
+}
+
+#[test]
+fn two_cpu_replicas_train_what_one_process_trains_and_resume_on_either() {
+    let dir = temp_dir("data-parallel");
+    let model = tiny_model(&dir, "llama-tiny");
+    let data = sums(&dir, "train.jsonl", 24, 0);
+    let (model, data) = (model.to_str().unwrap(), data.to_str().unwrap());
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let (one, two, moved) = (path("one"), path("two"), path("moved"));
+    let devices = ["--devices", "cpu,cpu"];
+
+    gmt_ok(&args(model, data, &one, &[]));
+    // Two replicas, stopped at step 2 and resumed on two replicas…
+    gmt_ok(&args(
+        model,
+        data,
+        &two,
+        &[&devices[..], &["--stop-after", "2"]].concat(),
+    ));
+    gmt_ok(&args(
+        model,
+        data,
+        &two,
+        &[&devices[..], &["--resume"]].concat(),
+    ));
+    // …or resumed on one device.
+    gmt_ok(&args(
+        model,
+        data,
+        &moved,
+        &[&devices[..], &["--stop-after", "2"]].concat(),
+    ));
+    gmt_ok(&args(model, data, &moved, &["--resume"]));
+
+    let reference = metrics_without_timings(one.as_ref());
+    assert_eq!(reference.len(), 4);
+    for run in [&two, &moved] {
+        assert_eq!(
+            metrics_without_timings(run.as_ref()),
+            reference,
+            "{run}: the same steps"
+        );
+        assert!(
+            final_weights(run.as_ref()) == final_weights(one.as_ref()),
+            "{run}: the same weights, to the bit"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn devices_that_cannot_work_are_refused_before_training() {
+    let dir = temp_dir("data-parallel-bad");
+    let model = tiny_model(&dir, "llama-tiny");
+    let data = sums(&dir, "train.jsonl", 8, 0);
+    let (model, data) = (model.to_str().unwrap(), data.to_str().unwrap());
+    let out = dir.join("out");
+    let out = out.to_str().unwrap();
+    let refused = |extra: &[&str], code: i32, expected: &str| {
+        let stderr = gmt_fails(&args(model, data, out, extra), code);
+        assert!(stderr.contains(expected), "{extra:?}: {stderr}");
+    };
+    refused(&["--devices", "cpu,cpu,cpu"], 1, "train.grad_accum");
+    refused(&["--devices", "cpu,cuda:0"], 1, "mixes backends");
+    refused(&["--devices", "cuda:0,cuda:0"], 1, "names cuda:0 twice");
+    refused(
+        &["--backend", "wgpu", "--devices", "cpu,cpu"],
+        1,
+        "not devices of",
+    );
+    refused(&["--devices", "tpu:0"], 2, "unknown device `tpu:0`");
+    assert!(!dir.join("out/metrics.jsonl").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,339 @@
+//! [`DataParallel`]: one run over several devices of one process, one replica per device,
+//! every replica stepping on its share of each step's micro-batches and all of them applying
+//! the same Γ.
+
+mod checksum;
+mod collective;
+mod lease;
+mod rendezvous;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+
+use burn::collective::CollectiveConfig;
+use burn::tensor::backend::AutodiffBackend;
+
+pub use checksum::WeightChecksum;
+use collective::{DeviceAllReduce, Share};
+use lease::GroupLease;
+use rendezvous::Rendezvous;
+
+use crate::{Objective, StepSummary, TrainError, Trainer};
+
+/// Steps between two comparisons of the replicas' weights, by default.
+pub const DEFAULT_SYNC_CHECK_EVERY: u64 = 16;
+
+/// A run over W devices: W replicas of a [`Trainer`], one per device — replica 0 in the
+/// caller's thread, each other one in a thread of its own.
+///
+/// Each [`step`](Self::step) splits the step's micro-batches into W runs of consecutive
+/// micro-batches, replica r taking the r-th; the replicas' weighted gradient sums and totals
+/// are all-reduced (burn-collective for the gradients), so Γ is what one process with all the
+/// micro-batches computes, and every replica masks, clips and applies the same Γ. The step's
+/// data, and so the run, does not depend on W. Every
+/// [`with_sync_check_every`](Self::with_sync_check_every) steps the replicas' weights are
+/// compared by checksum; a difference is an error naming the step.
+///
+/// burn-collective has one server per process, so one group exists at a time: a second
+/// [`DataParallel::new`] while the first is alive is an error.
+///
+/// ```no_run
+/// # use burn::backend::{Autodiff, NdArray};
+/// # use burn::backend::ndarray::NdArrayDevice;
+/// # use burn::module::Module;
+/// # use gmt_train::{CausalLm, DataParallel, Trainer, TrainerConfig};
+/// # fn run(model: gmt_models::LlamaForCausalLm<Autodiff<NdArray>>,
+/// #        steps: Vec<Vec<gmt_models::TokenBatch>>) -> Result<(), gmt_train::TrainError> {
+/// let devices = vec![NdArrayDevice::Cpu, NdArrayDevice::Cpu];
+/// let config = TrainerConfig::default();
+/// let replicas = devices
+///     .iter()
+///     .map(|device| Trainer::new(model.clone().fork(device), CausalLm, &config, 100))
+///     .collect::<Result<Vec<_>, _>>()?;
+/// let mut run = DataParallel::new(replicas, devices)?;
+/// for micro_batches in steps {
+///     let step = run.step(micro_batches)?; // 2, 4, … micro-batches: half to each device
+///     println!("step {}: loss {:.4}", step.step, step.loss());
+/// }
+/// # Ok(()) }
+/// ```
+pub struct DataParallel<B: AutodiffBackend, O: Objective> {
+    primary: Trainer<B, O>,
+    /// The other replicas; `None` on one device.
+    group: Option<Group<B, O>>,
+    sync_check_every: u64,
+}
+
+/// Work for a replica's thread.
+type Job<B, O> = Box<dyn FnOnce(&mut Trainer<B, O>) + Send>;
+
+/// Replicas 1…W-1, each in its thread, and what binds them to replica 0.
+struct Group<B: AutodiffBackend, O: Objective> {
+    workers: Vec<(mpsc::Sender<Job<B, O>>, JoinHandle<()>)>,
+    meet: Arc<Rendezvous<Share>>,
+    /// Whether replica 0 joined burn-collective (and so every thread's registration
+    /// returned: until then they wait, and cannot be joined).
+    registered: bool,
+    _lease: GroupLease,
+}
+
+impl<B, O> DataParallel<B, O>
+where
+    B: AutodiffBackend,
+    O: Objective + Send + 'static,
+    O::Batch: Send + 'static,
+{
+    /// A run on one device: [`step`](Self::step) is the trainer's own.
+    pub fn single(trainer: Trainer<B, O>) -> Self {
+        Self {
+            primary: trainer,
+            group: None,
+            sync_check_every: 0,
+        }
+    }
+
+    /// A run over `devices`, `replicas[r]` on `devices[r]`. The replicas must be the same run
+    /// (the same weights, optimizer state and counters: built from one model, or resumed from
+    /// one checkpoint); their weights are compared before the first step.
+    pub fn new(replicas: Vec<Trainer<B, O>>, devices: Vec<B::Device>) -> Result<Self, TrainError> {
+        if replicas.len() != devices.len() || replicas.is_empty() {
+            return Err(TrainError::InvalidConfig {
+                key: "devices",
+                reason: format!(
+                    "{} replicas for {} devices: give one replica per device",
+                    replicas.len(),
+                    devices.len()
+                ),
+            });
+        }
+        let mut replicas = replicas.into_iter();
+        let first = replicas.next().expect("at least one replica");
+        if devices.len() == 1 {
+            return Ok(Self::single(first));
+        }
+        let lease = GroupLease::try_acquire().ok_or_else(|| {
+            TrainError::Collective(
+                "another data-parallel run is active in this process (burn-collective serves one group at a time): drop it first".into(),
+            )
+        })?;
+        collective::reset::<B>();
+        let size = devices.len();
+        let meet = Arc::new(Rendezvous::new(size));
+        let config = CollectiveConfig::default().with_num_devices(size);
+        let attach = |trainer: Trainer<B, O>, rank: usize| {
+            trainer.with_all_reduce(DeviceAllReduce {
+                rank,
+                meet: meet.clone(),
+            })
+        };
+        let mut workers = Vec::with_capacity(size - 1);
+        for (rank, (trainer, device)) in replicas.zip(devices.iter().skip(1)).enumerate() {
+            let rank = rank + 1;
+            let trainer = attach(trainer, rank);
+            let (jobs, inbox) = mpsc::channel::<Job<B, O>>();
+            let (device, config, meet) = (device.clone(), config.clone(), meet.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("gmt-replica-{rank}"))
+                .spawn(move || serve(rank, trainer, device, config, inbox, &meet))
+                .map_err(|e| TrainError::Collective(format!("cannot start replica {rank}: {e}")))?;
+            workers.push((jobs, thread));
+        }
+        let primary = attach(first, 0);
+        let mut group = Group {
+            workers,
+            meet,
+            registered: false,
+            _lease: lease,
+        };
+        // Registration returns once every replica has registered.
+        collective::register::<B>(0, devices[0].clone(), config)?;
+        group.registered = true;
+        let mut run = Self {
+            primary,
+            group: Some(group),
+            sync_check_every: DEFAULT_SYNC_CHECK_EVERY,
+        };
+        run.check_in_sync()?;
+        Ok(run)
+    }
+
+    /// Compares the replicas' weights every `steps` steps (0: never; the default is
+    /// [`DEFAULT_SYNC_CHECK_EVERY`]).
+    pub fn with_sync_check_every(mut self, steps: u64) -> Self {
+        self.sync_check_every = steps;
+        self
+    }
+
+    /// One optimizer step over `micro_batches`, split over the replicas in runs of
+    /// consecutive micro-batches, as evenly as they go (the first replicas take one more when
+    /// they do not divide; a replica with none contributes nothing but waits for the others).
+    pub fn step(&mut self, micro_batches: Vec<O::Batch>) -> Result<StepSummary, TrainError> {
+        let Some(group) = &self.group else {
+            return self.primary.step(micro_batches);
+        };
+        let size = group.workers.len() + 1;
+        let (base, extra) = (micro_batches.len() / size, micro_batches.len() % size);
+        let share = |replica: usize| base + usize::from(replica < extra);
+        let mut micro_batches = micro_batches.into_iter();
+        let first: Vec<_> = micro_batches.by_ref().take(share(0)).collect();
+        let mut pending = Vec::with_capacity(size - 1);
+        for (replica, (jobs, _)) in group.workers.iter().enumerate() {
+            let mine: Vec<_> = micro_batches.by_ref().take(share(replica + 1)).collect();
+            pending.push(ask(jobs, move |t| t.step(mine)));
+        }
+        let summary = self.primary.step(first);
+        let others = collect(pending);
+        let summary = summary?;
+        for (replica, other) in others.into_iter().enumerate() {
+            let other = other?;
+            if other.totals != summary.totals || other.mask != summary.mask {
+                return Err(TrainError::ReplicasDiverged {
+                    step: summary.step,
+                    replica: replica + 1,
+                    what: "the step's totals or mask statistics".into(),
+                });
+            }
+        }
+        if self.sync_check_every > 0 && summary.step % self.sync_check_every == 0 {
+            self.check_in_sync()?;
+        }
+        Ok(summary)
+    }
+
+    /// Compares every replica's weights with replica 0's (a checksum of each parameter);
+    /// a difference is [`TrainError::ReplicasDiverged`]. Run it before saving a checkpoint.
+    pub fn check_in_sync(&mut self) -> Result<(), TrainError> {
+        let Some(group) = &self.group else {
+            return Ok(());
+        };
+        let pending: Vec<_> = group
+            .workers
+            .iter()
+            .map(|(jobs, _)| ask(jobs, |t| Ok(WeightChecksum::of(t.model()))))
+            .collect();
+        let mine = WeightChecksum::of(self.primary.model());
+        for (replica, theirs) in collect(pending).into_iter().enumerate() {
+            if theirs? != mine {
+                return Err(TrainError::ReplicasDiverged {
+                    step: self.primary.progress().step,
+                    replica: replica + 1,
+                    what: "the weights".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the run at the current step on every replica (see [`Trainer::finish_here`]).
+    pub fn finish_here(&mut self) {
+        if let Some(group) = &self.group {
+            let pending: Vec<_> = group
+                .workers
+                .iter()
+                .map(|(jobs, _)| {
+                    ask(jobs, |t| {
+                        t.finish_here();
+                        Ok(())
+                    })
+                })
+                .collect();
+            // A replica that is gone has nothing left to end.
+            let _ = collect(pending);
+        }
+        self.primary.finish_here();
+    }
+}
+
+impl<B: AutodiffBackend, O: Objective> DataParallel<B, O> {
+    /// Replicas in the run.
+    pub fn replicas(&self) -> usize {
+        1 + self.group.as_ref().map_or(0, |g| g.workers.len())
+    }
+
+    /// Replica 0: the run's model, optimizer and counters, for evaluation, checkpoints and
+    /// export (every replica holds the same).
+    pub fn primary(&self) -> &Trainer<B, O> {
+        &self.primary
+    }
+
+    /// Replica 0, ending the run (the other replicas stop).
+    pub fn into_primary(self) -> Trainer<B, O> {
+        self.primary
+    }
+}
+
+/// A reply that will come from a replica's thread.
+type Reply<T> = mpsc::Receiver<Result<T, TrainError>>;
+
+/// Sends `job` to a replica's thread; its result comes back on the returned channel.
+fn ask<B, O, T, F>(jobs: &mpsc::Sender<Job<B, O>>, job: F) -> Reply<T>
+where
+    B: AutodiffBackend,
+    O: Objective,
+    T: Send + 'static,
+    F: FnOnce(&mut Trainer<B, O>) -> Result<T, TrainError> + Send + 'static,
+{
+    let (reply, answer) = mpsc::channel();
+    // A replica whose thread is gone never answers: `collect` reports it.
+    let _ = jobs.send(Box::new(move |trainer| {
+        let _ = reply.send(job(trainer));
+    }));
+    answer
+}
+
+/// Waits for every replica's answer; a replica that stopped answering is an error.
+fn collect<T>(pending: Vec<Reply<T>>) -> Vec<Result<T, TrainError>> {
+    pending
+        .into_iter()
+        .enumerate()
+        .map(|(i, answer)| {
+            answer.recv().unwrap_or_else(|_| {
+                Err(TrainError::ReplicaFailed {
+                    replica: Some(i + 1),
+                    reason: "its thread stopped (it panicked)".into(),
+                })
+            })
+        })
+        .collect()
+}
+
+/// A replica's thread: registers with burn-collective, then runs the jobs it is sent until
+/// the group drops the channel. A panic breaks the group's rendezvous so that no other
+/// replica waits for this one.
+fn serve<B: AutodiffBackend, O: Objective>(
+    rank: usize,
+    mut trainer: Trainer<B, O>,
+    device: B::Device,
+    config: CollectiveConfig,
+    inbox: mpsc::Receiver<Job<B, O>>,
+    meet: &Rendezvous<Share>,
+) {
+    if let Err(e) = collective::register::<B>(rank, device, config) {
+        meet.break_with(format!("replica {rank} could not join the group: {e}"));
+        return;
+    }
+    while let Ok(job) = inbox.recv() {
+        if catch_unwind(AssertUnwindSafe(|| job(&mut trainer))).is_err() {
+            meet.break_with(format!("replica {rank} panicked"));
+            return;
+        }
+    }
+    collective::finish::<B>(rank);
+}
+
+impl<B: AutodiffBackend, O: Objective> Drop for Group<B, O> {
+    fn drop(&mut self) {
+        // Any replica still waiting in a step is released with an error, then each thread
+        // sees its channel close and ends.
+        self.meet.break_with("the data-parallel run was stopped");
+        if !self.registered {
+            return; // the threads wait in burn-collective's registration for good
+        }
+        for (jobs, thread) in self.workers.drain(..) {
+            drop(jobs);
+            let _ = thread.join();
+        }
+        collective::finish::<B>(0);
+    }
+}
