@@ -266,7 +266,7 @@ impl TrainSettings {
                 "must be at least 1".into(),
             ),
             (
-                t.grad_accum % replicas != 0,
+                !t.grad_accum.is_multiple_of(replicas),
                 "train.grad_accum",
                 format!(
                     "must be a multiple of the {replicas} devices, so that each replica takes an equal share of a step"

@@ -181,7 +181,7 @@ fn run_one(
             stop_after,
             interrupt: interrupt.clone(),
         };
-        let selected = select_for_training(&settings)?;
+        let selected = select_for_training(settings)?;
         match run_job(&selected, job).with_context(|| format!("run {}", dir.display()))? {
             TrainOutcome::Finished { steps, .. } => result::write_json(
                 &dir.join(TRAINED_FILE),
@@ -194,7 +194,7 @@ fn run_one(
     let eval = match &plan.eval {
         Some(spec) => {
             let args = eval_args(spec, settings, &dir);
-            let selected = select_for_training(&settings)?;
+            let selected = select_for_training(settings)?;
             let out = run_job(&selected, EvalJob(&args))
                 .with_context(|| format!("evaluating {}", dir.display()))?;
             Some(out)

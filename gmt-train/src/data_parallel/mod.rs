@@ -68,9 +68,12 @@ pub struct DataParallel<B: AutodiffBackend, O: Objective> {
 /// Work for a replica's thread.
 type Job<B, O> = Box<dyn FnOnce(&mut Trainer<B, O>) + Send>;
 
+/// A replica's thread and the channel that brings it work.
+type Worker<B, O> = (mpsc::Sender<Job<B, O>>, JoinHandle<()>);
+
 /// Replicas 1…W-1, each in its thread, and what binds them to replica 0.
 struct Group<B: AutodiffBackend, O: Objective> {
-    workers: Vec<(mpsc::Sender<Job<B, O>>, JoinHandle<()>)>,
+    workers: Vec<Worker<B, O>>,
     meet: Arc<Rendezvous<Share>>,
     /// Whether replica 0 joined burn-collective (and so every thread's registration
     /// returned: until then they wait, and cannot be joined).
