@@ -162,12 +162,12 @@ pub enum DevicesError {
     )]
     MixedBackends(DeviceSpec, DeviceSpec),
     /// Devices of another backend than `--backend` names.
-    #[error("--devices {devices} are not devices of --backend {backend:?}")]
+    #[error("--devices {devices} is not a device of --backend {backend}")]
     OtherBackend {
         /// The devices' kind.
         devices: DeviceSpec,
-        /// The backend asked for.
-        backend: BackendChoice,
+        /// The backend asked for, as `--backend` spells it.
+        backend: String,
     },
     /// A GPU named twice.
     #[error("--devices names {0} twice: one replica per GPU")]
@@ -189,16 +189,17 @@ pub fn select_devices(
     if let Some(&other) = devices.iter().find(|d| d.backend() != first.backend()) {
         return Err(DevicesError::MixedBackends(first, other));
     }
-    if !matches!(choice, BackendChoice::Auto) && choice != first.backend() {
-        return Err(DevicesError::OtherBackend {
-            devices: first,
-            backend: choice,
-        });
-    }
     for (i, d) in devices.iter().enumerate() {
         if *d != DeviceSpec::Cpu && devices[..i].contains(d) {
             return Err(DevicesError::Repeated(*d));
         }
+    }
+    if !matches!(choice, BackendChoice::Auto) && choice != first.backend() {
+        return Err(DevicesError::OtherBackend {
+            devices: first,
+            backend: clap::ValueEnum::to_possible_value(&choice)
+                .map_or_else(|| format!("{choice:?}"), |v| v.get_name().to_string()),
+        });
     }
     Ok(match first {
         DeviceSpec::Cpu => Selected::Cpu {
