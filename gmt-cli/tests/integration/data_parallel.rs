@@ -79,10 +79,11 @@ fn devices_that_cannot_work_are_refused_before_training() {
     refused(&["--devices", "cpu,cpu,cpu"], 1, "train.grad_accum");
     refused(&["--devices", "cpu,cuda:0"], 1, "mixes backends");
     refused(&["--devices", "cuda:0,cuda:0"], 1, "names cuda:0 twice");
+    // `--backend cpu` is among the arguments.
     refused(
-        &["--backend", "wgpu", "--devices", "cpu,cpu"],
+        &["--devices", "wgpu:0,wgpu:1"],
         1,
-        "not devices of",
+        "not a device of --backend cpu",
     );
     refused(&["--devices", "tpu:0"], 2, "unknown device `tpu:0`");
     assert!(!dir.join("out/metrics.jsonl").exists());
