@@ -13,6 +13,7 @@ use gmt_models::{ExportDtype, LlamaForCausalLm};
 pub use gmt_train::Checkpoint;
 use gmt_train::{DataParallel, DataPosition, Objective, Trainer};
 
+use crate::distributed::Rank;
 use crate::export::export_model;
 use crate::metrics::read_metrics;
 use crate::plot::plot_run;
@@ -24,6 +25,8 @@ pub struct RunDir {
     path: PathBuf,
     resume_from: Option<Checkpoint>,
     settings: TrainSettings,
+    /// Whether this process writes the run's files (rank 0, or the only process).
+    write: bool,
 }
 
 impl RunDir {
@@ -31,20 +34,32 @@ impl RunDir {
     /// with `resume`, only one written with the same settings. Without `resume`, an earlier
     /// run's files in the directory are an error naming them, unless `force` (they are then
     /// deleted). Writes `config.toml`.
-    pub fn open(settings: &TrainSettings, resume: bool, force: bool) -> Result<Self> {
+    ///
+    /// A process that does not `write` (rank 1… of a multi-process run) leaves the directory
+    /// to rank 0 and only reads the checkpoint it resumes from.
+    pub fn open(settings: &TrainSettings, resume: bool, force: bool, write: bool) -> Result<Self> {
         settings.validate()?;
         let path = settings.train.output_dir.clone().expect("validated");
-        std::fs::create_dir_all(&path)
-            .with_context(|| format!("cannot create output directory {}", path.display()))?;
+        if write {
+            std::fs::create_dir_all(&path)
+                .with_context(|| format!("cannot create output directory {}", path.display()))?;
+        }
         let resume_from = if resume {
             let Some(c) = latest(&path)? else {
                 bail!(
-                    "--resume: no checkpoint in {} to resume from",
-                    checkpoints_dir(&path).display()
+                    "--resume: no checkpoint in {} to resume from{}",
+                    checkpoints_dir(&path).display(),
+                    if write {
+                        ""
+                    } else {
+                        " (every rank reads it: put the output directory on a filesystem they share)"
+                    }
                 );
             };
             settings.ensure_same_run(&self::settings(&c)?)?;
             Some(c)
+        } else if !write {
+            None
         } else {
             let earlier = earlier_run_files(&path);
             if !earlier.is_empty() && !force {
@@ -65,12 +80,15 @@ impl RunDir {
             }
             None
         };
-        std::fs::write(path.join(SETTINGS_FILE), settings.to_toml())
-            .with_context(|| format!("cannot write {}/{SETTINGS_FILE}", path.display()))?;
+        if write {
+            std::fs::write(path.join(SETTINGS_FILE), settings.to_toml())
+                .with_context(|| format!("cannot write {}/{SETTINGS_FILE}", path.display()))?;
+        }
         Ok(Self {
             path,
             resume_from,
             settings: settings.clone(),
+            write,
         })
     }
 
@@ -86,13 +104,16 @@ impl RunDir {
 
     /// The run on `devices`, one replica each: resumed from the checkpoint with its data
     /// position, or new for a run of `total_steps()` steps. `model` is on the first device;
-    /// the other replicas are copies of it (or of the checkpoint) on theirs.
+    /// the other replicas are copies of it (or of the checkpoint) on theirs. As `rank` of a
+    /// multi-process run (one device), this process's replica, checked to start where every
+    /// other rank starts.
     pub fn start<B, O>(
         &self,
         model: LlamaForCausalLm<B>,
         objective: O,
         total_steps: impl FnOnce() -> Result<u64>,
         devices: &[B::Device],
+        rank: Option<Rank>,
     ) -> Result<(DataParallel<B, O>, Option<DataPosition>)>
     where
         B: AutodiffBackend,
@@ -121,12 +142,23 @@ impl RunDir {
                 (replicas, Some(checkpoint.data_position()?))
             }
         };
-        let run = DataParallel::new(replicas, devices.to_vec())?;
-        Ok((run, position))
+        let Some(rank) = rank else {
+            return Ok((DataParallel::new(replicas, devices.to_vec())?, position));
+        };
+        let counters = replicas[0].progress();
+        rank.ensure_same(
+            "the run's step, length and data position (checkpoint or training data)",
+            &format!("{} {} {position:?}", counters.step, counters.total_steps),
+        )?;
+        let [trainer]: [Trainer<B, O>; 1] = replicas
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("a rank of a multi-process run takes one device"))?;
+        Ok((rank.data_parallel(trainer)?, position))
     }
 
     /// Saves a checkpoint of the run's current step with the data `position`, keeping the
-    /// newest `keep_checkpoints`. The replicas are checked to hold the same weights first.
+    /// newest `keep_checkpoints`. The replicas are checked to hold the same weights first
+    /// (on every rank of a multi-process run; then rank 0 writes).
     pub fn save<B, O>(
         &self,
         run: &mut DataParallel<B, O>,
@@ -138,10 +170,15 @@ impl RunDir {
         O::Batch: Send + 'static,
     {
         run.check_in_sync()?;
+        let dir = checkpoints_dir(&self.path);
+        if !self.write {
+            return Ok(dir.join(gmt_train::checkpoint::dir_name(
+                run.primary().progress().step,
+            )));
+        }
         let toml = self.settings.to_toml();
         let extra: &[(&str, &[u8])] = &[(SETTINGS_FILE, toml.as_bytes())];
         let keep = self.settings.train.keep_checkpoints;
-        let dir = checkpoints_dir(&self.path);
         Ok(run.primary().save_checkpoint(&dir, position, extra, keep)?)
     }
 

@@ -8,6 +8,7 @@ use gmt_data::Truncation;
 use serde::Serialize;
 
 use crate::backend::{BackendChoice, DeviceSpec};
+use crate::distributed::Distributed;
 use gmt_train::{DpoLossType, ScheduleKind};
 
 use crate::settings::{ObjectiveKind, ReferenceLogps, TrainSettings};
@@ -113,6 +114,12 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     pub stop_after: Option<u64>,
+    /// Run as one process of a multi-process job: `mpi` under `mpirun -np N` (one replica per
+    /// rank, each on its share of every step; rank 0 writes the run's files). Needs a gmt
+    /// built with `--features mpi`.
+    #[arg(long, value_enum, value_name = "mpi")]
+    #[serde(skip)]
+    pub distributed: Option<Distributed>,
 
     /// `[model]`
     #[command(flatten)]

@@ -22,6 +22,7 @@ use crate::cli::{
     ModelArgs, TrainArgs,
 };
 use crate::dataset::{StreamSettings, batch_config, detect_format, eval_batches};
+use crate::distributed::{Rank, Session};
 use crate::evaluate::answer_accuracy;
 use crate::export::export_model;
 use crate::model_source::{LoadedModel, Overrides, load_model};
@@ -70,6 +71,8 @@ fn model_path(model: &ModelArgs) -> Result<&Path> {
 }
 
 /// `gmt train`
+// Without MPI no `Rank` exists: what follows joining a job does not compile to anything.
+#[cfg_attr(not(feature = "mpi"), allow(unreachable_code, unused_variables))]
 pub fn train(args: &TrainArgs) -> Result<Finished> {
     let settings = args.settings()?;
     if args.print_config {
@@ -77,7 +80,48 @@ pub fn train(args: &TrainArgs) -> Result<Finished> {
         return Ok(Finished::Done);
     }
     settings.validate()?;
-    let selected = select_for_training(&settings)?;
+    let Some(kind) = args.distributed else {
+        return train_as(args, settings, None);
+    };
+    let session = Session::join(kind)?;
+    let rank = session.rank();
+    match train_as(args, settings, Some(rank)) {
+        // Every rank leaves together: one that exits while rank 0 still writes the final
+        // model would have mpirun end the job under it.
+        Ok(finished) => {
+            rank.barrier();
+            Ok(finished)
+        }
+        Err(e) => rank.fail(&e),
+    }
+}
+
+/// `gmt train` in this process: the whole run, or `rank`'s replica of it.
+fn train_as(args: &TrainArgs, settings: TrainSettings, rank: Option<Rank>) -> Result<Finished> {
+    let selected = match rank {
+        None => select_for_training(&settings)?,
+        Some(rank) => {
+            // Everything else rests on every rank running the same job: checked first.
+            let invocation = format!(
+                "{}\nresume={} force={} stop_after={:?}",
+                settings.to_toml(),
+                args.resume,
+                args.force,
+                args.stop_after
+            );
+            rank.ensure_same("the settings and flags", &invocation)?;
+            let grad_accum = settings.train.grad_accum;
+            if !grad_accum.is_multiple_of(rank.size()) {
+                anyhow::bail!(
+                    "invalid setting `train.grad_accum`: {grad_accum} must be a multiple of the {} ranks, so that each rank takes an equal share of a step",
+                    rank.size()
+                );
+            }
+            let mut mine = settings.clone();
+            mine.train.devices = rank.devices(&settings)?;
+            select_for_training(&mine)?
+        }
+    };
     let interrupt = interrupt_flag()?;
     let job = TrainJob {
         settings,
@@ -85,8 +129,19 @@ pub fn train(args: &TrainArgs) -> Result<Finished> {
         force: args.force,
         stop_after: args.stop_after,
         interrupt,
+        rank,
     };
-    match run_job(&selected, job)? {
+    let outcome = run_job(&selected, job)?;
+    if rank.is_some_and(|r| r.index() > 0) {
+        // Rank 0 reports the run.
+        return Ok(match outcome {
+            TrainOutcome::Stopped {
+                interrupted: true, ..
+            } => Finished::Interrupted,
+            _ => Finished::Done,
+        });
+    }
+    match outcome {
         TrainOutcome::Finished {
             steps,
             eval,

@@ -9,6 +9,7 @@ mod checkpoint;
 mod cli;
 mod commands;
 mod dataset;
+mod distributed;
 mod evaluate;
 mod export;
 mod metrics;

@@ -118,8 +118,9 @@ pub const REFERENCE_FILE: &str = "reference_logps.json";
 impl<B: Backend> DpoRun<B> {
     /// The DPO objective of a run. With `precompute`, reads the run's table, or computes it
     /// (over the training and evaluation data) with the reference model — `start`, the
-    /// starting model, unless the settings name another — and saves it; otherwise loads the
-    /// reference to keep resident.
+    /// starting model of a new run, unless the settings name another — and saves it if
+    /// `writes` (rank 0 of a multi-process run; the other ranks compute their own, the same,
+    /// and read the saved one when resuming); otherwise loads the reference to keep resident.
     pub fn new<AB: AutodiffBackend<InnerBackend = B>>(
         settings: &TrainSettings,
         run_dir: &Path,
@@ -127,6 +128,7 @@ impl<B: Backend> DpoRun<B> {
         data: &RunData,
         encoder: &Encoder,
         device: &B::Device,
+        writes: bool,
     ) -> Result<Self> {
         let dpo = Dpo::new(settings.dpo)?;
         let load_reference = || -> Result<LlamaForCausalLm<B>> {
@@ -143,7 +145,14 @@ impl<B: Backend> DpoRun<B> {
             ReferenceLogps::Resident => Reference::Resident(Box::new(load_reference()?)),
             ReferenceLogps::Precompute => {
                 let file = run_dir.join(REFERENCE_FILE);
-                if file.exists() {
+                // A rank that does not write cannot tell rank 0's table of this run from an
+                // earlier run's that rank 0 is about to replace: it reads only when resuming.
+                let saved = if writes {
+                    file.exists()
+                } else {
+                    start.is_none()
+                };
+                if saved {
                     Reference::Table(ReferenceLogProbs::load(&file)?)
                 } else {
                     let model = match (start, &settings.train.reference) {
@@ -151,7 +160,9 @@ impl<B: Backend> DpoRun<B> {
                         _ => load_reference()?,
                     };
                     let table = precompute(&model, data, encoder)?;
-                    table.save(&file)?;
+                    if writes {
+                        table.save(&file)?;
+                    }
                     Reference::Table(table)
                 }
             }

@@ -11,11 +11,12 @@ use burn::tensor::backend::AutodiffBackend;
 use gmt_core::StepReport;
 use gmt_data::Encoder;
 use gmt_models::LlamaForCausalLm;
-use gmt_train::{LossReport, Objective};
+use gmt_train::{DataParallel, LossReport, Objective};
 
 use crate::backend::BackendJob;
 use crate::checkpoint::RunDir;
 use crate::dataset::{RunData, report_data};
+use crate::distributed::Rank;
 use crate::metrics::{MetricsLog, Progress, StepMetrics};
 use crate::model_source::load_model;
 use crate::objective::{DpoRun, RunObjective, Sft};
@@ -56,6 +57,16 @@ pub struct TrainJob {
     pub stop_after: Option<u64>,
     /// Set by the interrupt handler (Ctrl-C, SIGTERM, SIGHUP).
     pub interrupt: Arc<AtomicBool>,
+    /// This process's rank when it is one of several (`--distributed`).
+    pub rank: Option<Rank>,
+}
+
+impl TrainJob {
+    /// Whether this process writes the run's files and reports its progress: rank 0, or the
+    /// only process.
+    fn writes(&self) -> bool {
+        self.rank.is_none_or(|r| r.index() == 0)
+    }
 }
 
 impl BackendJob for TrainJob {
@@ -68,7 +79,7 @@ impl BackendJob for TrainJob {
 
 fn train<B: AutodiffBackend>(job: TrainJob, devices: &[B::Device]) -> Result<TrainOutcome> {
     let settings = &job.settings;
-    let run = RunDir::open(settings, job.resume, job.force)?;
+    let run = RunDir::open(settings, job.resume, job.force, job.writes())?;
     let device = &devices[0];
     let loaded = load_model::<B>(settings.model_path()?, &settings.overrides(), device)?;
     let data = RunData::new(settings, loaded.model.config())?;
@@ -83,7 +94,15 @@ fn train<B: AutodiffBackend>(job: TrainJob, devices: &[B::Device]) -> Result<Tra
         ObjectiveKind::CausalLm => run_loop(&job, &run, model, &data, &encoder, Sft, devices),
         ObjectiveKind::Dpo => {
             let start = (!run.is_resuming()).then_some(&model);
-            let dpo = DpoRun::new(settings, run.path(), start, &data, &encoder, device)?;
+            let dpo = DpoRun::new(
+                settings,
+                run.path(),
+                start,
+                &data,
+                &encoder,
+                device,
+                job.writes(),
+            )?;
             run_loop(&job, &run, model, &data, &encoder, dpo, devices)
         }
     }
@@ -110,20 +129,34 @@ where
         None => None,
     };
     let total_steps = || data.total_steps(encoder);
-    let (mut replicas, position) = run.start(model, objective.objective(), total_steps, devices)?;
+    let (mut replicas, position) =
+        run.start(model, objective.objective(), total_steps, devices, job.rank)?;
     let mut batches = data.training_batches(encoder, position)?;
 
     let counters = *replicas.primary().progress();
     let (started_at, total_steps) = (counters.step, counters.total_steps);
-    let mut metrics_log = MetricsLog::open(run.path(), started_at)?;
-    let progress = Progress::new(total_steps, started_at);
+    // Rank 0 of a multi-process run logs, evaluates and writes; the other ranks only step.
+    let writes = job.writes();
+    let mut metrics_log = match writes {
+        true => Some(MetricsLog::open(run.path(), started_at)?),
+        false => None,
+    };
+    let progress = writes.then(|| Progress::new(total_steps, started_at));
+    let show = |line: &str| {
+        if let Some(p) = &progress {
+            p.println(line);
+        }
+    };
     let mut last_eval = None;
     while !replicas.primary().is_done() {
-        let interrupted = job.interrupt.load(Ordering::SeqCst);
+        // An interrupt on any rank stops every rank at this step.
+        let interrupted = replicas.any_replica(job.interrupt.load(Ordering::SeqCst));
         let done_here = replicas.primary().progress().step - started_at;
         if interrupted || job.stop_after.is_some_and(|n| done_here >= n) {
             let checkpoint = run.save(&mut replicas, &batches.position())?;
-            progress.finish();
+            if let Some(p) = &progress {
+                p.finish();
+            }
             let step = replicas.primary().progress().step;
             return Ok(TrainOutcome::Stopped {
                 step,
@@ -145,7 +178,7 @@ where
             .with_context(|| format!("optimizer step {next}"))?;
         let trainer = replicas.primary();
         if let StepReport::Skipped { param, .. } = &step.mask {
-            progress.println(&format!(
+            show(&format!(
                 "step {} skipped: non-finite gradient in {param}",
                 step.step
             ));
@@ -153,27 +186,40 @@ where
         let mut metrics = StepMetrics::from_step(&step, trainer.progress().elapsed_secs, layers);
         let every = |n: u64| n > 0 && step.step % n == 0;
         if let Some(eval) = &eval_set
+            && writes
             && (every(t.eval_every) || trainer.is_done())
         {
             let report = trainer.evaluate(eval)?;
             metrics.add_eval(&report);
-            let line = objective.describe_eval(&report);
-            progress.println(&format!("step {}: {line}", step.step));
+            show(&format!(
+                "step {}: {}",
+                step.step,
+                objective.describe_eval(&report)
+            ));
             last_eval = Some(report);
         }
-        metrics_log.write(&metrics)?;
-        progress.step(&metrics, total_steps);
+        if let (Some(log), Some(p)) = (&mut metrics_log, &progress) {
+            log.write(&metrics)?;
+            p.step(&metrics, total_steps);
+        }
         if every(t.checkpoint_every) && !replicas.primary().is_done() {
             run.save(&mut replicas, &batches.position())?;
         }
     }
-    progress.finish();
+    if let Some(p) = &progress {
+        p.finish();
+    }
     replicas.finish_here();
     run.save(&mut replicas, &batches.position())?;
-    report_data(batches.stream().report(), &batches.fit_report());
-    let trainer = replicas.into_primary();
-    let final_dir = run.write_final(trainer.model(), encoder, metrics_log.path())?;
-    let steps = trainer.progress().step;
+    report_all_reduce(&replicas);
+    let steps = replicas.primary().progress().step;
+    let final_dir = match &metrics_log {
+        Some(log) => {
+            report_data(batches.stream().report(), &batches.fit_report());
+            run.write_final(replicas.primary().model(), encoder, log.path())?
+        }
+        None => run.path().join("final"),
+    };
     // The step count came from a pass over the same data: running out before it means the
     // data changed under the run. The model is saved, but the run is not what was asked for.
     if steps < total_steps {
@@ -187,4 +233,18 @@ where
         eval: last_eval,
         final_dir,
     })
+}
+
+/// Logs what the all-reduce of a data-parallel run cost (rank 0 only).
+fn report_all_reduce<B: AutodiffBackend, O: Objective>(run: &DataParallel<B, O>) {
+    let stats = run.all_reduce_stats();
+    if run.replicas() > 1 && run.is_primary() && stats.steps > 0 {
+        tracing::info!(
+            "all-reduce over {} replicas: {:.1} MB of gradients per step; {:.3} s per step summing them, {:.3} s per step waiting for the other replicas",
+            run.replicas(),
+            stats.bytes_per_step() / 1e6,
+            stats.gradient_secs_per_step(),
+            stats.wait_secs_per_step()
+        );
+    }
 }

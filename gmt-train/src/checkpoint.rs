@@ -241,6 +241,11 @@ fn sha256_file(path: &Path) -> Result<String, TrainError> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
+/// The name of step `step`'s checkpoint directory under its root (`step-NNNNNNNN`).
+pub fn dir_name(step: u64) -> String {
+    format!("{PREFIX}{step:08}")
+}
+
 /// The checkpoint directories (`step-N`) under `root`, oldest first.
 fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> {
     let Ok(entries) = fs::read_dir(root) else {
@@ -275,7 +280,7 @@ pub fn write_checkpoint(
 ) -> Result<PathBuf, TrainError> {
     fs::create_dir_all(root).map_err(|e| TrainError::io("cannot create", root, e))?;
     remove_leftovers(root)?;
-    let name = format!("{PREFIX}{step:08}");
+    let name = dir_name(step);
     let partial = root.join(format!("{PARTIAL_PREFIX}{name}"));
     if let Err(e) = write_files(&partial, files) {
         let _ = fs::remove_dir_all(&partial);

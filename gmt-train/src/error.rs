@@ -92,6 +92,16 @@ pub enum TrainError {
     /// burn-collective refused an operation.
     #[error("all-reduce across devices: {0}")]
     Collective(String),
+    /// A process of a multi-process run was not started with the same job as rank 0.
+    #[error(
+        "rank {rank} is not running the same job as rank 0: {what} differ (start every rank with the same command line, files and checkpoint)"
+    )]
+    ReplicaMismatch {
+        /// The first rank that differs.
+        rank: usize,
+        /// What differs.
+        what: String,
+    },
     /// A replica no longer holds the same run as replica 0.
     #[error(
         "replica {replica} diverged from replica 0 at step {step}: {what} differ (a device computed differently; the run cannot continue as one)"

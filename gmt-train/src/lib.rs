@@ -38,8 +38,9 @@
 //!   [`reference_log_probs`] (preference tuning) — `dpo.rs`
 //! - [`GradientAllReduce`], [`SingleReplica`], [`ReplicaStep`], [`StepTotals`]: where the
 //!   replicas' gradients meet before Γ is formed — `all_reduce.rs`
-//! - [`DataParallel`], [`WeightChecksum`]: one run over several devices of one process
-//!   (burn-collective) — `data_parallel/`
+//! - [`DataParallel`], [`WeightChecksum`], [`AllReduceStats`]: one run over several devices
+//!   of one process (burn-collective) or, with the feature `mpi`, over the processes of an
+//!   MPI job (`MpiGroup`) — `data_parallel/`
 //! - [`evaluate`], [`LossReport`] — `evaluate.rs`
 //! - [`Checkpoint`], [`write_checkpoint`]: atomic checkpoint directories — `checkpoint.rs`
 //! - [`TrainingBatches`], [`DataPosition`]: gmt-data batches over epochs, resumable —
@@ -65,7 +66,9 @@ mod trainer;
 pub use all_reduce::{GradientAllReduce, ReplicaStep, SingleReplica, StepTotals};
 pub use checkpoint::{Checkpoint, write_checkpoint};
 pub use data::{DataPosition, TrainingBatches};
-pub use data_parallel::{DEFAULT_SYNC_CHECK_EVERY, DataParallel, WeightChecksum};
+#[cfg(feature = "mpi")]
+pub use data_parallel::MpiGroup;
+pub use data_parallel::{AllReduceStats, DEFAULT_SYNC_CHECK_EVERY, DataParallel, WeightChecksum};
 pub use dpo::{
     Dpo, DpoConfig, DpoLossType, PairLogProbs, PreferenceBatch, ReferenceLogProbs,
     reference_log_probs,

@@ -180,6 +180,7 @@ fn run_one(
             force: !resume,
             stop_after,
             interrupt: interrupt.clone(),
+            rank: None,
         };
         let selected = select_for_training(settings)?;
         match run_job(&selected, job).with_context(|| format!("run {}", dir.display()))? {

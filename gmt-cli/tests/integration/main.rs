@@ -7,6 +7,8 @@ mod bad_input;
 mod commands;
 mod data_parallel;
 mod dpo;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod smollm2;
 mod sweep;
 mod train;

@@ -3,6 +3,7 @@
 //! gradient over the devices.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use burn::collective::{self, CollectiveConfig, PeerId, ReduceOperation};
 use burn::module::{Module, ModuleVisitor, Param};
@@ -12,7 +13,9 @@ use burn::tensor::{Tensor, TensorPrimitive};
 use gmt_models::LlamaForCausalLm;
 
 use super::rendezvous::Rendezvous;
-use crate::{GradientAllReduce, ReplicaStep, StepTotals, TrainError};
+use super::shares::{Share, combine, share_of};
+use super::stats::SharedStats;
+use crate::{GradientAllReduce, ReplicaStep, TrainError};
 
 /// Joins replica `rank` on `device` to the process's burn-collective group; returns once
 /// every replica of the group has joined.
@@ -35,13 +38,12 @@ pub(crate) fn reset<B: AutodiffBackend>() {
     collective::reset_collective::<B::InnerBackend>();
 }
 
-/// What a replica brings to a step's meeting: its totals, or why it failed.
-pub(crate) type Share = Result<StepTotals, String>;
-
 /// Replica `rank`'s side of the all-reduce.
 pub(crate) struct DeviceAllReduce {
     pub(crate) rank: usize,
     pub(crate) meet: Arc<Rendezvous<Share>>,
+    /// Where replica 0 records the all-reduce's bytes and time.
+    pub(crate) stats: Option<SharedStats>,
 }
 
 impl<B: AutodiffBackend> GradientAllReduce<B> for DeviceAllReduce {
@@ -50,37 +52,33 @@ impl<B: AutodiffBackend> GradientAllReduce<B> for DeviceAllReduce {
         model: &LlamaForCausalLm<B>,
         local: Result<ReplicaStep, TrainError>,
     ) -> Result<ReplicaStep, TrainError> {
-        let share = match &local {
-            Ok(step) => Ok(step.totals.clone()),
-            Err(e) => Err(e.to_string()),
-        };
-        let shares =
-            self.meet
-                .exchange(self.rank, share)
-                .map_err(|reason| TrainError::ReplicaFailed {
-                    replica: None,
-                    reason,
-                })?;
-        let local = local?;
-        let mut totals = StepTotals::default();
-        for (replica, share) in shares.iter().enumerate() {
-            let share = share.as_ref().map_err(|reason| TrainError::ReplicaFailed {
-                replica: Some(replica),
-                reason: reason.clone(),
+        let waiting = Instant::now();
+        let shares = self
+            .meet
+            .exchange(self.rank, share_of(&local))
+            .map_err(|reason| TrainError::ReplicaFailed {
+                replica: None,
+                reason,
             })?;
-            add_totals(&mut totals, share);
-        }
+        let local = local?;
+        let totals = combine(&shares)?;
+        let waited = waiting.elapsed();
         // Every replica has arrived and none failed: each now issues the same all-reduces in
         // the same order (the model's parameter order), as burn-collective requires.
         let mut sum = SumOverDevices::<B> {
             peer: PeerId::from(self.rank),
             grads: local.grad_sum,
             error: None,
+            bytes: 0,
             backend: std::marker::PhantomData,
         };
+        let summing = Instant::now();
         model.visit(&mut sum);
         if let Some(e) = sum.error {
             return Err(TrainError::Collective(e));
+        }
+        if let Some(stats) = &self.stats {
+            stats.record(sum.bytes, summing.elapsed(), waited);
         }
         Ok(ReplicaStep {
             grad_sum: sum.grads,
@@ -89,23 +87,14 @@ impl<B: AutodiffBackend> GradientAllReduce<B> for DeviceAllReduce {
     }
 }
 
-/// Adds one replica's totals, in replica order (so that every replica's sums are the same
-/// bits).
-fn add_totals(sum: &mut StepTotals, share: &StepTotals) {
-    sum.weight += share.weight;
-    sum.loss_sum += share.loss_sum;
-    sum.tokens += share.tokens;
-    sum.micro_batches += share.micro_batches;
-    sum.empty_micro_batches += share.empty_micro_batches;
-    sum.metrics.merge(&share.metrics);
-}
-
 /// Replaces each parameter's gradient sum by its sum over the devices. A replica without a
 /// gradient for a parameter (no token to learn from) contributes zeros.
 struct SumOverDevices<B: AutodiffBackend> {
     peer: PeerId,
     grads: GradientsParams,
     error: Option<String>,
+    /// Bytes of gradient all-reduced.
+    bytes: u64,
     backend: std::marker::PhantomData<B>,
 }
 
@@ -115,6 +104,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for SumOverDevices<B> {
             .grads
             .remove::<B::InnerBackend, D>(param.id)
             .unwrap_or_else(|| Tensor::zeros(param.shape(), &param.device()));
+        self.bytes += (local.shape().num_elements() * local.dtype().size()) as u64;
         let reduced = collective::all_reduce::<B::InnerBackend>(
             self.peer,
             local.into_primitive().tensor(),

@@ -1,11 +1,15 @@
-//! [`DataParallel`]: one run over several devices of one process, one replica per device,
-//! every replica stepping on its share of each step's micro-batches and all of them applying
-//! the same Γ.
+//! [`DataParallel`]: one run over several replicas — devices of one process, or processes of
+//! an MPI job — every replica stepping on its share of each step's micro-batches and all of
+//! them applying the same Γ.
 
 mod checksum;
 mod collective;
 mod lease;
+#[cfg(feature = "mpi")]
+mod processes;
 mod rendezvous;
+mod shares;
+mod stats;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, mpsc};
@@ -15,28 +19,35 @@ use burn::collective::CollectiveConfig;
 use burn::tensor::backend::AutodiffBackend;
 
 pub use checksum::WeightChecksum;
-use collective::{DeviceAllReduce, Share};
+use collective::DeviceAllReduce;
 use lease::GroupLease;
+#[cfg(feature = "mpi")]
+pub use processes::MpiGroup;
 use rendezvous::Rendezvous;
+use shares::Share;
+pub use stats::AllReduceStats;
+use stats::SharedStats;
 
 use crate::{Objective, StepSummary, TrainError, Trainer};
 
 /// Steps between two comparisons of the replicas' weights, by default.
 pub const DEFAULT_SYNC_CHECK_EVERY: u64 = 16;
 
-/// A run over W devices: W replicas of a [`Trainer`], one per device — replica 0 in the
-/// caller's thread, each other one in a thread of its own.
+/// A run over W replicas of a [`Trainer`]: W devices of this process ([`new`](Self::new):
+/// replica 0 in the caller's thread, each other one in a thread of its own), or W processes of
+/// an MPI job ([`over_processes`](Self::over_processes), feature `mpi`: this process holds
+/// one replica, the others hold theirs).
 ///
-/// Each [`step`](Self::step) splits the step's micro-batches into W runs of consecutive
-/// micro-batches, replica r taking the r-th; the replicas' weighted gradient sums and totals
-/// are all-reduced (burn-collective for the gradients), so Γ is what one process with all the
-/// micro-batches computes, and every replica masks, clips and applies the same Γ. The step's
-/// data, and so the run, does not depend on W. Every
+/// Each [`step`](Self::step) takes the whole step's micro-batches and splits them into W runs
+/// of consecutive micro-batches, replica r taking the r-th; the replicas' weighted gradient
+/// sums and totals are all-reduced (burn-collective between devices, MPI between processes),
+/// so Γ is what one process with all the micro-batches computes, and every replica masks,
+/// clips and applies the same Γ. The step's data, and so the run, does not depend on W. Every
 /// [`with_sync_check_every`](Self::with_sync_check_every) steps the replicas' weights are
 /// compared by checksum; a difference is an error naming the step.
 ///
-/// burn-collective has one server per process, so one group exists at a time: a second
-/// [`DataParallel::new`] while the first is alive is an error.
+/// burn-collective has one server per process, so one group of devices exists at a time: a
+/// second [`DataParallel::new`] while the first is alive is an error.
 ///
 /// ```no_run
 /// # use burn::backend::{Autodiff, NdArray};
@@ -59,10 +70,22 @@ pub const DEFAULT_SYNC_CHECK_EVERY: u64 = 16;
 /// # Ok(()) }
 /// ```
 pub struct DataParallel<B: AutodiffBackend, O: Objective> {
+    /// This process's replica (replica 0 of a group of devices).
     primary: Trainer<B, O>,
-    /// The other replicas; `None` on one device.
-    group: Option<Group<B, O>>,
+    peers: Peers<B, O>,
     sync_check_every: u64,
+    stats: SharedStats,
+}
+
+/// Where the other replicas are.
+enum Peers<B: AutodiffBackend, O: Objective> {
+    /// Nowhere: one device.
+    Alone,
+    /// In threads of this process, one per device.
+    Threads(Group<B, O>),
+    /// In the other processes of an MPI job.
+    #[cfg(feature = "mpi")]
+    Processes(MpiGroup),
 }
 
 /// Work for a replica's thread.
@@ -91,9 +114,26 @@ where
     pub fn single(trainer: Trainer<B, O>) -> Self {
         Self {
             primary: trainer,
-            group: None,
+            peers: Peers::Alone,
             sync_check_every: 0,
+            stats: SharedStats::default(),
         }
+    }
+
+    /// This process's replica of a run over the processes of an MPI job, one replica per
+    /// rank. Every rank calls it with the same run (the same weights, optimizer state and
+    /// counters); their weights are compared before the first step.
+    #[cfg(feature = "mpi")]
+    pub fn over_processes(trainer: Trainer<B, O>, group: MpiGroup) -> Result<Self, TrainError> {
+        let stats = SharedStats::default();
+        let mut run = Self {
+            primary: trainer.with_all_reduce(group.all_reduce(stats.clone())),
+            peers: Peers::Processes(group),
+            sync_check_every: DEFAULT_SYNC_CHECK_EVERY,
+            stats,
+        };
+        run.check_in_sync()?;
+        Ok(run)
     }
 
     /// A run over `devices`, `replicas[r]` on `devices[r]`. The replicas must be the same run
@@ -124,10 +164,12 @@ where
         let size = devices.len();
         let meet = Arc::new(Rendezvous::new(size));
         let config = CollectiveConfig::default().with_num_devices(size);
+        let stats = SharedStats::default();
         let attach = |trainer: Trainer<B, O>, rank: usize| {
             trainer.with_all_reduce(DeviceAllReduce {
                 rank,
                 meet: meet.clone(),
+                stats: (rank == 0).then(|| stats.clone()),
             })
         };
         let mut workers = Vec::with_capacity(size - 1);
@@ -154,8 +196,9 @@ where
         group.registered = true;
         let mut run = Self {
             primary,
-            group: Some(group),
+            peers: Peers::Threads(group),
             sync_check_every: DEFAULT_SYNC_CHECK_EVERY,
+            stats,
         };
         run.check_in_sync()?;
         Ok(run)
@@ -172,32 +215,43 @@ where
     /// consecutive micro-batches, as evenly as they go (the first replicas take one more when
     /// they do not divide; a replica with none contributes nothing but waits for the others).
     pub fn step(&mut self, micro_batches: Vec<O::Batch>) -> Result<StepSummary, TrainError> {
-        let Some(group) = &self.group else {
-            return self.primary.step(micro_batches);
-        };
-        let size = group.workers.len() + 1;
-        let (base, extra) = (micro_batches.len() / size, micro_batches.len() % size);
-        let share = |replica: usize| base + usize::from(replica < extra);
-        let mut micro_batches = micro_batches.into_iter();
-        let first: Vec<_> = micro_batches.by_ref().take(share(0)).collect();
-        let mut pending = Vec::with_capacity(size - 1);
-        for (replica, (jobs, _)) in group.workers.iter().enumerate() {
-            let mine: Vec<_> = micro_batches.by_ref().take(share(replica + 1)).collect();
-            pending.push(ask(jobs, move |t| t.step(mine)));
-        }
-        let summary = self.primary.step(first);
-        let others = collect(pending);
-        let summary = summary?;
-        for (replica, other) in others.into_iter().enumerate() {
-            let other = other?;
-            if other.totals != summary.totals || other.mask != summary.mask {
-                return Err(TrainError::ReplicasDiverged {
-                    step: summary.step,
-                    replica: replica + 1,
-                    what: "the step's totals or mask statistics".into(),
-                });
+        let shares = split(micro_batches, self.replicas());
+        let summary = match &self.peers {
+            Peers::Alone => return self.primary.step(shares.into_iter().flatten()),
+            Peers::Threads(group) => {
+                let mut shares = shares.into_iter();
+                let first = shares.next().expect("one share per replica");
+                let pending: Vec<_> = group
+                    .workers
+                    .iter()
+                    .zip(shares)
+                    .map(|((jobs, _), mine)| ask(jobs, move |t| t.step(mine)))
+                    .collect();
+                let summary = self.primary.step(first);
+                let others = collect(pending);
+                let summary = summary?;
+                for (replica, other) in others.into_iter().enumerate() {
+                    let other = other?;
+                    if other.totals != summary.totals || other.mask != summary.mask {
+                        return Err(diverged(&summary, replica + 1));
+                    }
+                }
+                summary
             }
-        }
+            #[cfg(feature = "mpi")]
+            Peers::Processes(group) => {
+                let mine = shares
+                    .into_iter()
+                    .nth(group.rank())
+                    .expect("a share per rank");
+                let summary = self.primary.step(mine)?;
+                let fingerprint = format!("{:?} {:?}", summary.totals, summary.mask);
+                if let Some(rank) = group.first_differing(fingerprint.as_bytes()) {
+                    return Err(diverged(&summary, rank));
+                }
+                summary
+            }
+        };
         if self.sync_check_every > 0 && summary.step % self.sync_check_every == 0 {
             self.check_in_sync()?;
         }
@@ -207,30 +261,54 @@ where
     /// Compares every replica's weights with replica 0's (a checksum of each parameter);
     /// a difference is [`TrainError::ReplicasDiverged`]. Run it before saving a checkpoint.
     pub fn check_in_sync(&mut self) -> Result<(), TrainError> {
-        let Some(group) = &self.group else {
-            return Ok(());
+        let step = self.primary.progress().step;
+        let diverged = |replica| TrainError::ReplicasDiverged {
+            step,
+            replica,
+            what: "the weights".into(),
         };
-        let pending: Vec<_> = group
-            .workers
-            .iter()
-            .map(|(jobs, _)| ask(jobs, |t| Ok(WeightChecksum::of(t.model()))))
-            .collect();
-        let mine = WeightChecksum::of(self.primary.model());
-        for (replica, theirs) in collect(pending).into_iter().enumerate() {
-            if theirs? != mine {
-                return Err(TrainError::ReplicasDiverged {
-                    step: self.primary.progress().step,
-                    replica: replica + 1,
-                    what: "the weights".into(),
-                });
+        match &self.peers {
+            Peers::Alone => Ok(()),
+            Peers::Threads(group) => {
+                let pending: Vec<_> = group
+                    .workers
+                    .iter()
+                    .map(|(jobs, _)| ask(jobs, |t| Ok(WeightChecksum::of(t.model()))))
+                    .collect();
+                let mine = WeightChecksum::of(self.primary.model());
+                for (replica, theirs) in collect(pending).into_iter().enumerate() {
+                    if theirs? != mine {
+                        return Err(diverged(replica + 1));
+                    }
+                }
+                Ok(())
+            }
+            #[cfg(feature = "mpi")]
+            Peers::Processes(group) => {
+                let mine = WeightChecksum::of(self.primary.model());
+                let bits = [mine.sum.to_bits(), mine.sum_of_squares.to_bits()];
+                match group.first_differing(format!("{bits:?}").as_bytes()) {
+                    None => Ok(()),
+                    Some(rank) => Err(diverged(rank)),
+                }
             }
         }
-        Ok(())
+    }
+
+    /// Whether `flag` is set for any replica: every process of an MPI job must ask at the same
+    /// point (a stop requested on one rank must stop them all at the same step); in one
+    /// process, `flag` itself.
+    pub fn any_replica(&self, flag: bool) -> bool {
+        match &self.peers {
+            Peers::Alone | Peers::Threads(_) => flag,
+            #[cfg(feature = "mpi")]
+            Peers::Processes(group) => group.any(flag),
+        }
     }
 
     /// Ends the run at the current step on every replica (see [`Trainer::finish_here`]).
     pub fn finish_here(&mut self) {
-        if let Some(group) = &self.group {
+        if let Peers::Threads(group) = &self.peers {
             let pending: Vec<_> = group
                 .workers
                 .iter()
@@ -251,18 +329,67 @@ where
 impl<B: AutodiffBackend, O: Objective> DataParallel<B, O> {
     /// Replicas in the run.
     pub fn replicas(&self) -> usize {
-        1 + self.group.as_ref().map_or(0, |g| g.workers.len())
+        match &self.peers {
+            Peers::Alone => 1,
+            Peers::Threads(group) => 1 + group.workers.len(),
+            #[cfg(feature = "mpi")]
+            Peers::Processes(group) => group.size(),
+        }
     }
 
-    /// Replica 0: the run's model, optimizer and counters, for evaluation, checkpoints and
-    /// export (every replica holds the same).
+    /// This process's replica: its rank in an MPI job, else 0.
+    pub fn rank(&self) -> usize {
+        match &self.peers {
+            Peers::Alone | Peers::Threads(_) => 0,
+            #[cfg(feature = "mpi")]
+            Peers::Processes(group) => group.rank(),
+        }
+    }
+
+    /// Whether this process holds replica 0, which evaluates and writes the run's files.
+    pub fn is_primary(&self) -> bool {
+        self.rank() == 0
+    }
+
+    /// This process's replica (replica 0 of a group of devices): the run's model, optimizer
+    /// and counters, for evaluation, checkpoints and export (every replica holds the same).
     pub fn primary(&self) -> &Trainer<B, O> {
         &self.primary
+    }
+
+    /// What the all-reduce has cost so far (zero steps on one device).
+    pub fn all_reduce_stats(&self) -> AllReduceStats {
+        self.stats.get()
     }
 
     /// Replica 0, ending the run (the other replicas stop).
     pub fn into_primary(self) -> Trainer<B, O> {
         self.primary
+    }
+}
+
+/// `micro_batches` in `replicas` runs of consecutive micro-batches, as even as they go: the
+/// first runs take one more when they do not divide.
+fn split<T>(micro_batches: Vec<T>, replicas: usize) -> Vec<Vec<T>> {
+    let (base, extra) = (
+        micro_batches.len() / replicas,
+        micro_batches.len() % replicas,
+    );
+    let mut micro_batches = micro_batches.into_iter();
+    (0..replicas)
+        .map(|r| {
+            let take = base + usize::from(r < extra);
+            micro_batches.by_ref().take(take).collect()
+        })
+        .collect()
+}
+
+/// A step after which `replica` holds other totals or masks than this one.
+fn diverged(summary: &StepSummary, replica: usize) -> TrainError {
+    TrainError::ReplicasDiverged {
+        step: summary.step,
+        replica,
+        what: "the step's totals or mask statistics".into(),
     }
 }
 
