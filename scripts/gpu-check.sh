@@ -43,11 +43,18 @@ for backend in cuda wgpu; do
 done
 
 # Several GPUs: one data-parallel run over all of them against the same run on GPU 0 alone
-# (the same steps: each device takes its share of the --grad-accum micro-batches).
+# (the same steps: each device takes its share of the --grad-accum micro-batches); with
+# Open MPI installed, also one rank per GPU under mpirun.
 gpus="$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)"
 if [ "$gpus" -ge 2 ]; then
   echo "== data-parallel: SmolLM2-135M on $gpus GPUs against 1"
-  cargo build --release --locked -p gmt-cli
+  runs=(one all)
+  if command -v mpirun >/dev/null; then
+    cargo build --release --locked -p gmt-cli --features mpi
+    runs+=(mpi)
+  else
+    cargo build --release --locked -p gmt-cli
+  fi
   work="$(mktemp -d)"
   model="$(scripts/fetch-smollm2.sh)"
   target/release/gmt make-data --output "$work/data" --train 400 --test 20 --seed 1
@@ -59,11 +66,19 @@ if [ "$gpus" -ge 2 ]; then
       --max-steps 8 --micro-batch-size 8 --grad-accum "$gpus" --max-seq-len 256 --packing \
       --lr 1e-4 --mask-ratio 0.3
   done
-  python3 - "$work" <<'PY'
+  if [ "${#runs[@]}" -eq 3 ]; then
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 /usr/bin/time -f "mpi ($gpus ranks): %e s" \
+      mpirun --oversubscribe -np "$gpus" target/release/gmt train --model "$model" \
+      --data "$work/data/train.jsonl" --output "$work/mpi" --backend cuda --distributed mpi \
+      --max-steps 8 --micro-batch-size 8 --grad-accum "$gpus" --max-seq-len 256 --packing \
+      --lr 1e-4 --mask-ratio 0.3
+  fi
+  python3 - "$work" "${runs[@]}" <<'PY'
 import json, sys
-runs = {n: [json.loads(l) for l in open(f"{sys.argv[1]}/{n}/metrics.jsonl")] for n in ("one", "all")}
-for a, b in zip(runs["one"], runs["all"]):
-    print(f"step {a['step']}: loss {a['loss']:.6f} vs {b['loss']:.6f}, kept {a['kept_fraction']:.4f} vs {b['kept_fraction']:.4f}")
+runs = {n: [json.loads(l) for l in open(f"{sys.argv[1]}/{n}/metrics.jsonl")] for n in sys.argv[2:]}
+for steps in zip(*runs.values()):
+    print(f"step {steps[0]['step']}: " + ", ".join(
+        f"{n} loss {s['loss']:.6f} kept {s['kept_fraction']:.4f}" for n, s in zip(runs, steps)))
 PY
   rm -rf "$work"
 fi

@@ -122,18 +122,21 @@ where
 
     /// This process's replica of a run over the processes of an MPI job, one replica per
     /// rank. Every rank calls it with the same run (the same weights, optimizer state and
-    /// counters); their weights are compared before the first step.
+    /// counters); their weights are compared before the first step
+    /// ([`TrainError::ReplicaMismatch`] names a rank that started from others).
     #[cfg(feature = "mpi")]
     pub fn over_processes(trainer: Trainer<B, O>, group: MpiGroup) -> Result<Self, TrainError> {
+        group.ensure_same(
+            "the starting weights (model file or checkpoint)",
+            weights_fingerprint(trainer.model()).as_bytes(),
+        )?;
         let stats = SharedStats::default();
-        let mut run = Self {
+        Ok(Self {
             primary: trainer.with_all_reduce(group.all_reduce(stats.clone())),
             peers: Peers::Processes(group),
             sync_check_every: DEFAULT_SYNC_CHECK_EVERY,
             stats,
-        };
-        run.check_in_sync()?;
-        Ok(run)
+        })
     }
 
     /// A run over `devices`, `replicas[r]` on `devices[r]`. The replicas must be the same run
@@ -285,9 +288,8 @@ where
             }
             #[cfg(feature = "mpi")]
             Peers::Processes(group) => {
-                let mine = WeightChecksum::of(self.primary.model());
-                let bits = [mine.sum.to_bits(), mine.sum_of_squares.to_bits()];
-                match group.first_differing(format!("{bits:?}").as_bytes()) {
+                let mine = weights_fingerprint(self.primary.model());
+                match group.first_differing(mine.as_bytes()) {
                     None => Ok(()),
                     Some(rank) => Err(diverged(rank)),
                 }
@@ -382,6 +384,17 @@ fn split<T>(micro_batches: Vec<T>, replicas: usize) -> Vec<Vec<T>> {
             micro_batches.by_ref().take(take).collect()
         })
         .collect()
+}
+
+/// The weights' checksum as bytes to compare across processes.
+#[cfg(feature = "mpi")]
+fn weights_fingerprint<B: AutodiffBackend>(model: &gmt_models::LlamaForCausalLm<B>) -> String {
+    let sums = WeightChecksum::of(model);
+    format!(
+        "{:x} {:x}",
+        sums.sum.to_bits(),
+        sums.sum_of_squares.to_bits()
+    )
 }
 
 /// A step after which `replica` holds other totals or masks than this one.
