@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::common::{gmt_fails, gmt_ok, metrics, sums, temp_dir, tiny_model, train_command};
 
 /// `n` preference pairs in the word vocabulary: the right sum chosen over a wrong one.
-fn pairs(dir: &Path, name: &str, n: usize, offset: usize) -> String {
+pub(crate) fn pairs(dir: &Path, name: &str, n: usize, offset: usize) -> String {
     let lines: Vec<String> = (0..n)
         .map(|i| {
             let (a, b) = ((i + offset) % 20, (i * 7 + offset) % 20);
@@ -26,7 +26,7 @@ fn pairs(dir: &Path, name: &str, n: usize, offset: usize) -> String {
     path.to_str().unwrap().to_string()
 }
 
-fn dpo_args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
+pub(crate) fn dpo_args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
     let mut args = train_command(model, data, out);
     args.extend([
         "--objective",
@@ -54,7 +54,7 @@ fn dpo_args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
 }
 
 /// The metrics without the wall-clock ones.
-fn timeless(run: &Path) -> Vec<Value> {
+pub(crate) fn timeless(run: &Path) -> Vec<Value> {
     metrics(run)
         .into_iter()
         .map(|mut m| {

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use crate::dpo::{dpo_args, pairs, timeless};
 use crate::train::train_args;
 
 /// `mpirun` running `ranks` copies of `gmt args --distributed mpi`, stdout and stderr to
@@ -94,12 +95,12 @@ fn two_ranks_train_what_one_process_trains_and_resume_under_either() {
     let out = mpirun_ok(&run.dir, 2, &args(model, data, &two, &[]));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.matches("finished 4 steps").count(), 1, "{stdout}");
-    // Two ranks stopped at step 2, resumed in one process.
-    mpirun_ok(
-        &run.dir,
-        2,
-        &args(model, data, &moved, &["--stop-after", "2"]),
-    );
+    // Two ranks stopped at step 2 and resumed under two ranks, or in one process.
+    let paused = path("paused");
+    let stop = |out| args(model, data, out, &["--stop-after", "2"]);
+    mpirun_ok(&run.dir, 2, &stop(&paused));
+    mpirun_ok(&run.dir, 2, &args(model, data, &paused, &["--resume"]));
+    mpirun_ok(&run.dir, 2, &stop(&moved));
     assert!(
         Path::new(&moved)
             .join("checkpoints/step-00000002/model.bin")
@@ -109,7 +110,7 @@ fn two_ranks_train_what_one_process_trains_and_resume_under_either() {
 
     let reference = metrics_without_timings(one.as_ref());
     assert_eq!(reference.len(), 4);
-    for run in [&two, &moved] {
+    for run in [&two, &paused, &moved] {
         assert_eq!(
             metrics_without_timings(run.as_ref()),
             reference,
@@ -127,6 +128,28 @@ fn two_ranks_train_what_one_process_trains_and_resume_under_either() {
     mpirun_ok(&run.dir, 2, &args(model, data, &back, &["--resume"]));
     assert_eq!(metrics_without_timings(back.as_ref()), reference);
     assert!(final_weights(back.as_ref()) == final_weights(one.as_ref()));
+}
+
+#[test]
+fn dpo_under_two_ranks_trains_what_one_process_trains() {
+    let dir = temp_dir("mpi-dpo");
+    let model = tiny_model(&dir, "llama-tiny");
+    let model = model.to_str().unwrap();
+    let data = pairs(&dir, "pairs.jsonl", 24, 0);
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    let (one_s, two_s) = (one.to_str().unwrap(), two.to_str().unwrap());
+    gmt_ok(&dpo_args(model, &data, one_s));
+    // Stopped and resumed: rank 1 computes the reference log-probabilities itself at the
+    // start and reads rank 0's table on resuming.
+    let stopped = [dpo_args(model, &data, two_s), vec!["--stop-after", "2"]].concat();
+    mpirun_ok(&dir, 2, &stopped);
+    mpirun_ok(
+        &dir,
+        2,
+        &[dpo_args(model, &data, two_s), vec!["--resume"]].concat(),
+    );
+    assert_eq!(timeless(&two), timeless(&one));
+    assert!(final_weights(&two) == final_weights(&one));
 }
 
 #[test]
