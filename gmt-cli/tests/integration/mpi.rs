@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use crate::dpo::{dpo_args, pairs, timeless};
-use crate::train::train_args;
+use crate::train::{args, assert_same_run, final_weights, train_args};
 
 /// `mpirun` running `ranks` copies of `gmt args --distributed mpi`, stdout and stderr to
 /// files in `dir` (a pipe that nobody reads while waiting would stall the ranks).
@@ -73,16 +73,6 @@ fn mpirun_ok(dir: &Path, ranks: usize, args: &[&str]) -> Output {
     out
 }
 
-fn args<'a>(model: &'a str, data: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = train_args(model, data, out);
-    args.extend_from_slice(extra);
-    args
-}
-
-fn final_weights(run: &Path) -> Vec<u8> {
-    std::fs::read(run.join("final/model.safetensors")).unwrap()
-}
-
 #[test]
 fn two_ranks_train_what_one_process_trains_and_resume_under_either() {
     let run = tiny_run("mpi", 24);
@@ -108,26 +98,16 @@ fn two_ranks_train_what_one_process_trains_and_resume_under_either() {
     );
     gmt_ok(&args(model, data, &moved, &["--resume"]));
 
-    let reference = metrics_without_timings(one.as_ref());
-    assert_eq!(reference.len(), 4);
+    assert_eq!(metrics(one.as_ref()).len(), 4);
     for run in [&two, &paused, &moved] {
-        assert_eq!(
-            metrics_without_timings(run.as_ref()),
-            reference,
-            "{run}: the same steps"
-        );
-        assert!(
-            final_weights(run.as_ref()) == final_weights(one.as_ref()),
-            "{run}: the same weights, to the bit"
-        );
+        assert_same_run(run, &one);
     }
 
     // One process stopped at step 2, resumed under two ranks.
     let back = path("back");
     gmt_ok(&args(model, data, &back, &["--stop-after", "2"]));
     mpirun_ok(&run.dir, 2, &args(model, data, &back, &["--resume"]));
-    assert_eq!(metrics_without_timings(back.as_ref()), reference);
-    assert!(final_weights(back.as_ref()) == final_weights(one.as_ref()));
+    assert_same_run(&back, &one);
 }
 
 #[test]
@@ -195,19 +175,10 @@ fn ranks_started_with_different_settings_are_refused_before_training() {
 
 /// A run long enough to be stopped from outside: tens of thousands of tiny steps.
 fn long_run<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
-    let mut args = train_command(model, data, out);
-    args.extend([
-        "--max-seq-len",
-        "32",
-        "--micro-batch-size",
-        "2",
-        "--grad-accum",
-        "2",
-        "--epochs",
-        "20000",
-        "--checkpoint-every",
-        "0",
-    ]);
+    let mut args = train_args(model, data, out);
+    let steps = args.iter().position(|a| *a == "--max-steps").unwrap() + 1;
+    args[steps] = "0";
+    args.extend(["--epochs", "20000", "--checkpoint-every", "0"]);
     args
 }
 
@@ -221,6 +192,14 @@ fn wait_for_a_step(run: &Path) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Sends `signal` (`-KILL`, `-INT`) to process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let sent = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status();
+    assert!(sent.unwrap().success(), "kill {signal} {pid}");
 }
 
 /// The pids of mpirun's ranks, by rank (Open MPI tells each its rank in its environment).
@@ -251,13 +230,7 @@ fn a_killed_rank_ends_the_job_with_an_error_in_bounded_time() {
     let child = cmd.spawn().unwrap();
     wait_for_a_step(&out);
     let victim = rank_pid(child.id(), 1);
-    assert!(
-        Command::new("kill")
-            .args(["-KILL", &victim.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(victim, "-KILL");
     let killed = Instant::now();
     let result = finish(child, &logs, Duration::from_secs(60));
     let stderr = String::from_utf8_lossy(&result.stderr);
@@ -286,13 +259,7 @@ fn interrupting_mpirun_stops_every_rank_at_one_step_with_one_checkpoint() {
     cmd.env("OMPI_MCA_odls_base_sigkill_timeout", "5");
     let child = cmd.spawn().unwrap();
     wait_for_a_step(&out);
-    assert!(
-        Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(child.id(), "-INT");
     let result = finish(child, &logs, Duration::from_secs(60));
     let stdout = String::from_utf8_lossy(&result.stdout);
     let stderr = String::from_utf8_lossy(&result.stderr);

@@ -33,6 +33,37 @@ pub(crate) fn train_args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec
     args
 }
 
+/// [`train_args`] and `extra`.
+pub(crate) fn args<'a>(
+    model: &'a str,
+    data: &'a str,
+    out: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = train_args(model, data, out);
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Asserts that `run` took the steps `reference` took (metrics but timings) and ended with
+/// the same weights, to the bit.
+pub(crate) fn assert_same_run(run: &str, reference: &str) {
+    assert_eq!(
+        metrics_without_timings(run.as_ref()),
+        metrics_without_timings(reference.as_ref()),
+        "{run}: the same steps"
+    );
+    assert!(
+        final_weights(run.as_ref()) == final_weights(reference.as_ref()),
+        "{run}: the same weights, to the bit"
+    );
+}
+
+/// The exported final weights of a run.
+pub(crate) fn final_weights(run: &Path) -> Vec<u8> {
+    std::fs::read(run.join("final/model.safetensors")).unwrap()
+}
+
 fn logits(model: &LlamaForCausalLm<B>) -> Vec<f32> {
     let batch = TokenBatch::new(vec![3, 7, 8, 20, 9, 25, 4, 10], 1, 8);
     model
