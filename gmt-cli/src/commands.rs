@@ -1,6 +1,5 @@
 //! The subcommands' entry points: argument handling around the library code of each.
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,7 +75,7 @@ fn model_path(model: &ModelArgs) -> Result<&Path> {
 pub fn train(args: &TrainArgs) -> Result<Finished> {
     let settings = args.settings()?;
     if args.print_config {
-        print!("{}", settings.to_toml());
+        out!("{}", settings.to_toml());
         return Ok(Finished::Done);
     }
     settings.validate()?;
@@ -151,20 +150,21 @@ fn train_as(args: &TrainArgs, settings: TrainSettings, rank: Option<Rank>) -> Re
                 .as_ref()
                 .filter(|e| e.metrics.contains_key("rewards/accuracy"))
             {
-                println!(
+                outln!(
                     "finished {steps} steps; eval DPO loss {:.4}, reward accuracy {:.1}%",
                     e.loss,
                     100.0 * e.metrics["rewards/accuracy"]
                 );
             } else if let Some(e) = eval {
-                println!(
+                outln!(
                     "finished {steps} steps; eval loss {:.4}, perplexity {:.2}",
-                    e.loss, e.perplexity
+                    e.loss,
+                    e.perplexity
                 );
             } else {
-                println!("finished {steps} steps");
+                outln!("finished {steps} steps");
             }
-            println!("final model: {}", final_dir.display());
+            outln!("final model: {}", final_dir.display());
             Ok(Finished::Done)
         }
         TrainOutcome::Stopped {
@@ -172,7 +172,7 @@ fn train_as(args: &TrainArgs, settings: TrainSettings, rank: Option<Rank>) -> Re
             checkpoint,
             interrupted,
         } => {
-            println!(
+            outln!(
                 "stopped at step {step}; checkpoint {} (continue with --resume)",
                 checkpoint.display()
             );
@@ -364,9 +364,9 @@ pub fn eval(args: &EvalArgs) -> Result<Finished> {
     let out = run_job(&selected, EvalJob(args))?;
     let metric = |k: &str| out[k].as_f64().unwrap_or(f64::NAN);
     if args.json {
-        println!("{out}");
+        outln!("{out}");
     } else if args.objective == ObjectiveKind::Dpo {
-        println!(
+        outln!(
             "DPO loss {:.4}  reward accuracy {:.1}%  log-prob accuracy {:.1}%  margin {:.4}  rewards chosen {:.4} / rejected {:.4}  pairs {}",
             metric("loss"),
             100.0 * metric("rewards/accuracy"),
@@ -377,14 +377,14 @@ pub fn eval(args: &EvalArgs) -> Result<Finished> {
             out["pairs"]
         );
     } else {
-        println!(
+        outln!(
             "loss {:.4}  perplexity {:.3}  tokens {}",
             out["loss"].as_f64().unwrap_or(f64::NAN),
             out["perplexity"].as_f64().unwrap_or(f64::NAN),
             out["tokens"]
         );
         if let Some(acc) = out.get("accuracy").and_then(|a| a.as_f64()) {
-            println!(
+            outln!(
                 "accuracy {:.1}% ({}/{})",
                 100.0 * acc,
                 out["correct"],
@@ -435,21 +435,19 @@ impl BackendJob for GenerateJob<'_> {
         // parts of one character only print once the character is complete.
         let mut tokens = Vec::new();
         let mut printed = 0;
-        let mut stdout = std::io::stdout();
         let mut failure = None;
         generate(&loaded.model, &prompt, &config, |token| {
             tokens.push(token);
             match loaded.tokenizer.decode(&tokens, true) {
                 Ok(text) if text.len() > printed && !text.ends_with('\u{fffd}') => {
-                    let _ = write!(stdout, "{}", &text[printed..]);
-                    let _ = stdout.flush();
+                    out!("{}", &text[printed..]);
                     printed = text.len();
                 }
                 Ok(_) => {}
                 Err(e) => failure = Some(e.to_string()),
             }
         })?;
-        println!();
+        outln!();
         if let Some(e) = failure {
             anyhow::bail!("cannot decode the generated tokens: {e}");
         }
@@ -493,7 +491,7 @@ pub fn export(args: &ExportArgs) -> Result<Finished> {
         &args.output,
         dtype,
     )?;
-    println!(
+    outln!(
         "exported {} to {}",
         checkpoint.dir().display(),
         args.output.display()
@@ -503,19 +501,19 @@ pub fn export(args: &ExportArgs) -> Result<Finished> {
 
 /// `gmt info`
 pub fn info(args: &InfoArgs) -> Result<Finished> {
-    println!("backends:");
+    outln!("backends:");
     for (name, what) in backend::describe_backends() {
-        println!("  {name:10} {what}");
+        outln!("  {name:10} {what}");
     }
     if let Some(path) = &args.model {
         let device = Default::default();
         let loaded = load_model::<burn::backend::NdArray>(path, &Overrides::default(), &device)?;
         let c = loaded.model.config();
         let params = burn::module::Module::num_params(&loaded.model);
-        println!("model {}:", path.display());
-        println!("  architecture  {:?}", c.architecture);
-        println!("  parameters    {params}");
-        println!(
+        outln!("model {}:", path.display());
+        outln!("  architecture  {:?}", c.architecture);
+        outln!("  parameters    {params}");
+        outln!(
             "  layers {}, hidden {}, heads {} (kv {}), head_dim {}, vocab {}",
             c.num_hidden_layers,
             c.hidden_size,
@@ -524,8 +522,8 @@ pub fn info(args: &InfoArgs) -> Result<Finished> {
             c.head_dim,
             c.vocab_size
         );
-        println!("  tied embeddings {}", c.tie_word_embeddings);
-        println!(
+        outln!("  tied embeddings {}", c.tie_word_embeddings);
+        outln!(
             "  tokenizer vocab {}",
             loaded.tokenizer.get_vocab_size(true)
         );
@@ -542,7 +540,7 @@ pub fn make_data(args: &MakeDataArgs) -> Result<Finished> {
         args.pairs,
         args.force,
     )?;
-    println!(
+    outln!(
         "wrote {} training and {} test {} to {}",
         args.train,
         args.test,

@@ -3,6 +3,10 @@
 //! Exit codes: 0 success; 1 an error (message on stderr); 2 bad usage or an unavailable
 //! backend; 130 stopped by Ctrl-C, SIGTERM or SIGHUP after saving a checkpoint.
 
+// First: the macros of `output` are in scope for the modules declared after it.
+#[macro_use]
+mod output;
+
 mod arithmetic;
 mod backend;
 mod checkpoint;

@@ -119,11 +119,11 @@ pub fn sweep(args: &SweepArgs) -> Result<Finished> {
         }
         // An interrupt that came during an evaluation stops the sweep before the next run.
         if interrupt.load(Ordering::SeqCst) {
-            println!("interrupted; rerun the same command to continue");
+            outln!("interrupted; rerun the same command to continue");
             return Ok(Finished::Interrupted);
         }
         if args.max_runs.is_some_and(|n| finished_here >= n) {
-            println!(
+            outln!(
                 "stopped after {finished_here} runs (--max-runs); rerun the same command to continue"
             );
             return Ok(Finished::Done);
@@ -140,7 +140,7 @@ pub fn sweep(args: &SweepArgs) -> Result<Finished> {
             None => {
                 write_outputs(&plan)?;
                 let interrupted = interrupt.load(Ordering::SeqCst);
-                println!(
+                outln!(
                     "stopped during {} with a checkpoint; rerun the same command to continue",
                     run.rel_dir.display()
                 );
@@ -153,8 +153,8 @@ pub fn sweep(args: &SweepArgs) -> Result<Finished> {
         }
     }
     let results = write_outputs(&plan)?;
-    println!("{}", summary::table(&plan, &results));
-    println!(
+    outln!("{}", summary::table(&plan, &results));
+    outln!(
         "all {total} runs done: {}",
         plan.dir.join("summary.md").display()
     );

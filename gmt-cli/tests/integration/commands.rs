@@ -79,6 +79,23 @@ fn info_lists_backends_and_describes_a_model() {
 }
 
 #[test]
+fn a_reader_that_stops_early_is_not_a_panic() {
+    // `gmt info | head -0`: the pipe's reading end is closed before gmt writes a line.
+    let dir = temp_dir("closed-pipe");
+    let model = tiny_model(&dir, "llama-tiny");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gmt"))
+        .args(["info", "--model", model.to_str().unwrap()])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+#[test]
 fn make_data_writes_disjoint_gsm8k_style_sets() {
     let dir = temp_dir("make-data");
     gmt_ok(&[
