@@ -7,6 +7,7 @@
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::cuda::CudaDevice;
 use burn::backend::ndarray::NdArrayDevice;
 use burn::backend::wgpu::graphics::AutoGraphicsApi;
@@ -14,6 +15,7 @@ use burn::backend::wgpu::{RuntimeOptions, WgpuDevice, init_setup};
 use burn::backend::{Autodiff, Cuda, NdArray, Wgpu};
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
+use gmt_train::memory::Checkpointing;
 use serde::{Deserialize, Serialize};
 
 /// The `--backend` setting.
@@ -380,6 +382,29 @@ pub fn run_job<J: BackendJob>(selected: &Selected, job: J) -> anyhow::Result<J::
         }
         Selected::Wgpu { devices, .. } => job.run::<Autodiff<Wgpu>>(devices.clone()),
         Selected::Cuda(devices) => job.run::<Autodiff<Cuda>>(devices.clone()),
+    }
+}
+
+/// [`run_job`] for a training job, whose backward keeps or recomputes element-wise results
+/// as `checkpointing` says (burn's checkpointing strategies, a type parameter of its
+/// autodiff backend: training is compiled once for each).
+pub fn run_training_job<J: BackendJob>(
+    selected: &Selected,
+    checkpointing: Checkpointing,
+    job: J,
+) -> anyhow::Result<J::Output> {
+    type Balanced<B> = Autodiff<B, BalancedCheckpointing>;
+    match (checkpointing, selected) {
+        (Checkpointing::None, _) => run_job(selected, job),
+        (Checkpointing::Balanced, Selected::Cpu { replicas }) => {
+            job.run::<Balanced<NdArray>>(vec![NdArrayDevice::Cpu; *replicas])
+        }
+        (Checkpointing::Balanced, Selected::Wgpu { devices, .. }) => {
+            job.run::<Balanced<Wgpu>>(devices.clone())
+        }
+        (Checkpointing::Balanced, Selected::Cuda(devices)) => {
+            job.run::<Balanced<Cuda>>(devices.clone())
+        }
     }
 }
 

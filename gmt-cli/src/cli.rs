@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
 use gmt_core::{MaskScope, MaskStrategy, MaskTarget};
 use gmt_data::Truncation;
@@ -9,6 +10,7 @@ use serde::Serialize;
 
 use crate::backend::{BackendChoice, DeviceSpec};
 use crate::distributed::Distributed;
+use gmt_train::memory::{Checkpointing, Precision};
 use gmt_train::{DpoLossType, ScheduleKind};
 
 use crate::settings::{ObjectiveKind, ReferenceLogps, TrainSettings};
@@ -45,6 +47,9 @@ pub enum Command {
     MakeData(MakeDataArgs),
     /// Train and evaluate many runs (configurations × seeds) from a sweep file; resumable.
     Sweep(SweepArgs),
+    /// The memory a training run needs, part by part, whether it fits a device, and the
+    /// cheapest settings that do.
+    Plan(PlanArgs),
 }
 
 /// Which model, tokenizer and template to use (`[model]` for `gmt train`).
@@ -105,7 +110,9 @@ pub struct TrainArgs {
     #[serde(skip)]
     pub resume: bool,
     /// Replace an earlier run in the output directory (its checkpoints, final model, metrics
-    /// and plot are deleted) instead of refusing to start.
+    /// and plot are deleted) instead of refusing to start; and train even where the memory
+    /// estimate says the run will not fit (`[train] memory_check = false` skips that check
+    /// alone, for --resume).
     #[arg(long, conflicts_with = "resume")]
     #[serde(skip)]
     pub force: bool,
@@ -311,6 +318,15 @@ pub struct LoopFlags {
     /// memory), or keep the reference resident beside the policy.
     #[arg(long, value_enum)]
     pub reference_logps: Option<ReferenceLogps>,
+    /// none, or balanced: backward recomputes element-wise results instead of keeping them
+    /// (less memory, a little more compute, the same gradients to the bit).
+    #[arg(long, value_parser = parse_enum::<Checkpointing>)]
+    pub checkpointing: Option<Checkpointing>,
+    /// The device memory to check the run against before loading (`80GiB`, `141GB`);
+    /// default: the device's own. `gmt plan` shows the budget.
+    #[arg(long, value_name = "SIZE")]
+    #[serde(serialize_with = "crate::settings::bytes_as_integer")]
+    pub device_memory: Option<ByteSize>,
 }
 
 /// Parses a flag value with the same names the TOML file uses (serde's).
@@ -514,6 +530,37 @@ pub struct InfoArgs {
     /// Also describe this model (HF directory, .gguf or checkpoint).
     #[arg(long)]
     pub model: Option<PathBuf>,
+}
+
+/// `gmt plan`
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// A Hugging Face directory or its config.json, a .gguf file, or a gmt checkpoint: only
+    /// the model's shape is read.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Sequences per micro-batch (preference pairs for --objective dpo).
+    #[arg(long, default_value_t = 1)]
+    pub micro_batch_size: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 2048)]
+    pub max_seq_len: usize,
+    /// Micro-batches per optimizer step on the device.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// fp32, bf16-mixed or bf16 (README "Fitting a 7B model").
+    #[arg(long, default_value = "fp32", value_parser = parse_enum::<Precision>)]
+    pub precision: Precision,
+    /// none or balanced.
+    #[arg(long, default_value = "none", value_parser = parse_enum::<Checkpointing>)]
+    pub checkpointing: Checkpointing,
+    /// causal_lm, or dpo (chosen and rejected both go through the model).
+    #[arg(long, value_enum, default_value = "causal_lm")]
+    pub objective: ObjectiveKind,
+    /// The memory to fit (`80GiB`, `141GB`); default: GPU 0's (nvidia-smi), else this
+    /// machine's available memory.
+    #[arg(long, value_name = "SIZE")]
+    pub device_memory: Option<ByteSize>,
 }
 
 /// `gmt make-data`

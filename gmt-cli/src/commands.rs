@@ -121,7 +121,15 @@ fn train_as(args: &TrainArgs, settings: TrainSettings, rank: Option<Rank>) -> Re
             select_for_training(&mine)?
         }
     };
+    let replicas = rank.map_or(settings.train.devices.len().max(1), |r| r.size());
+    let estimate = crate::fit::check_train(
+        &settings,
+        &selected,
+        settings.train.grad_accum.div_ceil(replicas),
+        !args.force,
+    )?;
     let interrupt = interrupt_flag()?;
+    let checkpointing = settings.train.checkpointing;
     let job = TrainJob {
         settings,
         resume: args.resume,
@@ -130,7 +138,8 @@ fn train_as(args: &TrainArgs, settings: TrainSettings, rank: Option<Rank>) -> Re
         interrupt,
         rank,
     };
-    let outcome = run_job(&selected, job)?;
+    let outcome = backend::run_training_job(&selected, checkpointing, job)?;
+    crate::fit::report_peak(&selected, &estimate);
     if rank.is_some_and(|r| r.index() > 0) {
         // Rank 0 reports the run.
         return Ok(match outcome {

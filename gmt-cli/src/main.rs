@@ -16,6 +16,7 @@ mod dataset;
 mod distributed;
 mod evaluate;
 mod export;
+mod fit;
 mod metrics;
 mod model_source;
 mod objective;
@@ -56,6 +57,7 @@ fn main() -> ExitCode {
         Command::Info(args) => commands::info(args),
         Command::MakeData(args) => commands::make_data(args),
         Command::Sweep(args) => sweep::sweep(args),
+        Command::Plan(args) => fit::plan(args),
     };
     match result {
         Ok(Finished::Done) => ExitCode::SUCCESS,

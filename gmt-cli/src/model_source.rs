@@ -8,7 +8,7 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use gmt_data::ChatTemplate;
 use gmt_models::gguf::{GgufFile, gguf_chat_template, gguf_config, gguf_tokenizer, gguf_weights};
-use gmt_models::{LlamaForCausalLm, load_hf_dir};
+use gmt_models::{LlamaConfig, LlamaForCausalLm, load_hf_dir};
 use tokenizers::Tokenizer;
 
 use crate::checkpoint;
@@ -120,6 +120,32 @@ pub fn load_model<B: Backend>(
     })
 }
 
+/// The shape of the model `path` names, without loading its weights: a Hugging Face
+/// directory or its `config.json`, a `.gguf` file, or a checkpoint written by `gmt train`
+/// (its base model's).
+pub fn model_config(path: &Path) -> Result<LlamaConfig> {
+    if !path.exists() {
+        bail!("model {} does not exist", path.display());
+    }
+    if checkpoint::is_run_checkpoint(path) {
+        let settings = checkpoint::settings(&checkpoint::open(path)?)?;
+        let base = settings
+            .model
+            .path
+            .context("the checkpoint's config.toml names no base model")?;
+        return model_config(&base)
+            .with_context(|| format!("the base model of checkpoint {}", path.display()));
+    }
+    if path.is_dir() {
+        return Ok(LlamaConfig::from_hf_file(path.join("config.json"))?);
+    }
+    if path.extension().is_some_and(|e| e == "json") {
+        return Ok(LlamaConfig::from_hf_file(path)?);
+    }
+    // The whole file is read: gmt-models parses GGUF from memory.
+    Ok(gguf_config(&GgufFile::read(path)?)?)
+}
+
 /// A `tokenizer.json`, or the one inside a directory.
 pub fn read_tokenizer(path: &Path) -> Result<Tokenizer> {
     let file = if path.is_dir() {
@@ -138,7 +164,7 @@ pub fn token_text(tokenizer: &Tokenizer, id: Option<u32>) -> Option<String> {
 
 /// The `bos_token` and `eos_token` a chat template is rendered with (empty where the model
 /// has none, as Transformers passes them).
-fn template_tokens(tokenizer: &Tokenizer, config: &gmt_models::LlamaConfig) -> (String, String) {
+fn template_tokens(tokenizer: &Tokenizer, config: &LlamaConfig) -> (String, String) {
     (
         token_text(tokenizer, config.bos_token_id).unwrap_or_default(),
         token_text(tokenizer, config.eos_token_ids.first().copied()).unwrap_or_default(),
@@ -146,11 +172,7 @@ fn template_tokens(tokenizer: &Tokenizer, config: &gmt_models::LlamaConfig) -> (
 }
 
 /// A built-in template by name, or a `.jinja` file.
-fn named_template(
-    name: &str,
-    tokenizer: &Tokenizer,
-    config: &gmt_models::LlamaConfig,
-) -> Result<ChatTemplate> {
+fn named_template(name: &str, tokenizer: &Tokenizer, config: &LlamaConfig) -> Result<ChatTemplate> {
     let (bos, eos) = template_tokens(tokenizer, config);
     let path = Path::new(name);
     if path.extension().is_some_and(|e| e == "jinja") || path.is_file() {

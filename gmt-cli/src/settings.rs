@@ -7,12 +7,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use bytesize::ByteSize;
 use gmt_core::GmtConfig;
 use gmt_data::{BatchConfig, FieldMapping, RecordFormat, Split, Truncation};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{BackendChoice, DeviceSpec};
 use crate::model_source::Overrides;
+use gmt_train::memory::Checkpointing;
 use gmt_train::{DpoConfig, OptimConfig, ScheduleConfig, TrainerConfig};
 
 /// Everything `gmt train` needs, as saved to `<output>/config.toml`.
@@ -175,6 +177,32 @@ pub struct LoopSettings {
     /// DPO: `precompute` the reference's log-probabilities before training, or keep the
     /// reference `resident` beside the policy.
     pub reference_logps: ReferenceLogps,
+    /// `none`, or `balanced`: backward recomputes element-wise results instead of keeping
+    /// them (less memory, the same gradients to the bit).
+    pub checkpointing: Checkpointing,
+    /// Check before loading that the run fits the device's memory (README "Fitting a 7B
+    /// model"); `false` skips the check (`--force` does too).
+    pub memory_check: bool,
+    /// The device memory the check compares against (`"80GiB"`, `"141GB"`, or bytes);
+    /// default: the device's own (the machine's available memory on the CPU, `nvidia-smi`
+    /// on CUDA).
+    #[serde(
+        serialize_with = "bytes_as_integer",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub device_memory: Option<ByteSize>,
+}
+
+/// Writes a size back as its byte count: bytesize's own text rounds to a tenth of a unit, and
+/// a run's `config.toml` must read back to the same settings.
+pub(crate) fn bytes_as_integer<S: serde::Serializer>(
+    size: &Option<ByteSize>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match size {
+        Some(size) => serializer.serialize_u64(size.as_u64()),
+        None => serializer.serialize_none(),
+    }
 }
 
 impl Default for LoopSettings {
@@ -194,6 +222,9 @@ impl Default for LoopSettings {
             objective: ObjectiveKind::CausalLm,
             reference: None,
             reference_logps: ReferenceLogps::Precompute,
+            checkpointing: Checkpointing::None,
+            memory_check: true,
+            device_memory: None,
         }
     }
 }
@@ -350,6 +381,10 @@ impl TrainSettings {
         for s in [&mut a, &mut b] {
             s.train.backend = Default::default();
             s.train.devices = Vec::new();
+            // Neither changes a result: checkpointing gives the same gradients to the bit.
+            s.train.checkpointing = Checkpointing::None;
+            s.train.memory_check = true;
+            s.train.device_memory = None;
             s.train.output_dir = None;
         }
         if a != b {

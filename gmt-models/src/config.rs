@@ -222,6 +222,39 @@ impl LlamaConfig {
         Ok(())
     }
 
+    /// The number of trainable parameters of the model this config builds (counted from the
+    /// shapes, without building it): what memory plans for models too large to load are
+    /// computed from.
+    pub fn num_parameters(&self) -> u64 {
+        let (h, i, d) = (
+            self.hidden_size as u64,
+            self.intermediate_size as u64,
+            self.head_dim as u64,
+        );
+        let (q, kv) = (
+            self.num_attention_heads as u64 * d,
+            self.num_key_value_heads as u64 * d,
+        );
+        let attention = h * q + 2 * h * kv + q * h + self.attention_bias as u64 * (q + 2 * kv);
+        let mlp = 3 * h * i + self.mlp_bias as u64 * (2 * i + h);
+        let layer = attention + mlp + 2 * h;
+        let embeddings = self.vocab_size as u64 * h;
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            embeddings
+        };
+        embeddings + self.num_hidden_layers as u64 * layer + h + head
+    }
+
+    /// The number of entries of the largest single weight tensor (the embedding table in
+    /// every model gmt knows): bounds the optimizer's and the mask's per-tensor temporaries.
+    pub fn largest_parameter(&self) -> u64 {
+        let (h, i) = (self.hidden_size as u64, self.intermediate_size as u64);
+        let q = (self.num_attention_heads * self.head_dim) as u64;
+        (self.vocab_size as u64 * h).max(h * i).max(h * q)
+    }
+
     /// The Hugging Face `config.json` of this model (legacy `rope_theta` + `rope_scaling`
     /// keys, which every Transformers version reads).
     pub fn to_hf_value(&self) -> Value {

@@ -41,6 +41,9 @@
 //! - [`DataParallel`], [`WeightChecksum`], [`AllReduceStats`]: one run over several devices
 //!   of one process (burn-collective) or, with the feature `mpi`, over the processes of an
 //!   MPI job (`MpiGroup`) — `data_parallel/`
+//! - [`memory`]: what a run needs in memory — [`memory::Precision`],
+//!   [`memory::Checkpointing`], [`memory::MemoryPlan`] → [`memory::MemoryEstimate`] —
+//!   `memory/`
 //! - [`evaluate`], [`LossReport`] — `evaluate.rs`
 //! - [`Checkpoint`], [`write_checkpoint`]: atomic checkpoint directories — `checkpoint.rs`
 //! - [`TrainingBatches`], [`DataPosition`]: gmt-data batches over epochs, resumable —
@@ -58,6 +61,7 @@ mod data_parallel;
 mod dpo;
 mod error;
 mod evaluate;
+pub mod memory;
 mod objective;
 mod optim;
 mod schedule;

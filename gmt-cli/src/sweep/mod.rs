@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 pub use plan::SweepPlan;
 pub use result::RunResult;
 
-use crate::backend::run_job;
+use crate::backend::{run_job, run_training_job};
 use crate::checkpoint;
 use crate::cli::{DpoFlags, EvalArgs, FormatArgs, ModelArgs, SweepArgs};
 use crate::commands::{EvalJob, Finished, interrupt_flag, select_for_training};
@@ -183,7 +183,17 @@ fn run_one(
             rank: None,
         };
         let selected = select_for_training(settings)?;
-        match run_job(&selected, job).with_context(|| format!("run {}", dir.display()))? {
+        let replicas = settings.train.devices.len().max(1);
+        crate::fit::check_train(
+            settings,
+            &selected,
+            settings.train.grad_accum.div_ceil(replicas),
+            true,
+        )
+        .with_context(|| format!("run {}", dir.display()))?;
+        match run_training_job(&selected, settings.train.checkpointing, job)
+            .with_context(|| format!("run {}", dir.display()))?
+        {
             TrainOutcome::Finished { steps, .. } => result::write_json(
                 &dir.join(TRAINED_FILE),
                 &serde_json::json!({"steps": steps}),

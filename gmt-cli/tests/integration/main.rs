@@ -7,6 +7,7 @@ mod bad_input;
 mod commands;
 mod data_parallel;
 mod dpo;
+mod memory;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod smollm2;

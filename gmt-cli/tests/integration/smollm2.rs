@@ -76,3 +76,59 @@ fn a_few_gmt_steps_lower_smollm2_loss_on_held_out_problems() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `gmt plan`'s estimate against the peak memory of real SmolLM2 runs on the CPU (the
+/// process's `VmHWM`, which `gmt train` logs at the end), with and without checkpointing:
+/// within 15% (README "Fitting a 7B model" has the measured table).
+#[test]
+fn estimated_peak_memory_is_within_15_percent_of_smollm2_runs() {
+    let Some(path) = gmt_tests::smollm2_or_skip("SmolLM2 memory estimate") else {
+        return;
+    };
+    let model = path.to_str().unwrap();
+    let dir = temp_dir("smollm2-memory");
+    let d = dir.to_str().unwrap();
+    gmt_ok(&["make-data", "--output", d, "--train", "64", "--test", "8"]);
+    let train = dir.join("train.jsonl");
+    for checkpointing in ["none", "balanced"] {
+        let run = dir.join(checkpointing);
+        let mut args = train_command(model, train.to_str().unwrap(), run.to_str().unwrap());
+        args.extend([
+            "--max-steps",
+            "2",
+            "--micro-batch-size",
+            "4",
+            "--max-seq-len",
+            "128",
+            "--packing",
+            "true",
+            "--mask-ratio",
+            "0.3",
+            "--checkpointing",
+            checkpointing,
+            "--log",
+            "info",
+        ]);
+        let out = gmt(&args);
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{log}");
+        let line = log
+            .lines()
+            .find_map(|l| l.find("peak memory").map(|at| &l[at..]))
+            .unwrap_or_else(|| panic!("no peak memory in the log:\n{log}"));
+        // "peak memory 3.03 GiB in training steps (estimated 3.06 GiB); 4.12 GiB while saving…"
+        let numbers: Vec<f64> = line
+            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        let [peak, estimated, _saving] = numbers[..] else {
+            panic!("{line}")
+        };
+        let error = (estimated - peak).abs() / peak;
+        assert!(
+            error <= 0.15,
+            "{checkpointing}: estimated {estimated} GiB, measured {peak} GiB"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

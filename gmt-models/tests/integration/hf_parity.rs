@@ -5,11 +5,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::hf_fixture;
+use burn::backend::autodiff::checkpoint::strategy::{
+    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+};
 use burn::backend::{Autodiff, NdArray};
+use burn::module::Module;
 use gmt_models::{HostTensor, LlamaForCausalLm, TokenBatch, load_hf_dir, named_gradients};
 use safetensors::SafeTensors;
-
-type B = Autodiff<NdArray>;
 
 /// `input_ids` and `labels` (i64) of the fixture's cases.
 fn ids(dir: &Path) -> (Vec<u32>, Vec<i64>, [usize; 2]) {
@@ -61,10 +63,16 @@ fn max_abs(v: &[f32]) -> f32 {
     v.iter().fold(0.0f32, |m, x| m.max(x.abs()))
 }
 
-fn check(name: &str) {
+/// Checks logits, loss and gradients against Transformers; returns the gradients by name.
+fn check<C: CheckpointStrategy>(name: &str) -> Vec<(String, HostTensor)> {
     let dir = hf_fixture(name);
     let device = Default::default();
-    let model: LlamaForCausalLm<B> = load_hf_dir(&dir, &device).unwrap();
+    let model: LlamaForCausalLm<Autodiff<NdArray, C>> = load_hf_dir(&dir, &device).unwrap();
+    assert_eq!(
+        model.num_params() as u64,
+        model.config().num_parameters(),
+        "{name}: parameters counted from the config"
+    );
     let (input_ids, labels, [batch, seq]) = ids(&dir);
     let expected = cases(&dir);
 
@@ -104,7 +112,7 @@ fn check(name: &str) {
         expected_grads.len(),
         "{name}: one gradient per parameter"
     );
-    for (param, grad) in named {
+    for (param, grad) in &named {
         let reference = expected
             .get(&format!("grad.{param}"))
             .unwrap_or_else(|| panic!("{name}: no reference gradient for {param}"));
@@ -126,21 +134,43 @@ fn check(name: &str) {
             "{name}: grad of {param} off by {worst} (max |ref| {scale}, tolerance {tolerance})"
         );
     }
+    named
+}
+
+/// Both parities, and `--checkpointing balanced` (backward recomputes element-wise results
+/// instead of keeping them) gives the very same gradients as keeping everything.
+fn check_with_and_without_checkpointing(name: &str) {
+    let kept = check::<NoCheckpointing>(name);
+    let recomputed = check::<BalancedCheckpointing>(name);
+    assert_eq!(kept.len(), recomputed.len());
+    for ((param, a), (_, b)) in kept.iter().zip(&recomputed) {
+        assert_eq!(a.shape, b.shape, "{name}: {param}");
+        let differing = a
+            .data
+            .iter()
+            .zip(&b.data)
+            .filter(|(x, y)| x.to_bits() != y.to_bits())
+            .count();
+        assert_eq!(
+            differing, 0,
+            "{name}: {differing} entries of the gradient of {param} differ with checkpointing"
+        );
+    }
 }
 
 #[test]
 fn llama_matches_transformers() {
-    check("llama-tiny");
+    check_with_and_without_checkpointing("llama-tiny");
 }
 
 #[test]
 fn llama3_with_rope_scaling_and_tied_embeddings_matches_transformers() {
-    check("llama3-tiny");
+    check_with_and_without_checkpointing("llama3-tiny");
 }
 
 #[test]
 fn mistral_with_sliding_window_matches_transformers() {
-    check("mistral-tiny");
+    check_with_and_without_checkpointing("mistral-tiny");
 }
 
 /// burn-ndarray's `simd` feature computes `recip` with the approximate `_mm256_rcp_ps` on x86

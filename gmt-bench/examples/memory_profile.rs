@@ -1,0 +1,73 @@
+//! Peak memory of SmolLM2-135M training steps on the CPU against `gmt plan`'s estimate:
+//! `cargo run --release -p gmt-bench --example memory_profile -- B T [none|balanced] [K] [ratio]`
+//! (micro-batch size, sequence length, checkpointing, micro-batches per step, mask ratio).
+//! One configuration per process: the peak (Linux `VmHWM`) is the process's.
+use burn::backend::autodiff::checkpoint::strategy::{
+    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+};
+use burn::backend::{Autodiff, NdArray};
+use gmt_bench::{peak_rss_bytes, random_model, smollm2_135m_config};
+use gmt_core::GmtConfig;
+use gmt_models::TokenBatch;
+use gmt_train::memory::{Checkpointing, MemoryPlan};
+use gmt_train::{CausalLm, Trainer, TrainerConfig};
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+fn run<C: CheckpointStrategy>(batch: usize, seq: usize, accum: usize, ratio: f64) {
+    let config = smollm2_135m_config();
+    let model = random_model::<Autodiff<NdArray, C>>(&config, &Default::default(), 0);
+    let before = peak_rss_bytes().unwrap_or(0);
+    let trainer_config = TrainerConfig {
+        gmt: GmtConfig::new(ratio),
+        ..TrainerConfig::default()
+    };
+    let mut trainer = Trainer::new(model, CausalLm, &trainer_config, 3).expect("valid config");
+    let ids: Vec<u32> = (0..batch * seq)
+        .map(|i| (i * 7919 % config.vocab_size) as u32)
+        .collect();
+    let labels: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+    let micro = TokenBatch::new(ids, batch, seq).with_labels(labels);
+    for _ in 0..3 {
+        let step = trainer.step(vec![micro.clone(); accum]).expect("a step");
+        println!("step {}: loss {:.4}", step.step, step.loss());
+    }
+    let peak = peak_rss_bytes().unwrap_or(0);
+    println!(
+        "peak RSS {:.3} GiB (after building the model: {:.3} GiB)",
+        peak as f64 / GIB,
+        before as f64 / GIB
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg =
+        |i: usize, default: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
+    let (batch, seq) = (arg(1, 4), arg(2, 128));
+    let checkpointing: Checkpointing = args
+        .get(3)
+        .map_or(Ok(Checkpointing::None), |s| s.parse())
+        .expect("none or balanced");
+    let accum = arg(4, 1);
+    let ratio: f64 = args.get(5).and_then(|s| s.parse().ok()).unwrap_or(0.3);
+    let plan = MemoryPlan {
+        micro_batch_size: batch,
+        seq_len: seq,
+        grad_accum: accum,
+        checkpointing,
+        ..MemoryPlan::default()
+    };
+    let estimate = plan.estimate(&smollm2_135m_config());
+    for (part, bytes) in estimate.parts() {
+        println!("estimate {part:<12} {:.3} GiB", bytes as f64 / GIB);
+    }
+    println!(
+        "estimate total        {:.3} GiB",
+        estimate.total() as f64 / GIB
+    );
+    match checkpointing {
+        Checkpointing::None => run::<NoCheckpointing>(batch, seq, accum, ratio),
+        Checkpointing::Balanced => run::<BalancedCheckpointing>(batch, seq, accum, ratio),
+    }
+}

@@ -1,0 +1,379 @@
+//! Whether a run fits its device: `gmt plan`, and the check `gmt train` makes before it
+//! loads anything. The numbers are gmt-train's [`MemoryPlan`] estimate (README "Fitting a 7B
+//! model" says how it was measured against real peaks).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Result, bail};
+use bytesize::ByteSize;
+use gmt_models::LlamaConfig;
+use gmt_train::memory::{Checkpointing, MemoryEstimate, MemoryPlan, Precision};
+
+use crate::backend::Selected;
+use crate::cli::PlanArgs;
+use crate::commands::Finished;
+use crate::model_source::model_config;
+use crate::settings::{ObjectiveKind, ReferenceLogps, TrainSettings};
+
+/// The precisions `gmt train` can run today; the planner also sizes the others, marked as
+/// not yet trainable.
+fn trainable(precision: Precision) -> bool {
+    precision == Precision::Fp32
+}
+
+/// Memory to fit in, and where the figure came from.
+struct Capacity {
+    bytes: u64,
+    source: String,
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// `gmt plan`
+pub fn plan(args: &PlanArgs) -> Result<Finished> {
+    if args.micro_batch_size == 0 || args.max_seq_len == 0 || args.grad_accum == 0 {
+        bail!("--micro-batch-size, --max-seq-len and --grad-accum must be positive");
+    }
+    let config = model_config(&args.model)?;
+    let plan = MemoryPlan {
+        micro_batch_size: args.micro_batch_size,
+        seq_len: args.max_seq_len,
+        grad_accum: args.grad_accum,
+        precision: args.precision,
+        checkpointing: args.checkpointing,
+        sequences_per_example: sequences_per_example(args.objective),
+        reserve: MemoryPlan::GPU_RESERVE,
+    };
+    // A GPU's own memory when one is here, else this machine's (a CPU run).
+    let gpu = gpu_memory(0);
+    let plan = MemoryPlan {
+        reserve: match (&gpu, args.device_memory) {
+            (None, None) => MemoryPlan::CPU_RESERVE,
+            _ => MemoryPlan::GPU_RESERVE,
+        },
+        ..plan
+    };
+    let estimate = plan.estimate(&config);
+    let capacity = match args.device_memory {
+        Some(size) => Some(Capacity {
+            bytes: size.as_u64(),
+            source: "--device-memory".into(),
+        }),
+        None => gpu.or_else(host_memory),
+    };
+    outln!(
+        "model {}: {} parameters ({:?}, {} layers, hidden {}, vocabulary {})",
+        args.model.display(),
+        estimate.parameters,
+        config.architecture,
+        config.num_hidden_layers,
+        config.hidden_size,
+        config.vocab_size
+    );
+    outln!("run: {}", describe(&plan));
+    outln!();
+    for (part, bytes) in estimate.parts() {
+        outln!("  {part:<12} {:>12}", gib(bytes));
+    }
+    outln!(
+        "  {:<12} {:>12}  (weights, Γ, optimizer and reserve, with the larger of activations \
+         and gradients + workspace: backward frees the one as it makes the other)",
+        "peak",
+        gib(estimate.total())
+    );
+    outln!();
+    let Some(capacity) = capacity else {
+        outln!("no device memory known: pass --device-memory (e.g. 80GiB) to see what fits");
+        return Ok(Finished::Done);
+    };
+    let verdict = verdict(&estimate, &capacity);
+    outln!("{verdict}");
+    if !trainable(plan.precision) {
+        outln!(
+            "note: {} is not yet trainable in gmt (gmt train takes fp32 today)",
+            plan.precision
+        );
+    }
+    outln!();
+    outln!("alternatives (total, at {}):", gib(capacity.bytes));
+    for candidate in candidates(&plan) {
+        let total = candidate.estimate(&config).total();
+        let fits = if total <= capacity.bytes { "fits" } else { "" };
+        let planned = if trainable(candidate.precision) {
+            ""
+        } else {
+            " (not yet trainable)"
+        };
+        outln!(
+            "  {:<72} {:>12}  {fits}{planned}",
+            flags(&candidate),
+            gib(total)
+        );
+    }
+    match suggest(&config, &plan, capacity.bytes) {
+        Some(best) if best == plan => {}
+        Some(best) => outln!("\nsuggested: {}", flags(&best)),
+        None => outln!("\nnothing gmt can train today fits {}", gib(capacity.bytes)),
+    }
+    Ok(Finished::Done)
+}
+
+/// `gmt train`'s check before loading: the run's estimate, logged against the device's
+/// memory, and an error where it will not fit (unless `enforce` is off or the settings turn
+/// the check off). `grad_accum` is this device's share of a step.
+pub fn check_train(
+    settings: &TrainSettings,
+    selected: &Selected,
+    grad_accum: usize,
+    enforce: bool,
+) -> Result<MemoryEstimate> {
+    let config = model_config(settings.model_path()?)?;
+    let plan = train_plan(settings, selected, grad_accum);
+    let mut estimate = plan.estimate(&config);
+    if settings.train.objective == ObjectiveKind::Dpo
+        && settings.train.reference_logps == ReferenceLogps::Resident
+    {
+        // The frozen reference beside the policy.
+        estimate.weights += estimate.parameters * plan.precision.weight_bytes();
+    }
+    // CPU replicas share the machine's memory; GPU replicas have a device each.
+    let (capacity, sharing) = match (settings.train.device_memory, selected) {
+        (Some(size), _) => (
+            Some(Capacity {
+                bytes: size.as_u64(),
+                source: "--device-memory".into(),
+            }),
+            1,
+        ),
+        (None, Selected::Cpu { replicas }) => (host_memory(), *replicas as u64),
+        (None, Selected::Cuda(devices)) => (devices.first().and_then(|d| gpu_memory(d.index)), 1),
+        (None, Selected::Wgpu { .. }) => (None, 1),
+    };
+    let needed = estimate.total() * sharing;
+    let Some(capacity) = capacity else {
+        tracing::info!(
+            "memory: about {} (the device's own is not known)",
+            gib(needed)
+        );
+        return Ok(estimate);
+    };
+    if needed <= capacity.bytes || !enforce || !settings.train.memory_check {
+        tracing::info!(
+            "memory: about {} of {} ({})",
+            gib(needed),
+            gib(capacity.bytes),
+            capacity.source
+        );
+        return Ok(estimate);
+    }
+    let parts: Vec<String> = estimate
+        .parts()
+        .iter()
+        .filter(|(_, bytes)| *bytes > 0)
+        .map(|(part, bytes)| format!("{part} {}", gib(*bytes)))
+        .collect();
+    let replicas = if sharing > 1 {
+        format!(" × {sharing} replicas")
+    } else {
+        String::new()
+    };
+    let hint = match suggest(&config, &plan, capacity.bytes / sharing) {
+        Some(best) => format!("these settings fit: {}", flags(&best)),
+        None => "no settings gmt can train today fit".into(),
+    };
+    bail!(
+        "this run needs about {}{replicas} at its peak ({}) but the device has {} ({}): it will not fit.\n{hint}\n(`gmt plan` shows the budget; --force trains anyway)",
+        gib(estimate.total()),
+        parts.join(", "),
+        gib(capacity.bytes),
+        capacity.source
+    )
+}
+
+/// The peak memory this process has used since the last [`reset_peak`] (Linux `VmHWM`).
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Restarts `VmHWM` from the current resident size (Linux ≥ 4.0; elsewhere nothing).
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The peaks of the training steps and of checkpoint saves, kept apart: a save copies the
+/// weights and AdamW's state to the host and serializes them, which the step's estimate
+/// does not cover (on the CPU that is the same memory).
+static STEPS_PEAK: AtomicU64 = AtomicU64::new(0);
+static SAVE_PEAK: AtomicU64 = AtomicU64::new(0);
+
+/// Called before a checkpoint is saved: the peak so far belongs to the steps.
+pub fn before_save() {
+    STEPS_PEAK.fetch_max(peak_rss().unwrap_or(0), Ordering::Relaxed);
+    reset_peak();
+}
+
+/// Called after a checkpoint is saved: the peak since [`before_save`] belongs to the save.
+pub fn after_save() {
+    SAVE_PEAK.fetch_max(peak_rss().unwrap_or(0), Ordering::Relaxed);
+    reset_peak();
+}
+
+/// Logs the peak memory of the training steps beside the estimate, and of checkpoint saves
+/// and the export (CPU runs: the process's memory is the run's).
+pub fn report_peak(selected: &Selected, estimate: &MemoryEstimate) {
+    let Selected::Cpu { .. } = selected else {
+        return;
+    };
+    let now = peak_rss().unwrap_or(0);
+    let steps = STEPS_PEAK.load(Ordering::Relaxed).max(now);
+    if steps == 0 {
+        return;
+    }
+    tracing::info!(
+        "peak memory {} in training steps (estimated {}); {} while saving checkpoints and the final model",
+        gib(steps),
+        gib(estimate.total()),
+        gib(SAVE_PEAK.load(Ordering::Relaxed).max(now))
+    );
+}
+
+/// The memory plan of a `gmt train` run on one device.
+fn train_plan(settings: &TrainSettings, selected: &Selected, grad_accum: usize) -> MemoryPlan {
+    MemoryPlan {
+        reserve: match selected {
+            Selected::Cpu { .. } => MemoryPlan::CPU_RESERVE,
+            _ => MemoryPlan::GPU_RESERVE,
+        },
+        micro_batch_size: settings.train.micro_batch_size,
+        seq_len: settings.data.max_seq_len,
+        grad_accum,
+        precision: Precision::Fp32,
+        checkpointing: settings.train.checkpointing,
+        sequences_per_example: sequences_per_example(settings.train.objective),
+    }
+}
+
+fn sequences_per_example(objective: ObjectiveKind) -> usize {
+    match objective {
+        ObjectiveKind::CausalLm => 1,
+        ObjectiveKind::Dpo => 2,
+    }
+}
+
+fn verdict(estimate: &MemoryEstimate, capacity: &Capacity) -> String {
+    let (total, have) = (estimate.total(), capacity.bytes);
+    if total <= have {
+        format!(
+            "fits: {} of {} ({}, {:.0}%)",
+            gib(total),
+            gib(have),
+            capacity.source,
+            100.0 * total as f64 / have as f64
+        )
+    } else {
+        format!(
+            "does not fit: {} needed, {} available ({}): {} short",
+            gib(total),
+            gib(have),
+            capacity.source,
+            gib(total - have)
+        )
+    }
+}
+
+fn describe(plan: &MemoryPlan) -> String {
+    format!(
+        "micro-batch {} × {} tokens{}, grad-accum {}, {}, checkpointing {}",
+        plan.micro_batch_size,
+        plan.seq_len,
+        if plan.sequences_per_example == 2 {
+            " (pairs: chosen and rejected)"
+        } else {
+            ""
+        },
+        plan.grad_accum,
+        plan.precision,
+        plan.checkpointing
+    )
+}
+
+fn flags(plan: &MemoryPlan) -> String {
+    format!(
+        "--precision {} --checkpointing {} --micro-batch-size {} --grad-accum {}",
+        plan.precision, plan.checkpointing, plan.micro_batch_size, plan.grad_accum
+    )
+}
+
+/// Other settings for the same run, in the order they are preferred: the precision and
+/// checkpointing variants at the asked micro-batch size, then at smaller micro-batches with
+/// more accumulation (the same sequences per step). Full bf16 comes last at each size: of
+/// the modes it alone changes the numbers of the update.
+fn candidates(plan: &MemoryPlan) -> Vec<MemoryPlan> {
+    let mut sizes = vec![plan.micro_batch_size];
+    while let Some(&b) = sizes.last().filter(|&&b| b > 1) {
+        sizes.push(b / 2);
+    }
+    let per_step = plan.micro_batch_size * plan.grad_accum;
+    let mut out = Vec::new();
+    for b in sizes {
+        for precision in Precision::ALL {
+            for checkpointing in Checkpointing::ALL {
+                out.push(MemoryPlan {
+                    micro_batch_size: b,
+                    grad_accum: per_step.div_ceil(b),
+                    precision,
+                    checkpointing,
+                    ..*plan
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The first trainable candidate that fits `capacity`, or the plan itself if it fits.
+fn suggest(config: &LlamaConfig, plan: &MemoryPlan, capacity: u64) -> Option<MemoryPlan> {
+    if trainable(plan.precision) && plan.estimate(config).total() <= capacity {
+        return Some(*plan);
+    }
+    candidates(plan)
+        .into_iter()
+        .filter(|c| trainable(c.precision))
+        .find(|c| c.estimate(config).total() <= capacity)
+}
+
+/// This machine's available memory (Linux `MemAvailable`): what CPU training can use.
+fn host_memory() -> Option<Capacity> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(Capacity {
+        bytes: kib * 1024,
+        source: "this machine's available memory".into(),
+    })
+}
+
+/// GPU `index`'s total memory, as `nvidia-smi` reports it.
+fn gpu_memory(index: usize) -> Option<Capacity> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=memory.total,name",
+            "--format=csv,noheader,nounits",
+            &format!("--id={index}"),
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (mib, name) = text.trim().split_once(',')?;
+    let mib: u64 = mib.trim().parse().ok()?;
+    Some(Capacity {
+        bytes: ByteSize::mib(mib).as_u64(),
+        source: format!("GPU {index}, {}", name.trim()),
+    })
+}

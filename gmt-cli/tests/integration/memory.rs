@@ -1,0 +1,106 @@
+//! Memory: `gmt plan`, the check `gmt train` makes before loading, and `--checkpointing`.
+
+use crate::common::*;
+use crate::train::{args, assert_same_run};
+
+/// The plan of a Mistral-7B-shaped config (nothing downloaded: only its `config.json`).
+#[test]
+fn plan_prints_the_budget_and_what_fits() {
+    let dir = temp_dir("plan");
+    let config = dir.join("config.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "model_type": "mistral", "vocab_size": 32000, "hidden_size": 4096,
+            "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "max_position_embeddings": 32768,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let plan = |extra: &[&str]| {
+        gmt_ok(&[&["plan", "--model", config, "--max-seq-len", "1024"], extra].concat())
+    };
+    let out = plan(&["--device-memory", "80GiB"]);
+    assert!(out.contains("7241732096 parameters"), "{out}");
+    for part in [
+        "weights",
+        "gradients",
+        "Γ",
+        "optimizer",
+        "activations",
+        "workspace",
+    ] {
+        assert!(out.contains(part), "{part}: {out}");
+    }
+    // fp32: 16 bytes per parameter before activations, 108 GiB: no 80 GB card holds it.
+    assert!(out.contains("does not fit"), "{out}");
+    assert!(out.contains("nothing gmt can train today fits"), "{out}");
+    // …but a 1 TB machine does, and bf16 is sized though not trainable yet.
+    let out = plan(&["--device-memory", "1TB"]);
+    assert!(out.contains("fits: "), "{out}");
+    assert!(out.contains("(not yet trainable)"), "{out}");
+    let err = gmt_fails(&["plan", "--model", config, "--device-memory", "lots"], 2);
+    assert!(err.contains("lots"), "{err}");
+    let err = gmt_fails(&["plan", "--model", "/nonexistent/model"], 1);
+    assert!(err.contains("/nonexistent/model"), "{err}");
+}
+
+/// A run whose estimate exceeds the device's memory is refused before loading, with the
+/// numbers and what would fit; `--force` trains anyway.
+#[test]
+fn train_refuses_a_run_that_will_not_fit_unless_forced() {
+    let run = tiny_run("fit", 12);
+    let out = run.dir.join("out");
+    let out = out.to_str().unwrap();
+    let err = gmt_fails(
+        &args(&run.model, &run.data, out, &["--device-memory", "1KiB"]),
+        1,
+    );
+    assert!(err.contains("will not fit"), "{err}");
+    assert!(err.contains("--force"), "{err}");
+    assert!(!std::path::Path::new(out).join("metrics.jsonl").exists());
+    gmt_ok(&args(
+        &run.model,
+        &run.data,
+        out,
+        &["--device-memory", "1KiB", "--force"],
+    ));
+    assert_eq!(metrics(out.as_ref()).len(), 4);
+}
+
+/// `--checkpointing balanced` recomputes instead of keeping, and trains the same run to the
+/// bit; a run may be resumed with the other setting.
+#[test]
+fn balanced_checkpointing_trains_the_same_run() {
+    let run = tiny_run("checkpointing", 12);
+    let path = |name: &str| run.dir.join(name).to_str().unwrap().to_string();
+    let (kept, recomputed, switched) = (path("kept"), path("recomputed"), path("switched"));
+    gmt_ok(&args(&run.model, &run.data, &kept, &[]));
+    gmt_ok(&args(
+        &run.model,
+        &run.data,
+        &recomputed,
+        &["--checkpointing", "balanced"],
+    ));
+    gmt_ok(&args(
+        &run.model,
+        &run.data,
+        &switched,
+        &["--checkpointing", "balanced", "--stop-after", "2"],
+    ));
+    gmt_ok(&args(&run.model, &run.data, &switched, &["--resume"]));
+    assert_same_run(&recomputed, &kept);
+    assert_same_run(&switched, &kept);
+    let err = gmt_fails(
+        &args(
+            &run.model,
+            &run.data,
+            &path("bad"),
+            &["--checkpointing", "all"],
+        ),
+        2,
+    );
+    assert!(err.contains("all"), "{err}");
+}

@@ -1,0 +1,15 @@
+//! What a fine-tuning run holds in memory, estimated before it starts: the numbers behind
+//! `gmt plan` and `gmt train`'s check that a run fits its device.
+//!
+//! - [`Precision`]: the number formats of weights, gradients, Γ and AdamW's state, with their
+//!   bytes per parameter — `precision.rs`
+//! - [`Checkpointing`]: whether backward recomputes cheap element-wise results instead of
+//!   keeping them (burn's checkpointing strategies) — `precision.rs`
+//! - [`MemoryPlan`] → [`MemoryEstimate`]: the budget of one run, part by part —
+//!   `estimate.rs`
+
+mod estimate;
+mod precision;
+
+pub use estimate::{MemoryEstimate, MemoryPlan};
+pub use precision::{Checkpointing, Precision};

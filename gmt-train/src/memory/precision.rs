@@ -1,0 +1,155 @@
+//! Number formats of a run and what they cost per parameter.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The number formats of a run (`--precision`). GMT's definitions hold in every mode: Γ, the
+/// mask and its ties are always computed from the formats given here.
+///
+/// Bytes per parameter (README "Fitting a 7B model"):
+///
+/// | mode | weights | gradient | Γ (grad_accum > 1) | AdamW state | total (K = 1 / K > 1) |
+/// | --- | --- | --- | --- | --- | --- |
+/// | `fp32` | 4 | 4 | 4 | 8 (m, v) | 16 / 20 |
+/// | `bf16-mixed` | 2 + 4 (fp32 master) | 2 | 4 (fp32) | 8 | 16 / 20 |
+/// | `bf16` | 2 | 2 | 2 | 4 (m, v) + 2 (compensation) | 10 / 12 |
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// Everything fp32.
+    #[default]
+    Fp32,
+    /// bf16 weights, activations and gradients in the forward and backward passes; fp32
+    /// master weights, AdamW moments, Γ and mask.
+    Bf16Mixed,
+    /// Everything bf16, the update applied with a compensation term so small updates are
+    /// not rounded away.
+    Bf16,
+}
+
+impl Precision {
+    /// Every mode, cheapest in memory last.
+    pub const ALL: [Precision; 3] = [Self::Fp32, Self::Bf16Mixed, Self::Bf16];
+
+    /// The name `--precision` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fp32 => "fp32",
+            Self::Bf16Mixed => "bf16-mixed",
+            Self::Bf16 => "bf16",
+        }
+    }
+
+    /// Bytes per parameter of the weights the optimizer updates, and of any working copy the
+    /// forward pass reads.
+    pub fn weight_bytes(self) -> u64 {
+        match self {
+            Self::Fp32 => 4,
+            Self::Bf16Mixed => 2 + 4,
+            Self::Bf16 => 2,
+        }
+    }
+
+    /// Bytes per parameter of one backward pass's gradient.
+    pub fn gradient_bytes(self) -> u64 {
+        match self {
+            Self::Fp32 => 4,
+            Self::Bf16Mixed | Self::Bf16 => 2,
+        }
+    }
+
+    /// Bytes per parameter of Γ when it is a tensor of its own: with several micro-batches a
+    /// gradient accumulates into it while the next one is computed (in fp32 for
+    /// `bf16-mixed`). With one micro-batch Γ is the gradient itself (in `bf16-mixed` widened
+    /// to fp32 one tensor at a time, as the mask and AdamW take it).
+    pub fn gamma_bytes(self, grad_accum: usize) -> u64 {
+        match self {
+            _ if grad_accum <= 1 => 0,
+            Self::Fp32 | Self::Bf16Mixed => 4,
+            Self::Bf16 => 2,
+        }
+    }
+
+    /// Bytes per parameter of AdamW's state (first and second moments, and the compensation
+    /// term of `bf16`).
+    pub fn optimizer_bytes(self) -> u64 {
+        match self {
+            Self::Fp32 | Self::Bf16Mixed => 8,
+            Self::Bf16 => 4 + 2,
+        }
+    }
+
+    /// Bytes per element of the activations kept for backward.
+    pub fn activation_bytes(self) -> u64 {
+        match self {
+            Self::Fp32 => 4,
+            Self::Bf16Mixed | Self::Bf16 => 2,
+        }
+    }
+
+    /// Bytes per element of the logits and the loss's softmax: fp32 in every mode, as the
+    /// Transformers trainers do, so the loss over a large vocabulary is not rounded to bf16.
+    pub fn logit_bytes(self) -> u64 {
+        4
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown precision `{s}`: expected fp32, bf16-mixed or bf16"))
+    }
+}
+
+/// What backward does with cheap intermediate results (`--checkpointing`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Checkpointing {
+    /// Keep every result backward needs (burn's `NoCheckpointing`).
+    #[default]
+    None,
+    /// Keep the results of compute-bound operations (matrix products) and recompute
+    /// memory-bound, element-wise ones in backward (burn's `BalancedCheckpointing`).
+    Balanced,
+}
+
+impl Checkpointing {
+    /// Both strategies, cheapest in memory last.
+    pub const ALL: [Checkpointing; 2] = [Self::None, Self::Balanced];
+
+    /// The name `--checkpointing` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Balanced => "balanced",
+        }
+    }
+}
+
+impl fmt::Display for Checkpointing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Checkpointing {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| format!("unknown checkpointing `{s}`: expected none or balanced"))
+    }
+}
