@@ -9,7 +9,8 @@
 # its newest checkpoint (Ctrl-C stops with a checkpoint). Results: docs/study/<sweep>/
 # (results.jsonl, summary.md, summary.svg, and each finished run's settings, metrics and result,
 # meant to be committed: a sweep spans sittings and machines; checkpoints and final models are
-# ignored by git). Model and data: target/study/. Environment: GMT_BIN (a built gmt; default: build
+# ignored by git). Commit only finished runs (those holding result.json): a run without a
+# checkpoint is started afresh, so a half-run's files are noise. Model and data: target/study/. Environment: GMT_BIN (a built gmt; default: build
 # release), and any `gmt sweep` flags after the sweep name (e.g. --max-runs 2, --list).
 set -euo pipefail
 cd "$(dirname "$0")/.."
