@@ -152,7 +152,10 @@ pub fn check_train(
         (None, Selected::Wgpu { .. }) => (None, 1),
     };
     let needed = estimate.total() * sharing;
-    let Some(capacity) = capacity else {
+    // Sequences past the model's context are the data's error to report (packing refuses
+    // them; otherwise they are never that long), not a memory estimate's.
+    let past_context = settings.data.max_seq_len > config.max_position_embeddings;
+    let Some(capacity) = capacity.filter(|_| !past_context) else {
         tracing::info!(
             "memory: about {} (the device's own is not known)",
             gib(needed)
