@@ -16,9 +16,10 @@ use std::time::Duration;
 use burn::backend::{Autodiff, NdArray};
 use burn::module::AutodiffModule;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use gmt_bench::{peak_rss_bytes, random_model, smollm2_135m_config};
+use gmt_bench::{random_model, smollm2_135m_config};
 use gmt_core::GmtConfig;
 use gmt_models::{LlamaConfig, LlamaForCausalLm, TokenBatch};
+use gmt_train::memory::peak_rss;
 use gmt_train::{
     CausalLm, Dpo, DpoConfig, Objective, PreferenceBatch, ReferenceLogProbs, ScheduleConfig,
     ScheduleKind, Trainer, TrainerConfig,
@@ -95,7 +96,7 @@ fn train_step(c: &mut Criterion) {
         b.iter(|| trainer.step([pairs.clone()]).unwrap());
     });
     group.finish();
-    if let Some(bytes) = peak_rss_bytes() {
+    if let Some(bytes) = peak_rss() {
         eprintln!(
             "peak RSS of the whole benchmark run: {:.2} GiB",
             bytes as f64 / (1u64 << 30) as f64

@@ -1,13 +1,14 @@
 //! One training configuration of SmolLM2-135M (batch 4 × 128, ndarray), timed phase by
 //! phase, with the process's peak memory at the end:
-//! `cargo run --release -p gmt-bench --example train_profile -- [sft|gmt] [steps]`.
+//! `cargo run --release -p gmt-bench --features profile --example train_profile -- [sft|gmt] [steps]`.
 use std::time::Instant;
 
 use burn::backend::{Autodiff, NdArray};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use gmt_bench::{peak_rss_bytes, random_model, smollm2_135m_config};
+use gmt_bench::{random_model, smollm2_135m_config};
 use gmt_core::GmtConfig;
 use gmt_models::{LlamaForCausalLm, TokenBatch};
+use gmt_train::memory::peak_rss;
 
 type B = Autodiff<NdArray>;
 
@@ -51,6 +52,6 @@ fn main() {
         }
         _ => run(model, adamw.init::<B, LlamaForCausalLm<B>>(), steps, &batch),
     }
-    let peak = peak_rss_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64;
+    let peak = peak_rss().unwrap_or(0) as f64 / (1u64 << 30) as f64;
     println!("{mode}: peak RSS {peak:.2} GiB");
 }

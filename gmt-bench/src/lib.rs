@@ -168,11 +168,3 @@ pub fn random_model<B: Backend>(
     LlamaForCausalLm::from_weights(config, WeightMap::random(seed), device)
         .expect("random weights fit any config")
 }
-
-/// Peak resident set size of this process (Linux `VmHWM`), if known.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}

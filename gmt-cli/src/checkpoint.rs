@@ -121,12 +121,16 @@ impl RunDir {
         O::Batch: Send + 'static,
     {
         let config = self.settings.trainer_config();
+        let precision = self.settings.train.precision;
         let copies = devices.iter().map(|device| model.clone().fork(device));
         let (replicas, position) = match &self.resume_from {
             None => {
                 let total_steps = total_steps()?;
                 let replicas = copies
-                    .map(|model| Trainer::new(model, objective.clone(), &config, total_steps))
+                    .map(|model| {
+                        Trainer::new(model, objective.clone(), &config, total_steps)?
+                            .with_precision(precision)
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 (replicas, None)
             }
@@ -134,7 +138,8 @@ impl RunDir {
                 let replicas = copies
                     .zip(devices)
                     .map(|(model, device)| {
-                        Trainer::resume(model, objective.clone(), &config, checkpoint, device)
+                        Trainer::resume(model, objective.clone(), &config, checkpoint, device)?
+                            .with_precision(precision)
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 let step = replicas[0].progress().step;

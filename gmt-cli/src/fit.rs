@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Result, bail};
 use bytesize::ByteSize;
 use gmt_models::LlamaConfig;
-use gmt_train::memory::{Checkpointing, MemoryEstimate, MemoryPlan, Precision};
+use gmt_train::memory::{
+    Checkpointing, MemoryEstimate, MemoryPlan, Precision, peak_rss, reset_peak_rss,
+};
 
 use crate::backend::Selected;
 use crate::cli::PlanArgs;
@@ -15,11 +17,18 @@ use crate::commands::Finished;
 use crate::model_source::model_config;
 use crate::settings::{ObjectiveKind, ReferenceLogps, TrainSettings};
 
-/// The precisions `gmt train` can run today; the planner also sizes the others, marked as
-/// not yet trainable.
-fn trainable(precision: Precision) -> bool {
-    precision == Precision::Fp32
+/// Whether `gmt train` can run `precision` on a device (`bf16`: whether its backend computes
+/// in bf16 — CUDA does; burn-ndarray and WGPU do not). The planner also sizes the others,
+/// marked as not trainable.
+fn trainable(precision: Precision, bf16: bool) -> bool {
+    match precision {
+        Precision::Fp32 => true,
+        Precision::Bf16Mixed => bf16,
+        Precision::Bf16 => false,
+    }
 }
+
+const TRAINABLE: &str = "gmt train takes fp32 everywhere, bf16-mixed on CUDA; bf16 not yet";
 
 /// Memory to fit in, and where the figure came from.
 struct Capacity {
@@ -37,6 +46,8 @@ pub fn plan(args: &PlanArgs) -> Result<Finished> {
         bail!("--micro-batch-size, --max-seq-len and --grad-accum must be positive");
     }
     let config = model_config(&args.model)?;
+    // A GPU's own memory when one is here, else this machine's (a CPU run).
+    let gpu = gpu_memory(0);
     let plan = MemoryPlan {
         micro_batch_size: args.micro_batch_size,
         seq_len: args.max_seq_len,
@@ -44,18 +55,14 @@ pub fn plan(args: &PlanArgs) -> Result<Finished> {
         precision: args.precision,
         checkpointing: args.checkpointing,
         sequences_per_example: sequences_per_example(args.objective),
-        reserve: MemoryPlan::GPU_RESERVE,
-    };
-    // A GPU's own memory when one is here, else this machine's (a CPU run).
-    let gpu = gpu_memory(0);
-    let plan = MemoryPlan {
         reserve: match (&gpu, args.device_memory) {
             (None, None) => MemoryPlan::CPU_RESERVE,
             _ => MemoryPlan::GPU_RESERVE,
         },
-        ..plan
     };
     let estimate = plan.estimate(&config);
+    // A device given or found is taken for a CUDA GPU; the host's memory means a CPU run.
+    let bf16 = gpu.is_some() || args.device_memory.is_some();
     let capacity = match args.device_memory {
         Some(size) => Some(Capacity {
             bytes: size.as_u64(),
@@ -90,29 +97,31 @@ pub fn plan(args: &PlanArgs) -> Result<Finished> {
     };
     let verdict = verdict(&estimate, &capacity);
     outln!("{verdict}");
-    if !trainable(plan.precision) {
+    if !trainable(plan.precision, bf16) {
         outln!(
-            "note: {} is not yet trainable in gmt (gmt train takes fp32 today)",
+            "note: {} is not trainable here ({TRAINABLE})",
             plan.precision
         );
     }
     outln!();
     outln!("alternatives (total, at {}):", gib(capacity.bytes));
-    for candidate in candidates(&plan) {
+    let candidates = candidates(&plan);
+    let width = candidates.iter().map(|c| flags(c).len()).max().unwrap_or(0);
+    for candidate in candidates {
         let total = candidate.estimate(&config).total();
         let fits = if total <= capacity.bytes { "fits" } else { "" };
-        let planned = if trainable(candidate.precision) {
+        let planned = if trainable(candidate.precision, bf16) {
             ""
         } else {
-            " (not yet trainable)"
+            " (not trainable here)"
         };
         outln!(
-            "  {:<72} {:>12}  {fits}{planned}",
+            "  {:<width$} {:>12}  {fits}{planned}",
             flags(&candidate),
             gib(total)
         );
     }
-    match suggest(&config, &plan, capacity.bytes) {
+    match suggest(&config, &plan, capacity.bytes, bf16) {
         Some(best) if best == plan => {}
         Some(best) => outln!("\nsuggested: {}", flags(&best)),
         None => outln!("\nnothing gmt can train today fits {}", gib(capacity.bytes)),
@@ -182,7 +191,8 @@ pub fn check_train(
     } else {
         String::new()
     };
-    let hint = match suggest(&config, &plan, capacity.bytes / sharing) {
+    let bf16 = matches!(selected, Selected::Cuda(_));
+    let hint = match suggest(&config, &plan, capacity.bytes / sharing, bf16) {
         Some(best) => format!("these settings fit: {}", flags(&best)),
         None => "no settings gmt can train today fit".into(),
     };
@@ -195,19 +205,6 @@ pub fn check_train(
     )
 }
 
-/// The peak memory this process has used since the last [`reset_peak`] (Linux `VmHWM`).
-pub fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// Restarts `VmHWM` from the current resident size (Linux ≥ 4.0; elsewhere nothing).
-fn reset_peak() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
 /// The peaks of the training steps and of checkpoint saves, kept apart: a save copies the
 /// weights and AdamW's state to the host and serializes them, which the step's estimate
 /// does not cover (on the CPU that is the same memory).
@@ -217,13 +214,13 @@ static SAVE_PEAK: AtomicU64 = AtomicU64::new(0);
 /// Called before a checkpoint is saved: the peak so far belongs to the steps.
 pub fn before_save() {
     STEPS_PEAK.fetch_max(peak_rss().unwrap_or(0), Ordering::Relaxed);
-    reset_peak();
+    reset_peak_rss();
 }
 
 /// Called after a checkpoint is saved: the peak since [`before_save`] belongs to the save.
 pub fn after_save() {
     SAVE_PEAK.fetch_max(peak_rss().unwrap_or(0), Ordering::Relaxed);
-    reset_peak();
+    reset_peak_rss();
 }
 
 /// Logs the peak memory of the training steps beside the estimate, and of checkpoint saves
@@ -255,7 +252,7 @@ fn train_plan(settings: &TrainSettings, selected: &Selected, grad_accum: usize) 
         micro_batch_size: settings.train.micro_batch_size,
         seq_len: settings.data.max_seq_len,
         grad_accum,
-        precision: Precision::Fp32,
+        precision: settings.train.precision,
         checkpointing: settings.train.checkpointing,
         sequences_per_example: sequences_per_example(settings.train.objective),
     }
@@ -340,13 +337,18 @@ fn candidates(plan: &MemoryPlan) -> Vec<MemoryPlan> {
 }
 
 /// The first trainable candidate that fits `capacity`, or the plan itself if it fits.
-fn suggest(config: &LlamaConfig, plan: &MemoryPlan, capacity: u64) -> Option<MemoryPlan> {
-    if trainable(plan.precision) && plan.estimate(config).total() <= capacity {
+fn suggest(
+    config: &LlamaConfig,
+    plan: &MemoryPlan,
+    capacity: u64,
+    bf16: bool,
+) -> Option<MemoryPlan> {
+    if trainable(plan.precision, bf16) && plan.estimate(config).total() <= capacity {
         return Some(*plan);
     }
     candidates(plan)
         .into_iter()
-        .filter(|c| trainable(c.precision))
+        .filter(|c| trainable(c.precision, bf16))
         .find(|c| c.estimate(config).total() <= capacity)
 }
 

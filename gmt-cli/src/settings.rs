@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{BackendChoice, DeviceSpec};
 use crate::model_source::Overrides;
-use gmt_train::memory::Checkpointing;
+use gmt_train::memory::{Checkpointing, Precision};
 use gmt_train::{DpoConfig, OptimConfig, ScheduleConfig, TrainerConfig};
 
 /// Everything `gmt train` needs, as saved to `<output>/config.toml`.
@@ -180,6 +180,10 @@ pub struct LoopSettings {
     /// `none`, or `balanced`: backward recomputes element-wise results instead of keeping
     /// them (less memory, the same gradients to the bit).
     pub checkpointing: Checkpointing,
+    /// The number format of the forward and backward passes: `fp32`, or `bf16-mixed` (bf16
+    /// on a copy of the fp32 weights; Γ, the mask and AdamW in fp32). README "Fitting a 7B
+    /// model" gives each mode's bytes per parameter.
+    pub precision: Precision,
     /// Check before loading that the run fits the device's memory (README "Fitting a 7B
     /// model"); `false` skips the check (`--force` does too).
     pub memory_check: bool,
@@ -223,6 +227,7 @@ impl Default for LoopSettings {
             reference: None,
             reference_logps: ReferenceLogps::Precompute,
             checkpointing: Checkpointing::None,
+            precision: Precision::Fp32,
             memory_check: true,
             device_memory: None,
         }

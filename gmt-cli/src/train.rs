@@ -79,8 +79,9 @@ impl BackendJob for TrainJob {
 
 fn train<B: AutodiffBackend>(job: TrainJob, devices: &[B::Device]) -> Result<TrainOutcome> {
     let settings = &job.settings;
-    let run = RunDir::open(settings, job.resume, job.force, job.writes())?;
     let device = &devices[0];
+    settings.train.precision.check_backend::<B>(device)?;
+    let run = RunDir::open(settings, job.resume, job.force, job.writes())?;
     let loaded = load_model::<B>(settings.model_path()?, &settings.overrides(), device)?;
     let data = RunData::new(settings, loaded.model.config())?;
     let encoder = Encoder::new(

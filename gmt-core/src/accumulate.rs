@@ -4,7 +4,7 @@ use core::marker::PhantomData;
 
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::{Tensor, backend::AutodiffBackend};
+use burn::tensor::{FloatDType, Tensor, backend::AutodiffBackend};
 
 use crate::GmtError;
 
@@ -178,9 +178,11 @@ struct AddWeighted<'a, B> {
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for AddWeighted<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let Some(mut new) = self.new.remove::<B::InnerBackend, D>(param.id) else {
+        let Some(new) = self.new.remove::<B::InnerBackend, D>(param.id) else {
             return;
         };
+        // Γ accumulates in fp32 whatever the gradients' format (a no-op for fp32 ones).
+        let mut new = new.cast(FloatDType::F32);
         if self.weight != 1.0 {
             new = new.mul_scalar(self.weight);
         }

@@ -8,7 +8,7 @@ use burn::optim::LearningRate;
 use burn::optim::{GradientsParams, MultiGradientsParams, Optimizer};
 use burn::record::{PrecisionSettings, Record};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, FloatDType, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -439,7 +439,9 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for TakeGradients<'_, B> {
         self.entries.push(TakenGradient {
             id: param.id,
             param: index,
-            grad: grad.flatten::<1>(0, D - 1),
+            // Γ is masked in fp32 whatever format the backward pass produced (README "GMT,
+            // precisely"): thresholds and ties must not depend on bf16 rounding.
+            grad: grad.cast(FloatDType::F32).flatten::<1>(0, D - 1),
             value,
         });
     }

@@ -2,7 +2,7 @@
 
 use burn::module::Module;
 use burn::nn::Linear;
-use burn::tensor::{Bool, Tensor, activation::softmax, backend::Backend};
+use burn::tensor::{Bool, FloatDType, Tensor, activation::softmax, backend::Backend};
 
 use crate::mlp::linear3;
 use crate::rope::apply_rotary;
@@ -80,7 +80,11 @@ impl<B: Backend> Attention<B> {
         // Replace rather than add: a fully masked row (padding) then softmaxes to uniform
         // weights instead of NaN, as with Transformers' finfo.min.
         let masked = masked.clone().expand([batch, self.num_heads, seq, keys]);
-        let probs = softmax(scores.mask_fill(masked, f32::MIN), 3);
+        // The softmax runs in fp32 and its result is rounded to the values' format, as
+        // Transformers' eager attention does (no-ops for fp32).
+        let dtype = scores.dtype();
+        let scores = scores.cast(FloatDType::F32);
+        let probs = softmax(scores.mask_fill(masked, f32::MIN), 3).cast(dtype);
         let out =
             probs
                 .matmul(v)

@@ -349,6 +349,9 @@ impl<B: Backend> LlamaForCausalLm<B> {
         mut caches: Option<&mut Vec<Option<LayerCache<B>>>>,
     ) -> Tensor<B, 3> {
         let mut x = self.embed_tokens.forward(ids);
+        // The rotary tables are computed in fp32 and rounded to the weights' format, as in
+        // Transformers (a no-op for fp32 weights).
+        let (cos, sin) = (&cos.clone().cast(x.dtype()), &sin.clone().cast(x.dtype()));
         for (i, layer) in self.layers.iter().enumerate() {
             let cache = caches.as_deref_mut().map(|c| &mut c[i]);
             let attn = layer.self_attn.forward(

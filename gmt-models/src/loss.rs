@@ -1,7 +1,9 @@
 //! Losses over next-token log-probabilities, with Transformers' semantics: position t's logits
 //! predict `labels[t + 1]`, and labels equal to -100 count nothing.
 
-use burn::tensor::{Int, Tensor, TensorData, activation::log_softmax, backend::Backend};
+use burn::tensor::{
+    FloatDType, Int, Tensor, TensorData, activation::log_softmax, backend::Backend,
+};
 
 /// Label value that carries no loss.
 pub const IGNORE_INDEX: i64 = -100;
@@ -12,11 +14,11 @@ pub const IGNORE_INDEX: i64 = -100;
 /// Transformers would give NaN), so an all-prompt micro-batch contributes nothing.
 pub fn causal_lm_loss<B: Backend>(logits: Tensor<B, 3>, labels: &[i64]) -> (Tensor<B, 1>, usize) {
     let Some(picked) = LabelLogProbs::new(logits.clone(), labels) else {
-        return (logits.sum().mul_scalar(0.0), 0);
+        return (logits.cast(FloatDType::F32).sum().mul_scalar(0.0), 0);
     };
     let count = picked.counts.iter().sum::<usize>();
     if count == 0 {
-        return (logits.sum().mul_scalar(0.0), 0);
+        return (logits.cast(FloatDType::F32).sum().mul_scalar(0.0), 0);
     }
     let loss = picked.log_probs.sum().neg().div_scalar(count as f64);
     (loss, count)
@@ -38,6 +40,7 @@ pub fn sequence_log_probs<B: Backend>(
         }
         None => (
             logits
+                .cast(FloatDType::F32)
                 .sum_dim(2)
                 .sum_dim(1)
                 .reshape([batch])
@@ -79,7 +82,9 @@ impl<B: Backend> LabelLogProbs<B> {
         let shifted = logits
             .slice([0..batch, 0..seq - 1, 0..vocab])
             .reshape([rows, vocab]);
-        let log_probs = log_softmax(shifted, 1);
+        // In fp32 whatever the logits' format, as Transformers' loss upcasts them: a softmax
+        // over a large vocabulary is not to be rounded to bf16.
+        let log_probs = log_softmax(shifted.cast(FloatDType::F32), 1);
         let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [rows, 1]), &device);
         let weights = Tensor::<B, 1>::from_data(TensorData::new(weights, [rows]), &device);
         let picked = log_probs.gather(1, targets).reshape([rows]) * weights;

@@ -53,6 +53,16 @@ pub enum TrainError {
         /// The data files.
         files: Vec<PathBuf>,
     },
+    /// A precision the backend cannot train in (or that gmt does not implement yet).
+    #[error("--precision {precision} cannot train on {backend}: {reason}")]
+    UnsupportedPrecision {
+        /// The precision asked for.
+        precision: crate::memory::Precision,
+        /// The backend's name.
+        backend: String,
+        /// Why, and what can.
+        reason: String,
+    },
     /// Evaluation data with no token that carries loss.
     #[error("the evaluation data has no tokens to score")]
     NothingToEvaluate,

@@ -44,6 +44,8 @@
 //! - [`memory`]: what a run needs in memory — [`memory::Precision`],
 //!   [`memory::Checkpointing`], [`memory::MemoryPlan`] → [`memory::MemoryEstimate`] —
 //!   `memory/`
+//! - `bf16-mixed` steps: a bf16 working copy of the fp32 master weights per step
+//!   ([`Trainer::with_precision`]) — `mixed_precision.rs`
 //! - [`evaluate`], [`LossReport`] — `evaluate.rs`
 //! - [`Checkpoint`], [`write_checkpoint`]: atomic checkpoint directories — `checkpoint.rs`
 //! - [`TrainingBatches`], [`DataPosition`]: gmt-data batches over epochs, resumable —
@@ -62,6 +64,7 @@ mod dpo;
 mod error;
 mod evaluate;
 pub mod memory;
+mod mixed_precision;
 mod objective;
 mod optim;
 mod schedule;

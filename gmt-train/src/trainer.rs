@@ -15,6 +15,8 @@ use gmt_models::LlamaForCausalLm;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{MODEL_FILE, OPTIMIZER_FILE, TRAINER_FILE, write_checkpoint};
+use crate::memory::Precision;
+use crate::mixed_precision::{forward_format, working_copy};
 use crate::{
     Checkpoint, GradientAllReduce, LossReport, LrSchedule, Objective, OptimConfig, ReplicaStep,
     ScheduleConfig, SingleReplica, StepTotals, TrainError, evaluate,
@@ -126,6 +128,7 @@ pub struct Trainer<B: AutodiffBackend, O: Objective> {
     schedule: LrSchedule,
     progress: TrainProgress,
     all_reduce: Box<dyn GradientAllReduce<B> + Send>,
+    precision: Precision,
 }
 
 impl<B: AutodiffBackend, O: Objective> Trainer<B, O> {
@@ -149,7 +152,25 @@ impl<B: AutodiffBackend, O: Objective> Trainer<B, O> {
                 ..TrainProgress::default()
             },
             all_reduce: Box::new(SingleReplica),
+            precision: Precision::Fp32,
         })
+    }
+
+    /// Runs each step's forward and backward passes in `precision`'s format (fp32 by
+    /// default). `bf16-mixed`: on a bf16 working copy of the fp32 master weights, made once
+    /// per step; Γ, the mask, clipping, AdamW's moments and the weights it updates stay fp32
+    /// (README "GMT, precisely"), so checkpoints hold fp32 weights in every mode. An error if
+    /// the model's backend cannot compute in that format (burn-ndarray and WGPU have no
+    /// bf16), or for `bf16`, not implemented yet.
+    pub fn with_precision(mut self, precision: Precision) -> Result<Self, TrainError> {
+        precision.check_backend::<B>(&self.model().devices()[0])?;
+        self.precision = precision;
+        Ok(self)
+    }
+
+    /// The format of the forward and backward passes.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The run saved in `checkpoint`, continued: `model` (built as for [`new`](Self::new))
@@ -201,7 +222,8 @@ impl<B: AutodiffBackend, O: Objective> Trainer<B, O> {
             .model
             .as_ref()
             .expect("the trainer holds its model between steps");
-        let local = local_step(&self.objective, model, micro_batches);
+        let working = working_copy(model, self.precision);
+        let local = local_step(&self.objective, model, working, micro_batches);
         let ReplicaStep { grad_sum, totals } = self.all_reduce.all_reduce(model, local)?;
         if totals.weight <= 0.0 {
             return Err(TrainError::NothingToLearn {
@@ -240,7 +262,8 @@ impl<B: AutodiffBackend, O: Objective> Trainer<B, O> {
 
     /// The weighted mean loss of the current model over `batches`, without gradients.
     pub fn evaluate(&self, batches: &[O::Batch]) -> Result<LossReport, TrainError> {
-        evaluate(&self.model().valid(), &self.objective, batches)
+        let model = forward_format(self.model().valid(), self.precision);
+        evaluate(&model, &self.objective, batches)
     }
 
     /// Saves model, optimizer, counters and `data` (the caller's data position) as the
@@ -336,15 +359,19 @@ impl<B: AutodiffBackend, O: Objective> Trainer<B, O> {
 }
 
 /// This replica's share of a step: each micro-batch's loss and backward pass, their
-/// gradients summed with their weights.
+/// gradients summed with their weights. The passes run on `working` (a mixed-precision
+/// step's copy) if given, else on `master`.
 fn local_step<B: AutodiffBackend, O: Objective>(
     objective: &O,
-    model: &LlamaForCausalLm<B>,
+    master: &LlamaForCausalLm<B>,
+    mut working: Option<LlamaForCausalLm<B>>,
     micro_batches: impl IntoIterator<Item = O::Batch>,
 ) -> Result<ReplicaStep, TrainError> {
     let mut sum = GradientMean::new();
     let mut totals = StepTotals::default();
-    for batch in micro_batches {
+    let mut micro_batches = micro_batches.into_iter().peekable();
+    while let Some(batch) = micro_batches.next() {
+        let model = working.as_ref().unwrap_or(master);
         totals.micro_batches += 1;
         let out = objective.loss(model, &batch)?;
         totals.tokens += out.tokens;
@@ -357,7 +384,12 @@ fn local_step<B: AutodiffBackend, O: Objective>(
         totals.weight += out.weight;
         totals.metrics.merge(&out.metrics);
         let grads = GradientsParams::from_grads(loss.backward(), model);
-        sum.add_weighted(model, grads, out.weight)?;
+        if micro_batches.peek().is_none() {
+            // The copy's last use: freed before its gradients are widened into fp32 Γ, so
+            // the two are never held at once (README "Fitting a 7B model").
+            working = None;
+        }
+        sum.add_weighted(master, grads, out.weight)?;
     }
     let (grad_sum, _) = sum.take_sum();
     Ok(ReplicaStep { grad_sum, totals })

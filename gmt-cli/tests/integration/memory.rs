@@ -37,10 +37,16 @@ fn plan_prints_the_budget_and_what_fits() {
     // fp32: 16 bytes per parameter before activations, 108 GiB: no 80 GB card holds it.
     assert!(out.contains("does not fit"), "{out}");
     assert!(out.contains("nothing gmt can train today fits"), "{out}");
-    // …but a 1 TB machine does, and bf16 is sized though not trainable yet.
+    // …but a 1 TB machine does, and pure bf16 is sized though not trainable yet.
     let out = plan(&["--device-memory", "1TB"]);
     assert!(out.contains("fits: "), "{out}");
-    assert!(out.contains("(not yet trainable)"), "{out}");
+    assert!(out.contains("(not trainable here)"), "{out}");
+    // A device given is taken for a GPU, where bf16-mixed trains.
+    let mixed = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("--precision bf16-mixed"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(!mixed.contains("not trainable"), "{out}");
     let err = gmt_fails(&["plan", "--model", config, "--device-memory", "lots"], 2);
     assert!(err.contains("lots"), "{err}");
     let err = gmt_fails(&["plan", "--model", "/nonexistent/model"], 1);
@@ -103,4 +109,28 @@ fn balanced_checkpointing_trains_the_same_run() {
         2,
     );
     assert!(err.contains("all"), "{err}");
+}
+
+/// `--precision bf16-mixed` where the backend has no bf16 arithmetic (burn-ndarray) is
+/// refused before any step, naming the backend; a precision that does not exist is a usage
+/// error.
+#[test]
+fn bf16_mixed_is_refused_where_the_backend_has_no_bf16() {
+    let run = tiny_run("precision", 12);
+    let out = run.dir.join("mixed");
+    let out = out.to_str().unwrap();
+    let err = gmt_fails(
+        &args(&run.model, &run.data, out, &["--precision", "bf16-mixed"]),
+        1,
+    );
+    assert!(
+        err.contains("bf16-mixed") && err.contains("ndarray"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new(out).join("metrics.jsonl").exists());
+    let err = gmt_fails(
+        &args(&run.model, &run.data, out, &["--precision", "fp16"]),
+        2,
+    );
+    assert!(err.contains("fp16"), "{err}");
 }

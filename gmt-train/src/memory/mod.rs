@@ -7,9 +7,13 @@
 //!   keeping them (burn's checkpointing strategies) — `precision.rs`
 //! - [`MemoryPlan`] → [`MemoryEstimate`]: the budget of one run, part by part —
 //!   `estimate.rs`
+//! - [`peak_rss`], [`reset_peak_rss`]: the process's measured peak, which the estimates are
+//!   checked against — `peak.rs`
 
 mod estimate;
+mod peak;
 mod precision;
 
 pub use estimate::{MemoryEstimate, MemoryPlan};
+pub use peak::{peak_rss, reset_peak_rss};
 pub use precision::{Checkpointing, Precision};

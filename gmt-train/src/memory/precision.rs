@@ -2,7 +2,11 @@
 
 use std::fmt;
 
+use burn::tensor::DType;
+use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
 
 /// The number formats of a run (`--precision`). GMT's definitions hold in every mode: Γ, the
 /// mask and its ties are always computed from the formats given here.
@@ -59,10 +63,11 @@ impl Precision {
         }
     }
 
-    /// Bytes per parameter of Γ when it is a tensor of its own: with several micro-batches a
-    /// gradient accumulates into it while the next one is computed (in fp32 for
-    /// `bf16-mixed`). With one micro-batch Γ is the gradient itself (in `bf16-mixed` widened
-    /// to fp32 one tensor at a time, as the mask and AdamW take it).
+    /// Bytes per parameter of Γ while it is a tensor of its own: with several micro-batches
+    /// a gradient accumulates into it while the next one is computed. With one, Γ takes
+    /// the gradient's place: in `bf16-mixed` the bf16 gradients are widened into fp32 Γ
+    /// after the bf16 working copy is freed, so Γ (4 bytes) replaces copy and gradient
+    /// (2 + 2) and the peak is the same.
     pub fn gamma_bytes(self, grad_accum: usize) -> u64 {
         match self {
             _ if grad_accum <= 1 => 0,
@@ -92,6 +97,40 @@ impl Precision {
     /// Transformers trainers do, so the loss over a large vocabulary is not rounded to bf16.
     pub fn logit_bytes(self) -> u64 {
         4
+    }
+}
+
+impl Precision {
+    /// Whether a run in this precision can train on backend `B` at `device`: fp32 always;
+    /// `bf16-mixed` where the backend computes in bf16 (CUDA, burn's Flex CPU backend — not
+    /// burn-ndarray nor WGPU); `bf16` nowhere yet. The error says what can.
+    ///
+    /// ```
+    /// use burn::backend::NdArray;
+    /// use gmt_train::memory::Precision;
+    ///
+    /// assert!(Precision::Fp32.check_backend::<NdArray>(&Default::default()).is_ok());
+    /// let err = Precision::Bf16Mixed.check_backend::<NdArray>(&Default::default());
+    /// assert!(err.unwrap_err().to_string().contains("no bf16 arithmetic"));
+    /// ```
+    pub fn check_backend<B: Backend>(self, device: &B::Device) -> Result<(), TrainError> {
+        let unsupported = |reason: &str| TrainError::UnsupportedPrecision {
+            precision: self,
+            backend: B::name(device),
+            reason: reason.to_string(),
+        };
+        match self {
+            Self::Fp32 => Ok(()),
+            Self::Bf16Mixed if B::supports_dtype(device, DType::BF16) => Ok(()),
+            Self::Bf16Mixed => Err(unsupported(
+                "it has no bf16 arithmetic (bf16 trains on CUDA and on burn's Flex CPU \
+                 backend; fp32 trains everywhere)",
+            )),
+            Self::Bf16 => Err(unsupported(
+                "pure bf16 training (bf16 moments with a compensated update) is not \
+                 implemented yet; bf16-mixed and fp32 are",
+            )),
+        }
     }
 }
 

@@ -2,4 +2,5 @@
 
 mod data_parallel;
 mod dpo;
+mod mixed_precision;
 mod trainer;
