@@ -24,9 +24,12 @@ fn tiny_llama<B: AutodiffBackend>() -> LlamaForCausalLm<B> {
         .expect("the tiny Llama fixture in ../shared")
 }
 
+/// A tensor's format and its values widened to f32.
+type Values = (DType, Vec<f32>);
+
 /// Every float parameter's values (as f32) and format, in the module's order.
 struct Collect {
-    values: Vec<(DType, Vec<f32>)>,
+    values: Vec<Values>,
 }
 
 impl<B: burn::tensor::backend::Backend> ModuleVisitor<B> for Collect {
@@ -38,7 +41,7 @@ impl<B: burn::tensor::backend::Backend> ModuleVisitor<B> for Collect {
     }
 }
 
-fn collect<B: burn::tensor::backend::Backend>(model: &impl Module<B>) -> Vec<(DType, Vec<f32>)> {
+fn collect<B: burn::tensor::backend::Backend>(model: &impl Module<B>) -> Vec<Values> {
     let mut c = Collect { values: Vec::new() };
     model.visit(&mut c);
     c.values
@@ -46,12 +49,12 @@ fn collect<B: burn::tensor::backend::Backend>(model: &impl Module<B>) -> Vec<(DT
 
 /// Γ's sum as the replica hands it over, kept for inspection.
 struct Capture {
-    sums: Arc<Mutex<Vec<(DType, Vec<f32>)>>>,
+    sums: Arc<Mutex<Vec<Values>>>,
 }
 
 struct Grads<'a, B> {
     grads: &'a GradientsParams,
-    out: Vec<(DType, Vec<f32>)>,
+    out: Vec<Values>,
     backend: std::marker::PhantomData<B>,
 }
 
@@ -68,7 +71,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Grads<'_, B> {
 fn grads_of<B: AutodiffBackend>(
     model: &LlamaForCausalLm<B>,
     grads: &GradientsParams,
-) -> Vec<(DType, Vec<f32>)> {
+) -> Vec<Values> {
     let mut v = Grads::<B> {
         grads,
         out: Vec::new(),
