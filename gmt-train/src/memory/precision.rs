@@ -98,6 +98,13 @@ impl Precision {
     pub fn logit_bytes(self) -> u64 {
         4
     }
+
+    /// Bytes per element of the attention scores backward keeps: fp32 in every mode, since
+    /// the softmax runs in fp32 (as Transformers' eager attention does) and keeps its fp32
+    /// input and output.
+    pub fn score_bytes(self) -> u64 {
+        4
+    }
 }
 
 impl Precision {
