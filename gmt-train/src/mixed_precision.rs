@@ -6,8 +6,9 @@
 //! are widened to fp32 as Γ accumulates ([`gmt_core::GradientMean`]), and GMT and AdamW
 //! then run exactly as in an fp32 run, on fp32 Γ, weights and moments. The copy is made
 //! once per step (the weights do not change between its micro-batches) and freed after the
-//! last micro-batch's backward pass, before its gradients are widened into Γ. Norms, softmaxes and the loss compute in fp32 inside the model
-//! (gmt-models follows Transformers' upcasts).
+//! last micro-batch's backward pass, before its gradients are widened into Γ. Norms,
+//! softmaxes and the loss compute in fp32 inside the model (gmt-models follows Transformers'
+//! upcasts).
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
