@@ -184,7 +184,11 @@ impl RunDir {
         let toml = self.settings.to_toml();
         let extra: &[(&str, &[u8])] = &[(SETTINGS_FILE, toml.as_bytes())];
         let keep = self.settings.train.keep_checkpoints;
-        Ok(run.primary().save_checkpoint(&dir, position, extra, keep)?)
+        // A save's memory peak is measured apart from the steps' (`gmt train`'s peak report).
+        crate::fit::before_save();
+        let saved = run.primary().save_checkpoint(&dir, position, extra, keep);
+        crate::fit::after_save();
+        Ok(saved?)
     }
 
     /// Exports the final model to `final/` (a Hugging Face directory) and draws `plot.svg`

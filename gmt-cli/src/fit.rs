@@ -17,23 +17,23 @@ use crate::commands::Finished;
 use crate::model_source::model_config;
 use crate::settings::{ObjectiveKind, ReferenceLogps, TrainSettings};
 
-/// Whether `gmt train` can run `precision` on a device (`bf16`: whether its backend computes
-/// in bf16 — CUDA does; burn-ndarray and WGPU do not). The planner also sizes the others,
-/// marked as not trainable.
-fn trainable(precision: Precision, bf16: bool) -> bool {
-    match precision {
-        Precision::Fp32 => true,
-        Precision::Bf16Mixed => bf16,
-        Precision::Bf16 => false,
-    }
-}
-
+/// What `gmt train` trains where (`Precision::trains_with`), for the planner's notes.
 const TRAINABLE: &str = "gmt train takes fp32 everywhere, bf16-mixed on CUDA; bf16 not yet";
 
 /// Memory to fit in, and where the figure came from.
 struct Capacity {
     bytes: u64,
     source: String,
+}
+
+impl Capacity {
+    /// The size `--device-memory` (or `[train] device_memory`) gives.
+    fn given(size: ByteSize) -> Self {
+        Self {
+            bytes: size.as_u64(),
+            source: "--device-memory".into(),
+        }
+    }
 }
 
 fn gib(bytes: u64) -> String {
@@ -64,10 +64,7 @@ pub fn plan(args: &PlanArgs) -> Result<Finished> {
     // A device given or found is taken for a CUDA GPU; the host's memory means a CPU run.
     let bf16 = gpu.is_some() || args.device_memory.is_some();
     let capacity = match args.device_memory {
-        Some(size) => Some(Capacity {
-            bytes: size.as_u64(),
-            source: "--device-memory".into(),
-        }),
+        Some(size) => Some(Capacity::given(size)),
         None => gpu.or_else(host_memory),
     };
     outln!(
@@ -97,7 +94,7 @@ pub fn plan(args: &PlanArgs) -> Result<Finished> {
     };
     let verdict = verdict(&estimate, &capacity);
     outln!("{verdict}");
-    if !trainable(plan.precision, bf16) {
+    if !plan.precision.trains_with(bf16) {
         outln!(
             "note: {} is not trainable here ({TRAINABLE})",
             plan.precision
@@ -110,7 +107,7 @@ pub fn plan(args: &PlanArgs) -> Result<Finished> {
     for candidate in candidates {
         let total = candidate.estimate(&config).total();
         let fits = if total <= capacity.bytes { "fits" } else { "" };
-        let planned = if trainable(candidate.precision, bf16) {
+        let planned = if candidate.precision.trains_with(bf16) {
             ""
         } else {
             " (not trainable here)"
@@ -149,13 +146,7 @@ pub fn check_train(
     }
     // CPU replicas share the machine's memory; GPU replicas have a device each.
     let (capacity, sharing) = match (settings.train.device_memory, selected) {
-        (Some(size), _) => (
-            Some(Capacity {
-                bytes: size.as_u64(),
-                source: "--device-memory".into(),
-            }),
-            1,
-        ),
+        (Some(size), _) => (Some(Capacity::given(size)), 1),
         (None, Selected::Cpu { replicas }) => (host_memory(), *replicas as u64),
         (None, Selected::Cuda(devices)) => (devices.first().and_then(|d| gpu_memory(d.index)), 1),
         (None, Selected::Wgpu { .. }) => (None, 1),
@@ -343,12 +334,12 @@ fn suggest(
     capacity: u64,
     bf16: bool,
 ) -> Option<MemoryPlan> {
-    if trainable(plan.precision, bf16) && plan.estimate(config).total() <= capacity {
+    if plan.precision.trains_with(bf16) && plan.estimate(config).total() <= capacity {
         return Some(*plan);
     }
     candidates(plan)
         .into_iter()
-        .filter(|c| trainable(c.precision, bf16))
+        .filter(|c| c.precision.trains_with(bf16))
         .find(|c| c.estimate(config).total() <= capacity)
 }
 

@@ -154,9 +154,7 @@ where
         let interrupted = replicas.any_replica(job.interrupt.load(Ordering::SeqCst));
         let done_here = replicas.primary().progress().step - started_at;
         if interrupted || job.stop_after.is_some_and(|n| done_here >= n) {
-            crate::fit::before_save();
             let checkpoint = run.save(&mut replicas, &batches.position())?;
-            crate::fit::after_save();
             if let Some(p) = &progress {
                 p.finish();
             }
@@ -206,18 +204,14 @@ where
             p.step(&metrics, total_steps);
         }
         if every(t.checkpoint_every) && !replicas.primary().is_done() {
-            crate::fit::before_save();
             run.save(&mut replicas, &batches.position())?;
-            crate::fit::after_save();
         }
     }
     if let Some(p) = &progress {
         p.finish();
     }
     replicas.finish_here();
-    crate::fit::before_save();
     run.save(&mut replicas, &batches.position())?;
-    crate::fit::after_save();
     report_all_reduce(&replicas);
     let steps = replicas.primary().progress().step;
     let final_dir = match &metrics_log {

@@ -23,20 +23,18 @@ pub(crate) fn working_copy<B: AutodiffBackend>(
     master: &LlamaForCausalLm<B>,
     precision: Precision,
 ) -> Option<LlamaForCausalLm<B>> {
-    match precision {
-        Precision::Fp32 => None,
-        Precision::Bf16Mixed | Precision::Bf16 => {
-            Some(master.clone().map(&mut WorkingCopy(FloatDType::BF16)))
-        }
+    match precision.forward_dtype() {
+        FloatDType::F32 => None,
+        dtype => Some(master.clone().map(&mut WorkingCopy(dtype))),
     }
 }
 
 /// The weights of `model` (no gradients) in `precision`'s forward format: what evaluation
 /// of a mixed-precision run reads.
 pub(crate) fn forward_format<B: Backend, M: Module<B>>(model: M, precision: Precision) -> M {
-    match precision {
-        Precision::Fp32 => model,
-        Precision::Bf16Mixed | Precision::Bf16 => model.map(&mut Cast(FloatDType::BF16)),
+    match precision.forward_dtype() {
+        FloatDType::F32 => model,
+        dtype => model.map(&mut Cast(dtype)),
     }
 }
 

@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use burn::tensor::DType;
 use burn::tensor::backend::Backend;
+use burn::tensor::{DType, FloatDType};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -108,6 +108,25 @@ impl Precision {
 }
 
 impl Precision {
+    /// Whether gmt trains in this precision on a backend with (`bf16_arithmetic`) or without
+    /// bf16 arithmetic: fp32 everywhere, `bf16-mixed` where the backend has bf16, `bf16`
+    /// nowhere yet. [`check_backend`](Self::check_backend) asks the backend itself.
+    pub fn trains_with(self, bf16_arithmetic: bool) -> bool {
+        match self {
+            Self::Fp32 => true,
+            Self::Bf16Mixed => bf16_arithmetic,
+            Self::Bf16 => false,
+        }
+    }
+
+    /// The format of the forward and backward passes: bf16 in both bf16 modes.
+    pub fn forward_dtype(self) -> FloatDType {
+        match self {
+            Self::Fp32 => FloatDType::F32,
+            Self::Bf16Mixed | Self::Bf16 => FloatDType::BF16,
+        }
+    }
+
     /// Whether a run in this precision can train on backend `B` at `device`: fp32 always;
     /// `bf16-mixed` where the backend computes in bf16 (CUDA, burn's Flex CPU backend — not
     /// burn-ndarray nor WGPU); `bf16` nowhere yet. The error says what can.
@@ -127,9 +146,8 @@ impl Precision {
             reason: reason.to_string(),
         };
         match self {
-            Self::Fp32 => Ok(()),
-            Self::Bf16Mixed if B::supports_dtype(device, DType::BF16) => Ok(()),
-            Self::Bf16Mixed => Err(unsupported(
+            _ if self.trains_with(B::supports_dtype(device, DType::BF16)) => Ok(()),
+            Self::Fp32 | Self::Bf16Mixed => Err(unsupported(
                 "it has no bf16 arithmetic (bf16 trains on CUDA and on burn's Flex CPU \
                  backend; fp32 trains everywhere)",
             )),
