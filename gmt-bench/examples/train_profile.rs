@@ -1,57 +1,194 @@
-//! One training configuration of SmolLM2-135M (batch 4 × 128, ndarray), timed phase by
-//! phase, with the process's peak memory at the end:
-//! `cargo run --release -p gmt-bench --features profile --example train_profile -- [sft|gmt] [steps]`.
+//! gmt's side of `scripts/bench-vs-pytorch.sh`: one training step (or greedy decoding) of a
+//! Hugging Face model directory on the CPU backend, timed phase by phase, printed as
+//! `key=value` lines under the same names as `../shared/anchors/torch_train_step.py`.
+//!
+//! ```text
+//! cargo run --release -p gmt-bench --features profile --example train_profile -- \
+//!     HF_MODEL_DIR [batch=4] [seq=128] [steps=6] [sft|gmt-tensor|gmt-global|decode] [ratio=0.3]
+//! ```
+//!
+//! Training modes: `steps` optimizer steps of one micro-batch each after two warm-up steps,
+//! AdamW (lr 1e-5, ε 1e-8, no weight decay), labels = inputs, every token real (no padding).
+//! `optimizer_s_median` is the whole optimizer call: for the GMT modes, mask and AdamW
+//! together (the anchor's `mask_s_median + optimizer_s_median`). Mode `decode`: `seq` new
+//! tokens greedily for `batch` prompts of 16 tokens, with the KV cache and no stop token,
+//! after one warm-up run. Peak RSS is the process's, so each mode runs in its own process.
+//!
+//! `GMT_BENCH_BACKEND=flex` runs on burn's Flex CPU backend instead of burn-ndarray; build
+//! with `--features flex-threads` for its multi-threaded SIMD kernels (without it Flex runs on
+//! one thread).
 use std::time::Instant;
 
-use burn::backend::{Autodiff, NdArray};
+use anyhow::{Context, Result, bail};
+use burn::backend::{Autodiff, Flex, NdArray};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use gmt_bench::{random_model, smollm2_135m_config};
-use gmt_core::GmtConfig;
-use gmt_models::{LlamaForCausalLm, TokenBatch};
+use burn::tensor::ElementConversion;
+use burn::tensor::backend::AutodiffBackend;
+use gmt_core::{GmtConfig, MaskScope};
+use gmt_models::{GenerationConfig, LlamaForCausalLm, TokenBatch, generate_batch, load_hf_dir};
 use gmt_train::memory::peak_rss;
 
-type B = Autodiff<NdArray>;
+/// Times of one training step, in seconds.
+struct StepTimes {
+    forward: f64,
+    backward: f64,
+    optimizer: f64,
+}
 
-fn run<O: Optimizer<LlamaForCausalLm<B>, B>>(
+impl StepTimes {
+    fn total(&self) -> f64 {
+        self.forward + self.backward + self.optimizer
+    }
+}
+
+fn train<B: AutodiffBackend, O: Optimizer<LlamaForCausalLm<B>, B>>(
     mut model: LlamaForCausalLm<B>,
     mut optim: O,
     steps: usize,
     batch: &TokenBatch,
-) {
-    for _ in 0..steps {
+) -> Result<(Vec<StepTimes>, f32)> {
+    let mut times = Vec::new();
+    let mut last_loss = f32::NAN;
+    for step in 0..steps + 2 {
         let start = Instant::now();
-        let loss = model.forward(batch).unwrap().loss.unwrap();
-        let _ = loss.clone().into_scalar();
+        let loss = model
+            .forward(batch)?
+            .loss
+            .context("the batch has no labels")?;
+        // Reading the loss waits for the forward pass (a no-op wait on the CPU backend).
+        last_loss = loss.clone().into_scalar().elem();
         let forward = start.elapsed().as_secs_f64();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let backward = start.elapsed().as_secs_f64() - forward;
         model = optim.step(1e-5, model, grads);
-        let total = start.elapsed().as_secs_f64();
-        println!(
-            "forward {forward:.2} s, backward {backward:.2} s, optimizer {:.2} s: {:.1} tokens/s",
-            total - forward - backward,
-            512.0 / total
-        );
+        let optimizer = start.elapsed().as_secs_f64() - forward - backward;
+        if step >= 2 {
+            times.push(StepTimes {
+                forward,
+                backward,
+                optimizer,
+            });
+        }
+    }
+    Ok((times, last_loss))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let mode = args.get(1).map(String::as_str).unwrap_or("sft");
-    let steps = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3);
-    let config = smollm2_135m_config();
-    let model = random_model::<B>(&config, &Default::default(), 0);
-    let ids: Vec<u32> = (0..512).map(|i| (i * 7919 % 49152) as u32).collect();
-    let batch =
-        TokenBatch::new(ids.clone(), 4, 128).with_labels(ids.iter().map(|&i| i as i64).collect());
-    let adamw = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.0);
-    match mode {
-        "gmt" => {
-            let optim = GmtConfig::new(0.3).init(adamw.init(), &model).unwrap();
-            run(model, optim, steps, &batch);
+/// Deterministic token ids spread over the vocabulary (the anchor draws them at random: the
+/// time of a step does not depend on which ids it sees).
+fn token_ids(count: usize, vocab: usize, salt: usize) -> Vec<u32> {
+    (0..count)
+        .map(|i| ((i * 7919 + salt * 104_729) % vocab) as u32)
+        .collect()
+}
+
+fn decode<B: AutodiffBackend>(
+    model: &LlamaForCausalLm<B>,
+    batch: usize,
+    seq: usize,
+    steps: usize,
+) -> Result<()> {
+    let vocab = model.config().vocab_size;
+    let prompts: Vec<Vec<u32>> = (0..batch).map(|row| token_ids(16, vocab, row)).collect();
+    let prompts: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+    let config = GenerationConfig {
+        max_new_tokens: seq,
+        // No id of the vocabulary: every run generates exactly `seq` tokens, as the anchor's
+        // `min_new_tokens` makes Transformers do.
+        stop_tokens: vec![u32::MAX],
+        ..GenerationConfig::default()
+    };
+    let mut times = Vec::new();
+    for run in 0..steps + 1 {
+        let start = Instant::now();
+        let out = generate_batch(model, &prompts, &config)?;
+        let secs = start.elapsed().as_secs_f64();
+        if out.iter().any(|g| g.tokens.len() != seq) {
+            bail!("a row stopped before {seq} new tokens");
         }
-        _ => run(model, adamw.init::<B, LlamaForCausalLm<B>>(), steps, &batch),
+        if run >= 1 {
+            times.push(secs);
+        }
+    }
+    let med = median(times);
+    println!("decode_s_median={med:.3}");
+    println!("decode_tokens_per_s={:.1}", (batch * seq) as f64 / med);
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match std::env::var("GMT_BENCH_BACKEND").as_deref() {
+        Ok("flex") => profile::<Autodiff<Flex>>("flex"),
+        Ok("ndarray") | Err(_) => profile::<Autodiff<NdArray>>("ndarray"),
+        Ok(other) => bail!("GMT_BENCH_BACKEND={other}: ndarray or flex"),
+    }
+}
+
+fn profile<B: AutodiffBackend>(backend: &str) -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.into());
+    let dir = args
+        .first()
+        .context("usage: train_profile HF_MODEL_DIR [batch] [seq] [steps] [mode] [ratio]")?;
+    let batch: usize = arg(1, "4").parse().context("batch")?;
+    let seq: usize = arg(2, "128").parse().context("seq")?;
+    let steps: usize = arg(3, "6").parse().context("steps")?;
+    let mode = arg(4, "sft");
+    let ratio: f64 = arg(5, "0.3").parse().context("ratio")?;
+    if steps == 0 || batch == 0 || seq == 0 {
+        bail!("batch, seq and steps must be positive");
+    }
+    let device = Default::default();
+    let model: LlamaForCausalLm<B> =
+        load_hf_dir(dir, &device).with_context(|| format!("cannot load {dir}"))?;
+    // Both CPU backends run on rayon's global pool: one thread per core.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("backend={backend} threads={threads} mode={mode} batch={batch} seq={seq}");
+
+    if mode == "decode" {
+        decode(&model, batch, seq, steps)?;
+    } else {
+        let ids = token_ids(batch * seq, model.config().vocab_size, 0);
+        let labels = ids.iter().map(|&i| i64::from(i)).collect();
+        let tokens = TokenBatch::new(ids, batch, seq).with_labels(labels);
+        let adamw = AdamWConfig::new()
+            .with_epsilon(1e-8)
+            .with_weight_decay(0.0)
+            .init();
+        let scope = match mode.as_str() {
+            "sft" => None,
+            "gmt-tensor" => Some(MaskScope::Tensor),
+            "gmt-global" => Some(MaskScope::Global),
+            other => bail!("unknown mode `{other}` (sft, gmt-tensor, gmt-global or decode)"),
+        };
+        let (times, loss) = match scope {
+            None => train(model, adamw, steps, &tokens)?,
+            Some(scope) => {
+                let gmt = GmtConfig::new(ratio)
+                    .with_scope(scope)
+                    .init(adamw, &model)?;
+                train(model, gmt, steps, &tokens)?
+            }
+        };
+        let step = median(times.iter().map(StepTimes::total).collect());
+        println!("step_s_median={step:.3}");
+        println!("tokens_per_s={:.1}", (batch * seq) as f64 / step);
+        let phase = |f: fn(&StepTimes) -> f64| median(times.iter().map(f).collect());
+        println!("forward_s_median={:.3}", phase(|t| t.forward));
+        println!("backward_s_median={:.3}", phase(|t| t.backward));
+        println!("optimizer_s_median={:.3}", phase(|t| t.optimizer));
+        println!("loss={loss:.4}");
     }
     let peak = peak_rss().unwrap_or(0) as f64 / (1u64 << 30) as f64;
-    println!("{mode}: peak RSS {peak:.2} GiB");
+    println!("peak_rss_gib={peak:.2}");
+    Ok(())
 }

@@ -505,8 +505,9 @@ pub struct GenerateArgs {
 /// `gmt export`
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    /// A checkpoint directory, or a run's output directory (its newest checkpoint).
-    #[arg(long)]
+    /// A checkpoint directory, a run's output directory (its newest checkpoint), or a model
+    /// to convert: a GGUF file (dequantized) or a Hugging Face directory.
+    #[arg(long, visible_alias = "model")]
     pub checkpoint: PathBuf,
     /// The Hugging Face directory to write.
     #[arg(long)]

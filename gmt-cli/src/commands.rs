@@ -476,23 +476,29 @@ pub fn export(args: &ExportArgs) -> Result<Finished> {
     if !args.force {
         crate::export::ensure_no_model(&args.output)?;
     }
-    let checkpoint = if checkpoint::is_run_checkpoint(&args.checkpoint) {
-        checkpoint::open(&args.checkpoint)?
+    let source = &args.checkpoint;
+    // A model file or directory converts as it is; anything else must hold a checkpoint.
+    let is_model = source.is_file() || source.join("config.json").is_file();
+    let checkpoint = if checkpoint::is_run_checkpoint(source) {
+        Some(checkpoint::open(source)?)
+    } else if is_model {
+        None
     } else {
-        checkpoint::latest(&args.checkpoint)?.with_context(|| {
+        Some(checkpoint::latest(source)?.with_context(|| {
             format!(
-                "{} is neither a checkpoint nor a run directory with checkpoints",
-                args.checkpoint.display()
+                "{} is neither a checkpoint, a run directory with checkpoints, a GGUF file \
+                 nor a Hugging Face model directory",
+                source.display()
             )
-        })?
+        })?)
     };
+    let model_path = checkpoint.as_ref().map_or(source.as_path(), |c| c.dir());
     let dtype = match args.dtype {
         DtypeArg::F32 => ExportDtype::F32,
         DtypeArg::Bf16 => ExportDtype::Bf16,
     };
     let device = Default::default();
-    let loaded =
-        load_model::<burn::backend::NdArray>(checkpoint.dir(), &Overrides::default(), &device)?;
+    let loaded = load_model::<burn::backend::NdArray>(model_path, &Overrides::default(), &device)?;
     export_model(
         &loaded.model,
         &loaded.tokenizer,
@@ -502,7 +508,7 @@ pub fn export(args: &ExportArgs) -> Result<Finished> {
     )?;
     outln!(
         "exported {} to {}",
-        checkpoint.dir().display(),
+        model_path.display(),
         args.output.display()
     );
     Ok(Finished::Done)

@@ -30,9 +30,15 @@ pub struct StepMetrics {
     pub kept_fraction: f64,
     /// Kept fraction of each decoder layer's entries (embeddings and final norm excluded).
     pub layer_kept: Vec<f64>,
-    /// Tokens that carried loss in this step (pairs, for DPO).
+    /// Tokens that carried loss in this step (pairs, for DPO): what the loss is a mean over.
     pub tokens: u64,
-    /// Training throughput of this step (all tokens of its batches, padding excluded).
+    /// Tokens that went through the forward and backward passes in this step (every token of
+    /// its batches, prompts included, padding excluded). Absent from runs logged before it
+    /// was recorded.
+    #[serde(default)]
+    pub tokens_processed: u64,
+    /// Throughput of this step: `tokens_processed` per second, as other training tools count
+    /// tokens/s.
     pub tokens_per_sec: f64,
     /// Training seconds since the run began (resumed runs continue the count).
     pub elapsed_secs: f64,
@@ -56,6 +62,7 @@ impl StepMetrics {
             kept_fraction: step.mask.kept_fraction(),
             layer_kept: step.layer_kept_fractions(layers),
             tokens: step.totals.weight as u64,
+            tokens_processed: step.totals.tokens,
             tokens_per_sec: step.tokens_per_sec(),
             elapsed_secs,
             objective: step.totals.metrics.means(step.totals.weight),
@@ -165,8 +172,13 @@ impl Progress {
             m.tokens_per_sec,
             100.0 * m.kept_fraction
         );
-        if let Some(accuracy) = m.objective.get("rewards/accuracy") {
-            msg.push_str(&format!("  reward acc {:.0}%", 100.0 * accuracy));
+        match m.objective.get("rewards/accuracy") {
+            Some(accuracy) => msg.push_str(&format!("  reward acc {:.0}%", 100.0 * accuracy)),
+            // tok/s counts every token processed; the loss is over fewer (responses only).
+            None => msg.push_str(&format!(
+                "  loss on {}/{} tok",
+                m.tokens, m.tokens_processed
+            )),
         }
         match &self.bar {
             Some(bar) => {

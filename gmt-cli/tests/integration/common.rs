@@ -199,3 +199,15 @@ pub fn train_command<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a
         out,
     ]
 }
+
+/// A model's logits for eight fixed tokens (ids every test model's vocabulary holds).
+pub fn logits(model: &gmt_models::LlamaForCausalLm<burn::backend::NdArray>) -> Vec<f32> {
+    let batch = gmt_models::TokenBatch::new(vec![3, 7, 8, 20, 9, 25, 4, 10], 1, 8);
+    model
+        .forward(&batch)
+        .unwrap()
+        .logits
+        .into_data()
+        .to_vec()
+        .unwrap()
+}

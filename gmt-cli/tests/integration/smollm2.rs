@@ -77,6 +77,39 @@ fn a_few_gmt_steps_lower_smollm2_loss_on_held_out_problems() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `gmt export --model x.gguf` converts a GGUF file into a Hugging Face directory that
+/// loads to the same network (f32: the dequantized weights exactly).
+#[test]
+fn a_gguf_file_exports_to_a_hugging_face_directory_with_the_same_logits() {
+    let Some(path) = gmt_tests::smollm2_or_skip("SmolLM2 GGUF export") else {
+        return;
+    };
+    let dir = temp_dir("smollm2-export");
+    let out = dir.join("hf");
+    gmt_ok(&[
+        "export",
+        "--model",
+        path.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let tokenizer_config = std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap();
+    assert!(
+        tokenizer_config.contains("chat_template"),
+        "{tokenizer_config}"
+    );
+    assert!(out.join("tokenizer.json").is_file());
+    let device = Default::default();
+    let exported = gmt_models::load_hf_dir(&out, &device).unwrap();
+    let file = gmt_models::gguf::GgufFile::read(&path).unwrap();
+    let config = gmt_models::gguf::gguf_config(&file).unwrap();
+    let weights = gmt_models::gguf::gguf_weights(&file, &config).unwrap();
+    let original = gmt_models::LlamaForCausalLm::from_weights(&config, weights, &device).unwrap();
+    assert_eq!(exported.config(), original.config());
+    assert_eq!(logits(&exported), logits(&original));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// `gmt plan`'s estimate against the peak memory of real SmolLM2 runs on the CPU (the
 /// process's `VmHWM`, which `gmt train` logs at the end), with and without checkpointing:
 /// within 15% (README "Fitting a 7B model" has the measured table).

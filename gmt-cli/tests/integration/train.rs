@@ -4,7 +4,7 @@
 use crate::common::*;
 use std::path::Path;
 
-use gmt_models::{LlamaForCausalLm, TokenBatch, load_hf_dir};
+use gmt_models::load_hf_dir;
 
 type B = burn::backend::NdArray;
 
@@ -62,17 +62,6 @@ pub(crate) fn assert_same_run(run: &str, reference: &str) {
 /// The exported final weights of a run.
 pub(crate) fn final_weights(run: &Path) -> Vec<u8> {
     std::fs::read(run.join("final/model.safetensors")).unwrap()
-}
-
-fn logits(model: &LlamaForCausalLm<B>) -> Vec<f32> {
-    let batch = TokenBatch::new(vec![3, 7, 8, 20, 9, 25, 4, 10], 1, 8);
-    model
-        .forward(&batch)
-        .unwrap()
-        .logits
-        .into_data()
-        .to_vec()
-        .unwrap()
 }
 
 #[test]
@@ -140,6 +129,14 @@ fn resume_restores_the_exact_state_and_continues_the_run() {
     );
     let kept = ma[3]["kept_fraction"].as_f64().unwrap();
     assert!((kept - 0.7).abs() < 0.05, "30% masked: kept {kept}");
+    // Throughput counts every token processed; the loss only the responses' tokens.
+    for m in &ma {
+        let (loss, processed) = (
+            m["tokens"].as_u64().unwrap(),
+            m["tokens_processed"].as_u64(),
+        );
+        assert!(processed.is_some_and(|p| p > loss && loss > 0), "{m}");
+    }
     assert!(straight.join("plot.svg").is_file());
     assert!(straight.join("config.toml").is_file());
 
