@@ -10,10 +10,14 @@
 #
 #   scripts/bench-vs-pytorch.sh          # BATCH=4 SEQ=128 STEPS=6 RATIO=0.3 by default
 #   PYTHON=venv/bin/python scripts/bench-vs-pytorch.sh   # the Python that has torch
+#   BACKENDS="ndarray flex" scripts/bench-vs-pytorch.sh  # also burn's Flex CPU backend
 #
-# Output: each figure as `side.mode.key=value`, then the comparisons as `key=value`, among them
-# sft_vs_pytorch (gmt's SFT tokens/s over PyTorch's) and gmt_vs_sft (gmt's GMT step time over
-# its SFT step time). Ratios need both sides; without PyTorch only gmt's own are printed.
+# Output: each figure as `side.mode.key=value` (side: gmt = burn-ndarray, gmt's CPU backend;
+# flex = burn's Flex; torch), then the comparisons as `key=value`, among them sft_vs_pytorch
+# (gmt's SFT tokens/s over PyTorch's) and gmt_vs_sft (gmt's GMT step time over its SFT step
+# time); Flex's carry a `flex_` prefix. Ratios of tokens/s (sft_vs_pytorch, decode-b*_vs_pytorch)
+# are better above 1; every other ratio divides times or memory, better below 1. Without
+# PyTorch only gmt's own ratios are printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,8 +40,9 @@ echo "cores=$(nproc)"
 date -u +"date=%Y-%m-%dT%H:%M:%SZ"
 
 echo "== build (release)"
-cargo build --release --locked -p gmt-cli
-cargo build --release --locked -p gmt-bench --features profile --example train_profile
+# One invocation, so that both share one feature resolution (and one build of burn).
+cargo build --release --locked -p gmt-cli -p gmt-bench --features gmt-bench/flex-threads \
+  --bin gmt --example train_profile
 gmt=target/release/gmt
 profile=target/release/examples/train_profile
 
@@ -64,14 +69,23 @@ run() {
   echo "== $side $label (batch $b, seq $s)" >&2
   local out
   if [ "$side" = gmt ]; then
-    out="$("$profile" "$model_dir" "$b" "$s" "$n" "$mode" "$ratio")"
+    out="$(GMT_BENCH_BACKEND=ndarray "$profile" "$model_dir" "$b" "$s" "$n" "$mode" "$ratio")"
+  elif [ "$side" = flex ]; then
+    out="$(GMT_BENCH_BACKEND=flex "$profile" "$model_dir" "$b" "$s" "$n" "$mode" "$ratio")"
   else
     out="$("$python" "$anchor" "$model_dir" "$b" "$s" "$n" "$mode" "$ratio")"
   fi
   echo "$out" | grep '=' | grep -v ' ' | sed "s/^/$side.$label./" | tee -a "$results"
 }
 
-sides=(gmt)
+sides=()
+for backend in ${BACKENDS:-ndarray}; do
+  case "$backend" in
+    ndarray) sides+=(gmt) ;;
+    flex) sides+=(flex) ;;
+    *) echo "unknown backend in BACKENDS: $backend (ndarray or flex)" >&2; exit 2 ;;
+  esac
+done
 $have_torch && sides+=(torch)
 for side in "${sides[@]}"; do
   for mode in sft gmt-tensor gmt-global; do
@@ -100,22 +114,33 @@ def ratio(name, num, den):
     if a is not None and b:
         print(f"{name}={a / b:.3f}")
 
-ratio("sft_vs_pytorch", "gmt.sft.tokens_per_s", "torch.sft.tokens_per_s")
-ratio("gmt_vs_sft", "gmt.gmt-tensor.step_s_median", "gmt.sft.step_s_median")
-ratio("gmt_global_vs_sft", "gmt.gmt-global.step_s_median", "gmt.sft.step_s_median")
-ratio("gmt_optimizer_vs_adamw", "gmt.gmt-tensor.optimizer_s_median", "gmt.sft.optimizer_s_median")
-ratio("forward_vs_pytorch", "gmt.sft.forward_s_median", "torch.sft.forward_s_median")
-ratio("backward_vs_pytorch", "gmt.sft.backward_s_median", "torch.sft.backward_s_median")
-ratio("adamw_vs_pytorch", "gmt.sft.optimizer_s_median", "torch.sft.optimizer_s_median")
+def compare(side, prefix):
+    ratio(f"{prefix}sft_vs_pytorch", f"{side}.sft.tokens_per_s", "torch.sft.tokens_per_s")
+    ratio(f"{prefix}gmt_vs_sft", f"{side}.gmt-tensor.step_s_median", f"{side}.sft.step_s_median")
+    ratio(f"{prefix}gmt_global_vs_sft", f"{side}.gmt-global.step_s_median",
+          f"{side}.sft.step_s_median")
+    ratio(f"{prefix}gmt_optimizer_vs_adamw", f"{side}.gmt-tensor.optimizer_s_median",
+          f"{side}.sft.optimizer_s_median")
+    for phase in ("forward", "backward"):
+        ratio(f"{prefix}{phase}_vs_pytorch", f"{side}.sft.{phase}_s_median",
+              f"torch.sft.{phase}_s_median")
+    ratio(f"{prefix}adamw_vs_pytorch", f"{side}.sft.optimizer_s_median",
+          "torch.sft.optimizer_s_median")
+    for scope in ("gmt-tensor", "gmt-global"):
+        ratio(f"{prefix}{scope}_step_vs_pytorch", f"{side}.{scope}.step_s_median",
+              f"torch.{scope}.step_s_median")
+    ratio(f"{prefix}gmt_optimizer_vs_pytorch", f"{side}.gmt-tensor.optimizer_s_median",
+          "torch.gmt-tensor.mask_optimizer_s_median")
+    ratio(f"{prefix}peak_rss_vs_pytorch", f"{side}.sft.peak_rss_gib", "torch.sft.peak_rss_gib")
+    for label in sorted({k.split(".")[1] for k in values if k.startswith(f"{side}.decode-")}):
+        ratio(f"{prefix}{label}_vs_pytorch", f"{side}.{label}.decode_tokens_per_s",
+              f"torch.{label}.decode_tokens_per_s")
+
 # PyTorch's GMT step: its mask and its AdamW, as gmt's one optimizer call does both.
 for scope in ("gmt-tensor", "gmt-global"):
     mask, opt = get(f"torch.{scope}.mask_s_median"), get(f"torch.{scope}.optimizer_s_median")
     if mask is not None and opt is not None:
         values[f"torch.{scope}.mask_optimizer_s_median"] = mask + opt
-    ratio(f"{scope}_step_vs_pytorch", f"gmt.{scope}.step_s_median", f"torch.{scope}.step_s_median")
-ratio("gmt_optimizer_vs_pytorch", "gmt.gmt-tensor.optimizer_s_median",
-      "torch.gmt-tensor.mask_optimizer_s_median")
-ratio("peak_rss_vs_pytorch", "gmt.sft.peak_rss_gib", "torch.sft.peak_rss_gib")
-for label in sorted({k.split(".")[1] for k in values if k.startswith("gmt.decode-")}):
-    ratio(f"{label}_vs_pytorch", f"gmt.{label}.decode_tokens_per_s", f"torch.{label}.decode_tokens_per_s")
+compare("gmt", "")
+compare("flex", "flex_")
 EOF

@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::ElementConversion;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use gmt_core::{GmtConfig, MaskScope};
 use gmt_models::{GenerationConfig, LlamaForCausalLm, TokenBatch, generate_batch, load_hf_dir};
 use gmt_train::memory::peak_rss;
@@ -91,7 +91,7 @@ fn token_ids(count: usize, vocab: usize, salt: usize) -> Vec<u32> {
         .collect()
 }
 
-fn decode<B: AutodiffBackend>(
+fn decode<B: Backend>(
     model: &LlamaForCausalLm<B>,
     batch: usize,
     seq: usize,
@@ -148,15 +148,19 @@ fn profile<B: AutodiffBackend>(backend: &str) -> Result<()> {
         bail!("batch, seq and steps must be positive");
     }
     let device = Default::default();
-    let model: LlamaForCausalLm<B> =
-        load_hf_dir(dir, &device).with_context(|| format!("cannot load {dir}"))?;
     // Both CPU backends run on rayon's global pool: one thread per core.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("backend={backend} threads={threads} mode={mode} batch={batch} seq={seq}");
 
     if mode == "decode" {
+        // Inference runs on the inner backend, without autodiff's bookkeeping (as `gmt
+        // generate` and `gmt eval` do).
+        let model: LlamaForCausalLm<B::InnerBackend> =
+            load_hf_dir(dir, &device).with_context(|| format!("cannot load {dir}"))?;
         decode(&model, batch, seq, steps)?;
     } else {
+        let model: LlamaForCausalLm<B> =
+            load_hf_dir(dir, &device).with_context(|| format!("cannot load {dir}"))?;
         let ids = token_ids(batch * seq, model.config().vocab_size, 0);
         let labels = ids.iter().map(|&i| i64::from(i)).collect();
         let tokens = TokenBatch::new(ids, batch, seq).with_labels(labels);
