@@ -28,6 +28,25 @@ use gmt_core::{GmtConfig, MaskScope};
 use gmt_models::{GenerationConfig, LlamaForCausalLm, TokenBatch, generate_batch, load_hf_dir};
 use gmt_train::memory::peak_rss;
 
+/// What to measure: training with an optimizer (`None`: plain AdamW; `Some`: GMT over it, with
+/// this scope), or decoding.
+enum Mode {
+    Train(Option<MaskScope>),
+    Decode,
+}
+
+impl Mode {
+    fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "sft" => Self::Train(None),
+            "gmt-tensor" => Self::Train(Some(MaskScope::Tensor)),
+            "gmt-global" => Self::Train(Some(MaskScope::Global)),
+            "decode" => Self::Decode,
+            other => bail!("unknown mode `{other}` (sft, gmt-tensor, gmt-global or decode)"),
+        })
+    }
+}
+
 /// Times of one training step, in seconds.
 struct StepTimes {
     forward: f64,
@@ -122,7 +141,16 @@ fn decode<B: Backend>(
     let med = median(times);
     println!("decode_s_median={med:.3}");
     println!("decode_tokens_per_s={:.1}", (batch * seq) as f64 / med);
+    print_peak_rss();
     Ok(())
+}
+
+/// The process's peak RSS, where the OS reports it (Linux); nothing printed elsewhere rather
+/// than a made-up zero.
+fn print_peak_rss() {
+    if let Some(peak) = peak_rss() {
+        println!("peak_rss_gib={:.2}", peak as f64 / (1u64 << 30) as f64);
+    }
 }
 
 fn main() -> Result<()> {
@@ -142,7 +170,8 @@ fn profile<B: AutodiffBackend>(backend: &str) -> Result<()> {
     let batch: usize = arg(1, "4").parse().context("batch")?;
     let seq: usize = arg(2, "128").parse().context("seq")?;
     let steps: usize = arg(3, "6").parse().context("steps")?;
-    let mode = arg(4, "sft");
+    let mode_name = arg(4, "sft");
+    let mode = Mode::parse(&mode_name)?;
     let ratio: f64 = arg(5, "0.3").parse().context("ratio")?;
     if steps == 0 || batch == 0 || seq == 0 {
         bail!("batch, seq and steps must be positive");
@@ -150,49 +179,44 @@ fn profile<B: AutodiffBackend>(backend: &str) -> Result<()> {
     let device = Default::default();
     // Both CPU backends run on rayon's global pool: one thread per core.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("backend={backend} threads={threads} mode={mode} batch={batch} seq={seq}");
+    println!("backend={backend} threads={threads} mode={mode_name} batch={batch} seq={seq}");
 
-    if mode == "decode" {
-        // Inference runs on the inner backend, without autodiff's bookkeeping (as `gmt
-        // generate` and `gmt eval` do).
-        let model: LlamaForCausalLm<B::InnerBackend> =
-            load_hf_dir(dir, &device).with_context(|| format!("cannot load {dir}"))?;
-        decode(&model, batch, seq, steps)?;
-    } else {
-        let model: LlamaForCausalLm<B> =
-            load_hf_dir(dir, &device).with_context(|| format!("cannot load {dir}"))?;
-        let ids = token_ids(batch * seq, model.config().vocab_size, 0);
-        let labels = ids.iter().map(|&i| i64::from(i)).collect();
-        let tokens = TokenBatch::new(ids, batch, seq).with_labels(labels);
-        let adamw = AdamWConfig::new()
-            .with_epsilon(1e-8)
-            .with_weight_decay(0.0)
-            .init();
-        let scope = match mode.as_str() {
-            "sft" => None,
-            "gmt-tensor" => Some(MaskScope::Tensor),
-            "gmt-global" => Some(MaskScope::Global),
-            other => bail!("unknown mode `{other}` (sft, gmt-tensor, gmt-global or decode)"),
-        };
-        let (times, loss) = match scope {
-            None => train(model, adamw, steps, &tokens)?,
-            Some(scope) => {
-                let gmt = GmtConfig::new(ratio)
-                    .with_scope(scope)
-                    .init(adamw, &model)?;
-                train(model, gmt, steps, &tokens)?
-            }
-        };
-        let step = median(times.iter().map(StepTimes::total).collect());
-        println!("step_s_median={step:.3}");
-        println!("tokens_per_s={:.1}", (batch * seq) as f64 / step);
-        let phase = |f: fn(&StepTimes) -> f64| median(times.iter().map(f).collect());
-        println!("forward_s_median={:.3}", phase(|t| t.forward));
-        println!("backward_s_median={:.3}", phase(|t| t.backward));
-        println!("optimizer_s_median={:.3}", phase(|t| t.optimizer));
-        println!("loss={loss:.4}");
-    }
-    let peak = peak_rss().unwrap_or(0) as f64 / (1u64 << 30) as f64;
-    println!("peak_rss_gib={peak:.2}");
+    let scope = match mode {
+        Mode::Decode => {
+            // Inference runs on the inner backend, without autodiff's bookkeeping (as `gmt
+            // generate` and `gmt eval` do).
+            let model: LlamaForCausalLm<B::InnerBackend> =
+                load_hf_dir(dir, &device).with_context(|| format!("cannot load {dir}"))?;
+            return decode(&model, batch, seq, steps);
+        }
+        Mode::Train(scope) => scope,
+    };
+    let model: LlamaForCausalLm<B> =
+        load_hf_dir(dir, &device).with_context(|| format!("cannot load {dir}"))?;
+    let ids = token_ids(batch * seq, model.config().vocab_size, 0);
+    let labels = ids.iter().map(|&i| i64::from(i)).collect();
+    let tokens = TokenBatch::new(ids, batch, seq).with_labels(labels);
+    let adamw = AdamWConfig::new()
+        .with_epsilon(1e-8)
+        .with_weight_decay(0.0)
+        .init();
+    let (times, loss) = match scope {
+        None => train(model, adamw, steps, &tokens)?,
+        Some(scope) => {
+            let gmt = GmtConfig::new(ratio)
+                .with_scope(scope)
+                .init(adamw, &model)?;
+            train(model, gmt, steps, &tokens)?
+        }
+    };
+    let step = median(times.iter().map(StepTimes::total).collect());
+    println!("step_s_median={step:.3}");
+    println!("tokens_per_s={:.1}", (batch * seq) as f64 / step);
+    let phase = |f: fn(&StepTimes) -> f64| median(times.iter().map(f).collect());
+    println!("forward_s_median={:.3}", phase(|t| t.forward));
+    println!("backward_s_median={:.3}", phase(|t| t.backward));
+    println!("optimizer_s_median={:.3}", phase(|t| t.optimizer));
+    println!("loss={loss:.4}");
+    print_peak_rss();
     Ok(())
 }
