@@ -10,12 +10,12 @@
 #
 #   scripts/bench-vs-pytorch.sh          # BATCH=4 SEQ=128 STEPS=6 RATIO=0.3 by default
 #   PYTHON=venv/bin/python scripts/bench-vs-pytorch.sh   # the Python that has torch
-#   BACKENDS="ndarray flex" scripts/bench-vs-pytorch.sh  # also burn's Flex CPU backend
+#   BACKENDS="flex ndarray" scripts/bench-vs-pytorch.sh  # also burn-ndarray
 #
-# Output: each figure as `side.mode.key=value` (side: gmt = burn-ndarray, gmt's CPU backend;
-# flex = burn's Flex; torch), then the comparisons as `key=value`, among them sft_vs_pytorch
+# Output: each figure as `side.mode.key=value` (side: gmt = burn's Flex, gmt's CPU backend;
+# ndarray = burn-ndarray; torch), then the comparisons as `key=value`, among them sft_vs_pytorch
 # (gmt's SFT tokens/s over PyTorch's) and gmt_vs_sft (gmt's GMT step time over its SFT step
-# time); Flex's carry a `flex_` prefix. Ratios of tokens/s (sft_vs_pytorch, decode-b*_vs_pytorch)
+# time); burn-ndarray's carry an `ndarray_` prefix. Ratios of tokens/s (sft_vs_pytorch, decode-b*_vs_pytorch)
 # are better above 1; every other ratio divides times or memory, better below 1. Without
 # PyTorch only gmt's own ratios are printed.
 set -euo pipefail
@@ -41,7 +41,7 @@ date -u +"date=%Y-%m-%dT%H:%M:%SZ"
 
 echo "== build (release)"
 # One invocation, so that both share one feature resolution (and one build of burn).
-cargo build --release --locked -p gmt-cli -p gmt-bench --features gmt-bench/flex-threads \
+cargo build --release --locked -p gmt-cli -p gmt-bench --features gmt-bench/profile \
   --bin gmt --example train_profile
 gmt=target/release/gmt
 profile=target/release/examples/train_profile
@@ -69,9 +69,9 @@ run() {
   echo "== $side $label (batch $b, seq $s)" >&2
   local out
   if [ "$side" = gmt ]; then
-    out="$(GMT_BENCH_BACKEND=ndarray "$profile" "$model_dir" "$b" "$s" "$n" "$mode" "$ratio")"
-  elif [ "$side" = flex ]; then
     out="$(GMT_BENCH_BACKEND=flex "$profile" "$model_dir" "$b" "$s" "$n" "$mode" "$ratio")"
+  elif [ "$side" = ndarray ]; then
+    out="$(GMT_BENCH_BACKEND=ndarray "$profile" "$model_dir" "$b" "$s" "$n" "$mode" "$ratio")"
   else
     out="$("$python" "$anchor" "$model_dir" "$b" "$s" "$n" "$mode" "$ratio")"
   fi
@@ -79,11 +79,11 @@ run() {
 }
 
 sides=()
-for backend in ${BACKENDS:-ndarray}; do
+for backend in ${BACKENDS:-flex}; do
   case "$backend" in
-    ndarray) sides+=(gmt) ;;
-    flex) sides+=(flex) ;;
-    *) echo "unknown backend in BACKENDS: $backend (ndarray or flex)" >&2; exit 2 ;;
+    flex) sides+=(gmt) ;;
+    ndarray) sides+=(ndarray) ;;
+    *) echo "unknown backend in BACKENDS: $backend (flex or ndarray)" >&2; exit 2 ;;
   esac
 done
 $have_torch && sides+=(torch)
@@ -142,5 +142,5 @@ for scope in ("gmt-tensor", "gmt-global"):
     if mask is not None and opt is not None:
         values[f"torch.{scope}.mask_optimizer_s_median"] = mask + opt
 compare("gmt", "")
-compare("flex", "flex_")
+compare("ndarray", "ndarray_")
 EOF

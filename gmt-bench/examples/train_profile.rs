@@ -14,9 +14,8 @@
 //! tokens greedily for `batch` prompts of 16 tokens, with the KV cache and no stop token,
 //! after one warm-up run. Peak RSS is the process's, so each mode runs in its own process.
 //!
-//! `GMT_BENCH_BACKEND=flex` runs on burn's Flex CPU backend instead of burn-ndarray; build
-//! with `--features flex-threads` for its multi-threaded SIMD kernels (without it Flex runs on
-//! one thread).
+//! The backend is burn's Flex (the `gmt` binary's CPU backend, multi-threaded with SIMD);
+//! `GMT_BENCH_BACKEND=ndarray` measures burn-ndarray instead.
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -155,8 +154,8 @@ fn print_peak_rss() {
 
 fn main() -> Result<()> {
     match std::env::var("GMT_BENCH_BACKEND").as_deref() {
-        Ok("flex") => profile::<Autodiff<Flex>>("flex"),
-        Ok("ndarray") | Err(_) => profile::<Autodiff<NdArray>>("ndarray"),
+        Ok("flex") | Err(_) => profile::<Autodiff<Flex>>("flex"),
+        Ok("ndarray") => profile::<Autodiff<NdArray>>("ndarray"),
         Ok(other) => bail!("GMT_BENCH_BACKEND={other}: ndarray or flex"),
     }
 }

@@ -498,7 +498,7 @@ pub fn export(args: &ExportArgs) -> Result<Finished> {
         DtypeArg::Bf16 => ExportDtype::Bf16,
     };
     let device = Default::default();
-    let loaded = load_model::<burn::backend::NdArray>(model_path, &Overrides::default(), &device)?;
+    let loaded = load_model::<burn::backend::Flex>(model_path, &Overrides::default(), &device)?;
     export_model(
         &loaded.model,
         &loaded.tokenizer,
@@ -522,7 +522,7 @@ pub fn info(args: &InfoArgs) -> Result<Finished> {
     }
     if let Some(path) = &args.model {
         let device = Default::default();
-        let loaded = load_model::<burn::backend::NdArray>(path, &Overrides::default(), &device)?;
+        let loaded = load_model::<burn::backend::Flex>(path, &Overrides::default(), &device)?;
         let c = loaded.model.config();
         let params = burn::module::Module::num_params(&loaded.model);
         outln!("model {}:", path.display());

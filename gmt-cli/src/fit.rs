@@ -18,7 +18,8 @@ use crate::model_source::model_config;
 use crate::settings::{ObjectiveKind, ReferenceLogps, TrainSettings};
 
 /// What `gmt train` trains where (`Precision::trains_with`), for the planner's notes.
-const TRAINABLE: &str = "gmt train takes fp32 everywhere, bf16-mixed on CUDA; bf16 not yet";
+const TRAINABLE: &str =
+    "gmt train takes fp32 everywhere, bf16-mixed on CUDA and the CPU (not WGPU); bf16 not yet";
 
 /// Memory to fit in, and where the figure came from.
 struct Capacity {
@@ -61,8 +62,10 @@ pub fn plan(args: &PlanArgs) -> Result<Finished> {
         },
     };
     let estimate = plan.estimate(&config);
-    // A device given or found is taken for a CUDA GPU; the host's memory means a CPU run.
-    let bf16 = gpu.is_some() || args.device_memory.is_some();
+    // A device given or found is taken for a CUDA GPU, else the host's memory means a CPU run
+    // (burn's Flex): both compute in bf16. Only WGPU does not, and `gmt plan` is not asked
+    // about a backend.
+    let bf16 = true;
     let capacity = match args.device_memory {
         Some(size) => Some(Capacity::given(size)),
         None => gpu.or_else(host_memory),
@@ -182,7 +185,7 @@ pub fn check_train(
     } else {
         String::new()
     };
-    let bf16 = matches!(selected, Selected::Cuda(_));
+    let bf16 = !matches!(selected, Selected::Wgpu { .. });
     let hint = match suggest(&config, &plan, capacity.bytes / sharing, bf16) {
         Some(best) => format!("these settings fit: {}", flags(&best)),
         None => "no settings gmt can train today fit".into(),

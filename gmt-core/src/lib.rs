@@ -54,6 +54,7 @@ mod accumulate;
 mod config;
 mod error;
 mod filter;
+mod fixed_order;
 mod mask;
 pub mod masking;
 mod optimizer;

@@ -4,6 +4,7 @@ use burn::tensor::{Bool, DType, Int, Tensor, TensorData, backend::Backend};
 use rand::Rng;
 use rayon::prelude::*;
 
+use crate::fixed_order::fixed_order_sum;
 use crate::selection::{
     device_kth_largest_abs, kept_count, kth_largest_abs, sampled_kth_largest_abs,
 };
@@ -266,7 +267,7 @@ enum Norms<B: Backend> {
 
 impl<B: Backend> Masked<B> {
     fn unchanged(grad: Tensor<B, 1>) -> Self {
-        let total = grad.clone().square().sum();
+        let total = fixed_order_sum(grad.clone().square());
         Self {
             grad,
             drop: None,
@@ -363,7 +364,7 @@ fn apply_on_device<B: Backend>(members: Vec<Tensor<B, 1>>, rule: &Rule) -> Vec<M
             offset += len;
             Masked {
                 norms: Norms::Device {
-                    total: grad.clone().square().sum(),
+                    total: fixed_order_sum(grad.clone().square()),
                 },
                 grad: grad.mask_fill(drop.clone(), 0.0),
                 drop: Some(drop),
@@ -390,7 +391,7 @@ fn collect_stats<B: Backend>(paths: &[String], flags: &[bool], outputs: &[Masked
         if let Norms::Device { total } = &out.norms {
             totals.push(total.clone());
             if let Some(drop) = &out.drop {
-                kept_sqs.push(out.grad.clone().square().sum());
+                kept_sqs.push(fixed_order_sum(out.grad.clone().square()));
                 dropped.push(drop.clone().int().sum());
             }
         }

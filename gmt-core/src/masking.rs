@@ -5,10 +5,13 @@
 //! - threshold selection: [`kth_largest_abs`] (host, exact, O(n)),
 //!   [`device_kth_largest_abs`] (on the device), [`sampled_kth_largest_abs`] (estimated),
 //!   [`kept_count`] (how many entries a ratio keeps);
+//! - [`fixed_order_sum`]: a sum rounded the same way whatever the threads do (norms,
+//!   checksums);
 //! - [`list_params`]: a module's float parameters in step order; [`ParamFilter`]: the
 //!   `exclude` globs.
 
 pub use crate::filter::ParamFilter;
+pub use crate::fixed_order::fixed_order_sum;
 pub use crate::mask::{MaskInput, MaskedGradients, mask_gradients};
 pub use crate::params::list_params;
 pub use crate::selection::{

@@ -24,11 +24,14 @@ fn two_hundred_thousand_records_stream_in_bounded_memory() {
     let path = std::env::temp_dir().join(format!("gmt-data-big-{}.jsonl", std::process::id()));
     {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        // Most of each record's bytes are in a field the format does not use: every byte is
+        // still read and parsed, but tokenizing it all would be this test's whole run time
+        // (a minute in CI's debug build) without telling more about memory.
         let filler = "lorem ipsum dolor sit amet ".repeat(12);
         for i in 0..200_000 {
             writeln!(
                 f,
-                r#"{{"prompt": "Question {i}: {filler}", "completion": "Answer {i}."}}"#
+                r#"{{"prompt": "Question {i}: lorem ipsum", "completion": "Answer {i}.", "source": "{filler}"}}"#
             )
             .unwrap();
         }

@@ -3,10 +3,11 @@
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
+use gmt_core::masking::fixed_order_sum;
 use gmt_models::LlamaForCausalLm;
 
-/// Σ w and Σ w² over every weight, summed on the device in the model's parameter order: the
-/// same bits for the same weights on the same kind of device, and a different value for
+/// Σ w and Σ w² over every weight, summed on the device in the model's parameter order (each
+/// tensor in [`fixed_order_sum`]'s order): the same bits for the same weights on the same kind of device, and a different value for
 /// weights that drifted apart. Computing it reads the weights twice and the host once.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct WeightChecksum {
@@ -43,7 +44,7 @@ struct Sums<B: Backend> {
 impl<B: Backend> ModuleVisitor<B> for Sums<B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let w = param.val().reshape([-1]);
-        self.sum = self.sum.clone() + w.clone().sum();
-        self.sum_of_squares = self.sum_of_squares.clone() + (w.clone() * w).sum();
+        self.sum = self.sum.clone() + fixed_order_sum(w.clone());
+        self.sum_of_squares = self.sum_of_squares.clone() + fixed_order_sum(w.clone() * w);
     }
 }

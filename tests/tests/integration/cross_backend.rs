@@ -1,5 +1,6 @@
 //! Cross-backend consistency: the same computations on burn-ndarray (the CPU reference), on
-//! WGPU and, when asked, on CUDA, compared quantity by quantity.
+//! burn's Flex (the `gmt` binary's CPU backend), on WGPU and, when asked, on CUDA, compared
+//! quantity by quantity.
 //!
 //! What is compared, and the tolerance each gets:
 //! - **Tiny Llama/Llama-3/Mistral forward** (`shared/fixtures/hf`): logits within 1e-4
@@ -30,10 +31,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
+use burn::backend::flex::FlexDevice;
 use burn::backend::ndarray::NdArrayDevice;
 use burn::backend::wgpu::graphics::AutoGraphicsApi;
 use burn::backend::wgpu::{RuntimeOptions, WgpuDevice, init_setup};
-use burn::backend::{Autodiff, NdArray, Wgpu};
+use burn::backend::{Autodiff, Flex, NdArray, Wgpu};
 use burn::module::{AutodiffModule, Module, Param};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -460,8 +462,8 @@ fn suite<B: AutodiffBackend>(device: B::Device, backend: &str) {
     check_conformance::<B>(&device, backend);
     check_model_masks::<B>(&device, backend);
     let tolerances = match backend {
-        // The parity bounds, on the CPU reference backend.
-        "ndarray" => DpoTolerances {
+        // The parity bounds, on the CPU backends.
+        "ndarray" | "flex" => DpoTolerances {
             log_probs: 1e-5,
             loss: 1e-6,
             grads: 1e-5,
@@ -482,6 +484,11 @@ fn suite<B: AutodiffBackend>(device: B::Device, backend: &str) {
 #[test]
 fn ndarray_matches_the_references() {
     suite::<Autodiff<NdArray>>(NdArrayDevice::Cpu, "ndarray");
+}
+
+#[test]
+fn flex_matches_the_references() {
+    suite::<Autodiff<Flex>>(FlexDevice, "flex");
 }
 
 /// A panic-free probe: burn's WGPU setup panics when there is no adapter.

@@ -5,3 +5,4 @@ mod core_as_a_library;
 mod cross_backend;
 mod data_to_model;
 mod dpo_parity;
+mod reproducible;
