@@ -1,19 +1,25 @@
 //! One whole optimizer step over gradients shaped like SmolLM2-135M's parameters
-//! (≈134.5M entries): plain AdamW against GMT (ratio 0.3, exact selection) with tensor and
-//! global scope, both targets. No forward or backward pass: the step alone.
+//! (≈134.5M entries) on burn's Flex (the CLI's CPU backend): burn's AdamW, gmt-core's
+//! `FusedAdamW` (the same bits in one pass per parameter), and GMT (ratio 0.3, exact
+//! selection) around `FusedAdamW` with tensor and global scope, both targets. No forward or
+//! backward pass: the step alone.
 
 use std::time::{Duration, Instant};
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::{Autodiff, Flex};
 use burn::optim::{AdamWConfig, Optimizer};
 use criterion::{Criterion, criterion_group, criterion_main};
 use gmt_bench::{FixedGradients, ShapedParams, smollm2_135m_shapes};
-use gmt_core::{GmtConfig, MaskScope, MaskTarget};
+use gmt_core::{FusedAdamW, GmtConfig, MaskScope, MaskTarget};
 
-type B = Autodiff<NdArray>;
+type B = Autodiff<Flex>;
 
-fn adamw() -> AdamWConfig {
+fn burn_adamw() -> AdamWConfig {
     AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.0)
+}
+
+fn adamw() -> FusedAdamW {
+    FusedAdamW::new(0.9, 0.999, 1e-8, 0.0)
 }
 
 fn time_steps<O: Optimizer<ShapedParams<B>, B>>(
@@ -45,8 +51,17 @@ fn optimizer_step(c: &mut Criterion) {
     {
         let mut model = Some(ShapedParams::<B>::new(&shapes, &device, 0));
         let grads = FixedGradients::new(model.as_ref().unwrap(), 1);
-        let mut optim = adamw().init::<B, ShapedParams<B>>();
+        let mut optim = burn_adamw().init::<B, ShapedParams<B>>();
         time_steps(1, &mut optim, &mut model, &grads); // moments allocated before timing
+        group.bench_function("adamw_burn", |b| {
+            b.iter_custom(|iters| time_steps(iters, &mut optim, &mut model, &grads));
+        });
+    }
+    {
+        let mut model = Some(ShapedParams::<B>::new(&shapes, &device, 0));
+        let grads = FixedGradients::new(model.as_ref().unwrap(), 1);
+        let mut optim = adamw().init::<B, ShapedParams<B>>();
+        time_steps(1, &mut optim, &mut model, &grads);
         group.bench_function("adamw", |b| {
             b.iter_custom(|iters| time_steps(iters, &mut optim, &mut model, &grads));
         });

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Training modes: `steps` optimizer steps of one micro-batch each after two warm-up steps,
-//! AdamW (lr 1e-5, ε 1e-8, no weight decay), labels = inputs, every token real (no padding).
+//! AdamW (lr 1e-5, ε 1e-8, no weight decay; gmt-core's `FusedAdamW` as `gmt train` uses it,
+//! or burn's own with `GMT_BENCH_ADAMW=burn`), labels = inputs, every token real (no padding).
 //! `optimizer_s_median` is the whole optimizer call: for the GMT modes, mask and AdamW
 //! together (the anchor's `mask_s_median + optimizer_s_median`). Mode `decode`: `seq` new
 //! tokens greedily for `batch` prompts of 16 tokens, with the KV cache and no stop token,
@@ -23,7 +24,7 @@ use burn::backend::{Autodiff, Flex, NdArray};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use gmt_core::{GmtConfig, MaskScope};
+use gmt_core::{FusedAdamW, GmtConfig, MaskScope};
 use gmt_models::{GenerationConfig, LlamaForCausalLm, TokenBatch, generate_batch, load_hf_dir};
 use gmt_train::memory::peak_rss;
 
@@ -89,6 +90,26 @@ fn train<B: AutodiffBackend, O: Optimizer<LlamaForCausalLm<B>, B>>(
         }
     }
     Ok((times, last_loss))
+}
+
+/// [`train`] with `adamw` alone (`scope` `None`) or GMT around it.
+fn train_with<B: AutodiffBackend, O: Optimizer<LlamaForCausalLm<B>, B>>(
+    model: LlamaForCausalLm<B>,
+    adamw: O,
+    scope: Option<MaskScope>,
+    ratio: f64,
+    steps: usize,
+    batch: &TokenBatch,
+) -> Result<(Vec<StepTimes>, f32)> {
+    match scope {
+        None => train(model, adamw, steps, batch),
+        Some(scope) => {
+            let gmt = GmtConfig::new(ratio)
+                .with_scope(scope)
+                .init(adamw, &model)?;
+            train(model, gmt, steps, batch)
+        }
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -195,18 +216,15 @@ fn profile<B: AutodiffBackend>(backend: &str) -> Result<()> {
     let ids = token_ids(batch * seq, model.config().vocab_size, 0);
     let labels = ids.iter().map(|&i| i64::from(i)).collect();
     let tokens = TokenBatch::new(ids, batch, seq).with_labels(labels);
-    let adamw = AdamWConfig::new()
-        .with_epsilon(1e-8)
-        .with_weight_decay(0.0)
-        .init();
-    let (times, loss) = match scope {
-        None => train(model, adamw, steps, &tokens)?,
-        Some(scope) => {
-            let gmt = GmtConfig::new(ratio)
-                .with_scope(scope)
-                .init(adamw, &model)?;
-            train(model, gmt, steps, &tokens)?
-        }
+    let (times, loss) = if std::env::var("GMT_BENCH_ADAMW").as_deref() == Ok("burn") {
+        let adamw = AdamWConfig::new()
+            .with_epsilon(1e-8)
+            .with_weight_decay(0.0)
+            .init();
+        train_with(model, adamw, scope, ratio, steps, &tokens)?
+    } else {
+        let adamw = FusedAdamW::new(0.9, 0.999, 1e-8, 0.0).init();
+        train_with(model, adamw, scope, ratio, steps, &tokens)?
     };
     let step = median(times.iter().map(StepTimes::total).collect());
     println!("step_s_median={step:.3}");

@@ -22,6 +22,8 @@
 //! - [`GmtOptimizer`] (its `try_step` returns the module and the step's [`StepReport`]), its
 //!   record [`GmtRecord`] — `optimizer.rs`
 //! - [`GradientMean`]: Γ from micro-batches, plain or token-weighted — `accumulate.rs`
+//! - [`FusedAdamW`]: burn's AdamW, bit for bit, in one pass per parameter on CPU backends —
+//!   `fused_adamw.rs`
 //! - [`StepReport`], [`MaskStats`]: what a step kept — `stats.rs`
 //! - [`GmtError`] — `error.rs`
 //! - [`masking`]: the building blocks (mask function, threshold selection, parameter
@@ -55,6 +57,7 @@ mod config;
 mod error;
 mod filter;
 mod fixed_order;
+mod fused_adamw;
 mod mask;
 pub mod masking;
 mod optimizer;
@@ -67,6 +70,7 @@ pub use config::{
     GmtConfig, MaskScope, MaskStrategy, MaskTarget, NonFinitePolicy, Selection, SelectionEngine,
 };
 pub use error::GmtError;
+pub use fused_adamw::FusedAdamW;
 pub use optimizer::{GmtOptimizer, GmtRecord, GmtRecordItem, GmtState, StepFailure};
 pub use params::ParamInfo;
 pub use stats::{MaskStats, ParamMaskStats, StepReport};

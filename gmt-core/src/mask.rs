@@ -225,7 +225,7 @@ fn resolve_engine<B: Backend>(config: &GmtConfig, inputs: &[MaskInput<B>]) -> Se
 }
 
 /// Whether tensors of this backend already live in host memory, so reading them is cheap.
-fn is_host_backend<B: Backend>(device: &B::Device) -> bool {
+pub(crate) fn is_host_backend<B: Backend>(device: &B::Device) -> bool {
     let name = B::name(device).to_lowercase();
     ["ndarray", "flex", "cpu"]
         .iter()

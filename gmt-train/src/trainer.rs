@@ -6,11 +6,11 @@ use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
-use gmt_core::{GmtConfig, GmtOptimizer, GradientMean, MaskStats, StepReport};
+use gmt_core::{FusedAdamW, GmtConfig, GmtOptimizer, GradientMean, MaskStats, StepReport};
 use gmt_models::LlamaForCausalLm;
 use serde::{Deserialize, Serialize};
 
@@ -22,9 +22,11 @@ use crate::{
     ScheduleConfig, SingleReplica, StepTotals, TrainError, evaluate,
 };
 
-/// GMT around burn's AdamW, for a Llama-family model: the optimizer a [`Trainer`] steps.
+/// GMT around AdamW ([`FusedAdamW`]: burn's, bit for bit, fused on the CPU), for a
+/// Llama-family model: the optimizer a [`Trainer`] steps. Its records are those of GMT around
+/// burn's own AdamW.
 pub type GmtAdamW<B> =
-    GmtOptimizer<OptimizerAdaptor<AdamW, LlamaForCausalLm<B>, B>, LlamaForCausalLm<B>, B>;
+    GmtOptimizer<OptimizerAdaptor<FusedAdamW, LlamaForCausalLm<B>, B>, LlamaForCausalLm<B>, B>;
 
 /// How a run optimizes: the mask, the learning rate and AdamW's hyper-parameters, and the
 /// schedule's shape — the `[gmt]`, `[optim]` and `[schedule]` sections of `gmt train`'s config

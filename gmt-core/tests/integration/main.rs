@@ -2,4 +2,5 @@
 //! link burn's autodiff stack on its own).
 
 mod conformance;
+mod fused_adamw;
 mod optimizer;

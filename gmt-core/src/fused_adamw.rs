@@ -1,0 +1,162 @@
+//! [`FusedAdamW`]: burn's AdamW, bit for bit, in one pass per parameter on host memory.
+
+use burn::module::AutodiffModule;
+use burn::optim::SimpleOptimizer;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, LearningRate};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, Tensor, TensorData};
+use rayon::prelude::*;
+
+use crate::mask::is_host_backend;
+
+/// Entries per rayon task of the fused pass.
+const CHUNK: usize = 1 << 16;
+
+/// AdamW with decoupled weight decay (Loshchilov & Hutter), computing exactly what burn's
+/// [`AdamW`] computes — the same f32 operations in the same order, so the same bits — but, on
+/// backends whose tensors live in host memory (burn's Flex and ndarray), in one pass over each
+/// parameter, its gradient and its two moments instead of burn's dozen tensor operations,
+/// each a pass and most an allocation. On other backends (GPUs) it is burn's AdamW.
+///
+/// Its state is burn's [`AdamWState`], so optimizer records (checkpoints) of the one load into
+/// the other. AMSGrad and cautious weight decay are not offered.
+///
+/// ```
+/// use burn::backend::{Autodiff, NdArray};
+/// use burn::nn::{Linear, LinearConfig};
+/// use burn::optim::{GradientsParams, Optimizer};
+/// use burn::tensor::{Distribution, Tensor};
+/// use gmt_core::FusedAdamW;
+///
+/// type B = Autodiff<NdArray>;
+/// let device = Default::default();
+/// let model: Linear<B> = LinearConfig::new(8, 4).init(&device);
+/// let mut optim = FusedAdamW::new(0.9, 0.999, 1e-8, 0.01).init::<B, Linear<B>>();
+/// let x = Tensor::<B, 2>::random([16, 8], Distribution::Default, &device);
+/// let grads = GradientsParams::from_grads(model.forward(x).powi_scalar(2).mean().backward(), &model);
+/// let model = optim.step(1e-3, model, grads);
+/// # let _ = model;
+/// ```
+#[derive(Clone)]
+pub struct FusedAdamW {
+    beta_1: f32,
+    beta_2: f32,
+    epsilon: f32,
+    weight_decay: f32,
+    /// burn's own, for backends whose tensors are not in host memory.
+    reference: AdamW,
+}
+
+impl FusedAdamW {
+    /// AdamW with these hyper-parameters (the learning rate is given at each step).
+    pub fn new(beta_1: f32, beta_2: f32, epsilon: f32, weight_decay: f32) -> Self {
+        let reference = AdamWConfig::new()
+            .with_beta_1(beta_1)
+            .with_beta_2(beta_2)
+            .with_epsilon(epsilon)
+            .with_weight_decay(weight_decay)
+            .build();
+        Self {
+            beta_1,
+            beta_2,
+            epsilon,
+            weight_decay,
+            reference,
+        }
+    }
+
+    /// The optimizer for a module, as burn's `AdamWConfig::init` makes one.
+    pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(self) -> OptimizerAdaptor<Self, M, B> {
+        OptimizerAdaptor::from(self)
+    }
+}
+
+/// A tensor's values, moved out where the backend allows.
+fn host<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
+    tensor
+        .into_data()
+        .into_vec::<f32>()
+        .expect("checked: an f32 tensor")
+}
+
+impl<B: Backend> SimpleOptimizer<B> for FusedAdamW {
+    type State<const D: usize> = AdamWState<B, D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<B, D>,
+        grad: Tensor<B, D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<B, D>, Option<Self::State<D>>) {
+        let device = tensor.device();
+        if !is_host_backend::<B>(&device)
+            || tensor.dtype() != DType::F32
+            || grad.dtype() != DType::F32
+        {
+            return self.reference.step(lr, tensor, grad, state);
+        }
+        let shape = tensor.shape();
+        let n = shape.num_elements();
+        let (time, mut m, mut v) = match state {
+            Some(state) => {
+                let momentum = state.momentum;
+                let m = host(momentum.moment_1);
+                let v = host(momentum.moment_2);
+                (momentum.time + 1, m, v)
+            }
+            None => (1, vec![0.0; n], vec![0.0; n]),
+        };
+        let first = time == 1;
+        let mut p = host(tensor);
+        let g = host(grad);
+
+        // burn's AdamW, operation by operation (burn-optim 0.21 `adamw.rs`): scalars are f32,
+        // or f64 rounded to f32 where burn passes an f64 (the rate and the decay factor).
+        let (b1, b2, eps) = (self.beta_1, self.beta_2, self.epsilon);
+        let (f1, f2) = (1.0 - b1, 1.0 - b2);
+        let c1 = 1f32 - b1.powi(time as i32);
+        let c2 = 1f32 - b2.powi(time as i32);
+        let decay_rate = lr * self.weight_decay as f64;
+        let decay = (decay_rate != 0.0).then_some((1.0 - decay_rate) as f32);
+        let lr = lr as f32;
+        p.par_chunks_mut(CHUNK)
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|(((p, m), v), g)| {
+                for i in 0..p.len() {
+                    let gi = g[i];
+                    let (mi, vi) = if first {
+                        (gi * f1, (gi * gi) * f2)
+                    } else {
+                        (m[i] * b1 + gi * f1, v[i] * b2 + (gi * gi) * f2)
+                    };
+                    m[i] = mi;
+                    v[i] = vi;
+                    let delta = (mi / c1) / ((vi / c2).sqrt() + eps);
+                    let decayed = match decay {
+                        Some(d) => p[i] * d,
+                        None => p[i],
+                    };
+                    p[i] = decayed - delta * lr;
+                }
+            });
+        let tensor =
+            |values: Vec<f32>| Tensor::from_data(TensorData::new(values, shape.clone()), &device);
+        let state = AdamWState {
+            momentum: AdaptiveMomentumState {
+                time,
+                moment_1: tensor(m),
+                moment_2: tensor(v),
+                max_moment_2: None,
+            },
+        };
+        (tensor(p), Some(state))
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &B::Device) -> Self::State<D> {
+        <AdamW as SimpleOptimizer<B>>::to_device(state, device)
+    }
+}
