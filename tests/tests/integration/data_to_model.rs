@@ -7,34 +7,16 @@ use gmt_data::{
     BatchConfig, Batches, ChatTemplate, DataSource, DataStream, Encoder, FieldMapping,
     RecordFormat, StreamConfig, Truncation,
 };
-use gmt_models::{Architecture, LlamaConfig, LlamaForCausalLm, WeightMap};
+use gmt_models::{LlamaForCausalLm, WeightMap};
 use gmt_train::{CausalLm, OptimConfig, ScheduleConfig, ScheduleKind, Trainer, TrainerConfig};
 use tokenizers::Tokenizer;
+
+use crate::small_llama_config;
 
 type B = Autodiff<NdArray>;
 
 fn small_llama(vocab: usize) -> LlamaForCausalLm<B> {
-    let config = LlamaConfig {
-        architecture: Architecture::Llama,
-        vocab_size: vocab,
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_hidden_layers: 1,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 8,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: None,
-        max_position_embeddings: 512,
-        tie_word_embeddings: true,
-        attention_bias: false,
-        mlp_bias: false,
-        sliding_window: None,
-        bos_token_id: Some(1),
-        eos_token_ids: vec![2],
-        pad_token_id: Some(2),
-    };
+    let config = small_llama_config(vocab);
     LlamaForCausalLm::from_weights(&config, WeightMap::random(0), &Default::default()).unwrap()
 }
 

@@ -6,7 +6,9 @@
 
 use burn::backend::{Autodiff, Flex};
 use gmt_core::{GmtConfig, MaskScope};
-use gmt_models::{Architecture, LlamaConfig, LlamaForCausalLm, TokenBatch, WeightMap};
+use gmt_models::{LlamaConfig, LlamaForCausalLm, TokenBatch, WeightMap};
+
+use crate::small_llama_config;
 use gmt_train::{CausalLm, OptimConfig, ScheduleConfig, ScheduleKind, Trainer, TrainerConfig};
 
 type B = Autodiff<Flex>;
@@ -15,25 +17,12 @@ const VOCAB: usize = 40_000;
 
 fn config() -> LlamaConfig {
     LlamaConfig {
-        architecture: Architecture::Llama,
-        vocab_size: VOCAB,
         hidden_size: 128,
         intermediate_size: 384,
         num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
         head_dim: 32,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: None,
-        max_position_embeddings: 256,
         tie_word_embeddings: false,
-        attention_bias: false,
-        mlp_bias: false,
-        sliding_window: None,
-        bos_token_id: Some(1),
-        eos_token_ids: vec![2],
-        pad_token_id: Some(2),
+        ..small_llama_config(VOCAB)
     }
 }
 
