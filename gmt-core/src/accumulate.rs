@@ -4,7 +4,7 @@ use core::marker::PhantomData;
 
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::{FloatDType, Tensor, backend::AutodiffBackend};
+use burn::tensor::{DType, FloatDType, Tensor, backend::AutodiffBackend};
 
 use crate::GmtError;
 
@@ -12,7 +12,8 @@ use crate::GmtError;
 ///
 /// burn's `GradientsAccumulator` sums; masking a sum instead of a mean would not change which
 /// entries are kept, but AdamW's ε and any clipping would see a gradient N times too large.
-/// This helper makes the mean explicit:
+/// This helper makes the mean explicit (in fp32, whatever the gradients' format, except for
+/// bf16 weights, whose Γ is bf16: README "Precision modes"):
 /// - [`add`](Self::add): every micro-batch weighs the same, Γ = (1/N) Σ gᵢ.
 /// - [`add_weighted`](Self::add_weighted): Γ = Σ wᵢ gᵢ / Σ wᵢ. With wᵢ = the number of counted
 ///   (label ≠ -100) tokens of a micro-batch whose loss is its own token mean, Γ is the gradient
@@ -181,8 +182,13 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for AddWeighted<'_, B> {
         let Some(new) = self.new.remove::<B::InnerBackend, D>(param.id) else {
             return;
         };
-        // Γ accumulates in fp32 whatever the gradients' format (a no-op for fp32 ones).
-        let mut new = new.cast(FloatDType::F32);
+        // Γ accumulates in fp32 whatever the gradients' format (a no-op for fp32 ones), but
+        // in bf16 for bf16 weights: pure bf16 runs keep every per-parameter tensor in bf16.
+        let format = match param.val().dtype() {
+            DType::BF16 => FloatDType::BF16,
+            _ => FloatDType::F32,
+        };
+        let mut new = new.cast(format);
         if self.weight != 1.0 {
             new = new.mul_scalar(self.weight);
         }

@@ -1,14 +1,16 @@
-//! [`FusedAdamW`]: burn's AdamW, bit for bit, in one pass per parameter on host memory.
+//! [`FusedAdamW`]: burn's AdamW, bit for bit, in one pass per parameter on host memory; and
+//! for bf16 weights, the same update applied with Kahan compensation.
 
 use burn::module::AutodiffModule;
 use burn::optim::SimpleOptimizer;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, LearningRate};
+use burn::record::Record;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 use rayon::prelude::*;
 
-use crate::mask::is_host_backend;
+use crate::mask::{host_values, is_host_backend};
 
 /// Entries per rayon task of the fused pass.
 const CHUNK: usize = 1 << 16;
@@ -19,8 +21,17 @@ const CHUNK: usize = 1 << 16;
 /// parameter, its gradient and its two moments instead of burn's dozen tensor operations,
 /// each a pass and most an allocation. On other backends (GPUs) it is burn's AdamW.
 ///
-/// Its state is burn's [`AdamWState`], so optimizer records (checkpoints) of the one load into
-/// the other. AMSGrad and cautious weight decay are not offered.
+/// Its state ([`FusedAdamWState`]) is burn's [`AdamWState`] plus the compensation term of
+/// bf16 weights; its records are its own (checkpoints written with burn's AdamW, or with
+/// gmt before bf16 training, do not load into it). AMSGrad and cautious weight decay are not
+/// offered.
+///
+/// **bf16 weights** (README "Precision modes", `bf16`): the step computes in f32 what it
+/// computes for f32 weights, from the bf16 weights, Γ and moments widened; the moments are
+/// stored back in bf16, and the weight update with Kahan compensation: the part of each
+/// update that rounding to bf16 loses is kept (in bf16) and added to the next update, so
+/// updates far below a weight's bf16 resolution still add up instead of vanishing. This
+/// runs as tensor operations on every backend with bf16 arithmetic.
 ///
 /// ```
 /// use burn::backend::{Autodiff, NdArray};
@@ -72,31 +83,111 @@ impl FusedAdamW {
     }
 }
 
-/// A tensor's values, moved out where the backend allows.
-fn host<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
-    tensor
-        .into_data()
-        .into_vec::<f32>()
-        .expect("checked: an f32 tensor")
+/// The state [`FusedAdamW`] keeps per parameter.
+#[derive(Record, Clone)]
+pub struct FusedAdamWState<B: Backend, const D: usize> {
+    /// The moments and step count, as burn's AdamW keeps them (in the weights' format).
+    pub momentum: AdaptiveMomentumState<B, D>,
+    /// bf16 weights only: what rounding the updates to bf16 has lost so far (Kahan's
+    /// compensation), in bf16. `None` for f32 weights.
+    pub compensation: Option<Tensor<B, D>>,
 }
 
-impl<B: Backend> SimpleOptimizer<B> for FusedAdamW {
-    type State<const D: usize> = AdamWState<B, D>;
+impl<B: Backend, const D: usize> FusedAdamWState<B, D> {
+    fn from_adamw(state: AdamWState<B, D>) -> Self {
+        Self {
+            momentum: state.momentum,
+            compensation: None,
+        }
+    }
 
-    fn step<const D: usize>(
+    fn into_adamw(self) -> AdamWState<B, D> {
+        AdamWState {
+            momentum: self.momentum,
+        }
+    }
+}
+
+/// A tensor's values, moved out where the backend allows.
+fn host<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
+    let n = tensor.shape().num_elements();
+    host_values(tensor.reshape([n]))
+}
+
+impl FusedAdamW {
+    /// The f32 step: fused on host backends, burn's AdamW elsewhere.
+    fn step_f32<B: Backend, const D: usize>(
         &self,
         lr: LearningRate,
         tensor: Tensor<B, D>,
         grad: Tensor<B, D>,
-        state: Option<Self::State<D>>,
-    ) -> (Tensor<B, D>, Option<Self::State<D>>) {
+        state: Option<AdamWState<B, D>>,
+    ) -> (Tensor<B, D>, AdamWState<B, D>) {
         let device = tensor.device();
-        if !is_host_backend::<B>(&device)
-            || tensor.dtype() != DType::F32
-            || grad.dtype() != DType::F32
-        {
-            return self.reference.step(lr, tensor, grad, state);
+        let (tensor, state) = if is_host_backend::<B>(&device) && grad.dtype() == DType::F32 {
+            self.fused(lr, tensor, grad, state)
+        } else {
+            self.reference
+                .step(lr, tensor, grad.cast(FloatDType::F32), state)
+        };
+        (tensor, state.expect("AdamW always returns its state"))
+    }
+
+    /// bf16 weights: the f32 step on widened values, stored back with Kahan compensation.
+    fn step_bf16<B: Backend, const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<B, D>,
+        grad: Tensor<B, D>,
+        state: Option<FusedAdamWState<B, D>>,
+    ) -> (Tensor<B, D>, FusedAdamWState<B, D>) {
+        let f32 = FloatDType::F32;
+        let (adamw, compensation) = match state {
+            Some(FusedAdamWState {
+                momentum,
+                compensation,
+            }) => {
+                let momentum = AdaptiveMomentumState {
+                    time: momentum.time,
+                    moment_1: momentum.moment_1.cast(f32),
+                    moment_2: momentum.moment_2.cast(f32),
+                    max_moment_2: None,
+                };
+                (Some(AdamWState { momentum }), compensation)
+            }
+            None => (None, None),
+        };
+        let weight = tensor.cast(f32);
+        let (updated, adamw) = self.step_f32(lr, weight.clone(), grad.cast(f32), adamw);
+        let mut update = updated - weight.clone();
+        if let Some(compensation) = compensation {
+            update = update + compensation.cast(f32);
         }
+        let stored = (weight.clone() + update.clone()).cast(FloatDType::BF16);
+        // What the bf16 weight did not take of this update (and of the earlier ones).
+        let lost = update - (stored.clone().cast(f32) - weight);
+        let momentum = adamw.momentum;
+        let state = FusedAdamWState {
+            momentum: AdaptiveMomentumState {
+                time: momentum.time,
+                moment_1: momentum.moment_1.cast(FloatDType::BF16),
+                moment_2: momentum.moment_2.cast(FloatDType::BF16),
+                max_moment_2: None,
+            },
+            compensation: Some(lost.cast(FloatDType::BF16)),
+        };
+        (stored, state)
+    }
+
+    /// burn's AdamW in one pass over host memory (f32 weights and gradient).
+    fn fused<B: Backend, const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<B, D>,
+        grad: Tensor<B, D>,
+        state: Option<AdamWState<B, D>>,
+    ) -> (Tensor<B, D>, Option<AdamWState<B, D>>) {
+        let device = tensor.device();
         let shape = tensor.shape();
         let n = shape.num_elements();
         let (time, mut m, mut v) = match state {
@@ -155,8 +246,41 @@ impl<B: Backend> SimpleOptimizer<B> for FusedAdamW {
         };
         (tensor(p), Some(state))
     }
+}
+
+impl<B: Backend> SimpleOptimizer<B> for FusedAdamW {
+    type State<const D: usize> = FusedAdamWState<B, D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<B, D>,
+        grad: Tensor<B, D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<B, D>, Option<Self::State<D>>) {
+        match tensor.dtype() {
+            DType::BF16 => {
+                let (tensor, state) = self.step_bf16(lr, tensor, grad, state);
+                (tensor, Some(state))
+            }
+            DType::F32 => {
+                let state = state.map(FusedAdamWState::into_adamw);
+                let (tensor, state) = self.step_f32(lr, tensor, grad, state);
+                (tensor, Some(FusedAdamWState::from_adamw(state)))
+            }
+            // Other formats (f16 on WGPU): burn's AdamW in that format.
+            _ => {
+                let state = state.map(FusedAdamWState::into_adamw);
+                let (tensor, state) = self.reference.step(lr, tensor, grad, state);
+                (tensor, state.map(FusedAdamWState::from_adamw))
+            }
+        }
+    }
 
     fn to_device<const D: usize>(state: Self::State<D>, device: &B::Device) -> Self::State<D> {
-        <AdamW as SimpleOptimizer<B>>::to_device(state, device)
+        FusedAdamWState {
+            momentum: state.momentum.to_device(device),
+            compensation: state.compensation.map(|c| c.to_device(device)),
+        }
     }
 }

@@ -70,7 +70,7 @@ pub use config::{
     GmtConfig, MaskScope, MaskStrategy, MaskTarget, NonFinitePolicy, Selection, SelectionEngine,
 };
 pub use error::GmtError;
-pub use fused_adamw::FusedAdamW;
+pub use fused_adamw::{FusedAdamW, FusedAdamWState};
 pub use optimizer::{GmtOptimizer, GmtRecord, GmtRecordItem, GmtState, StepFailure};
 pub use params::ParamInfo;
 pub use stats::{MaskStats, ParamMaskStats, StepReport};

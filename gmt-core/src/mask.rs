@@ -1,6 +1,6 @@
 //! Masking one optimizer step's gradients: which entries of Γ reach the optimizer.
 
-use burn::tensor::{Bool, DType, Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{Bool, DType, FloatDType, Int, Tensor, TensorData, backend::Backend};
 use rand::Rng;
 use rayon::prelude::*;
 
@@ -149,7 +149,7 @@ fn decide_rules<B: Backend>(
     let abs = |group: &[usize]| -> Vec<Tensor<B, 1>> {
         group
             .iter()
-            .map(|&i| inputs[i].grad.clone().abs())
+            .map(|&i| widened(&inputs[i].grad).abs())
             .collect()
     };
     match (config.strategy, config.selection) {
@@ -232,8 +232,14 @@ pub(crate) fn is_host_backend<B: Backend>(device: &B::Device) -> bool {
         .any(|cpu| name.contains(cpu))
 }
 
+/// Γ in fp32, the format every threshold, count and norm is computed in: a bf16 Γ (of bf16
+/// weights) widened, which is exact; an fp32 one as it is, without a copy.
+pub(crate) fn widened<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Tensor<B, D> {
+    tensor.clone().cast(FloatDType::F32)
+}
+
 /// Γ as host `f32`s. On ndarray a tensor held only here converts without a copy.
-fn host_values<B: Backend>(tensor: Tensor<B, 1>) -> Vec<f32> {
+pub(crate) fn host_values<B: Backend>(tensor: Tensor<B, 1>) -> Vec<f32> {
     let data = tensor.into_data();
     if data.dtype == DType::F32 {
         data.into_vec::<f32>().expect("dtype checked")
@@ -267,7 +273,7 @@ enum Norms<B: Backend> {
 
 impl<B: Backend> Masked<B> {
     fn unchanged(grad: Tensor<B, 1>) -> Self {
-        let total = fixed_order_sum(grad.clone().square());
+        let total = fixed_order_sum(widened(&grad).square());
         Self {
             grad,
             drop: None,
@@ -286,18 +292,21 @@ fn mask_group_on_host<B: Backend>(
     with_drops: bool,
 ) -> Vec<Masked<B>> {
     let device = members[0].device();
+    let dtypes: Vec<FloatDType> = members.iter().map(|m| m.dtype().into()).collect();
     let mut data: Vec<Vec<f32>> = members.into_par_iter().map(host_values).collect();
     let rule = rule.unwrap_or_else(|| {
         let slices: Vec<&[f32]> = data.iter().map(Vec::as_slice).collect();
         Rule::Threshold(kth_largest_abs(&slices, keep))
     });
-    apply_on_host::<B>(&mut data, &rule, with_drops, &device)
+    apply_on_host::<B>(&mut data, &dtypes, &rule, with_drops, &device)
 }
 
 /// Masks host copies in place, counting kept entries and norms in the same pass; members
-/// in parallel.
+/// in parallel. Each masked member goes back to the device in its own format (`dtypes`):
+/// masking only zeroes entries, so a widened bf16 Γ narrows back exactly.
 fn apply_on_host<B: Backend>(
     data: &mut [Vec<f32>],
+    dtypes: &[FloatDType],
     rule: &Rule,
     with_drops: bool,
     device: &B::Device,
@@ -312,7 +321,8 @@ fn apply_on_host<B: Backend>(
         .collect();
     data.par_iter_mut()
         .zip(offsets)
-        .map(|(values, offset)| {
+        .zip(dtypes)
+        .map(|((values, offset), &dtype)| {
             let len = values.len();
             let (mut kept, mut total, mut kept_sq) = (0usize, 0f64, 0f64);
             let mut drop = with_drops.then(|| Vec::with_capacity(len));
@@ -334,7 +344,11 @@ fn apply_on_host<B: Backend>(
                 }
             }
             Masked {
-                grad: Tensor::from_data(TensorData::new(std::mem::take(values), [len]), device),
+                grad: Tensor::<B, 1>::from_data(
+                    TensorData::new(std::mem::take(values), [len]),
+                    device,
+                )
+                .cast(dtype),
                 drop: drop.map(|d| Tensor::from_data(TensorData::new(d, [len]), device)),
                 threshold: threshold_of(rule),
                 norms: Norms::Host {
@@ -355,7 +369,7 @@ fn apply_on_device<B: Backend>(members: Vec<Tensor<B, 1>>, rule: &Rule) -> Vec<M
         .map(|grad| {
             let len = grad.dims()[0];
             let drop = match rule {
-                Rule::Threshold(t) => grad.clone().abs().lower_elem(*t),
+                Rule::Threshold(t) => widened(&grad).abs().lower_elem(*t),
                 Rule::Chosen(chosen) => {
                     let part: Vec<bool> = chosen[offset..offset + len].iter().map(|c| !c).collect();
                     Tensor::from_data(TensorData::new(part, [len]), &grad.device())
@@ -364,7 +378,7 @@ fn apply_on_device<B: Backend>(members: Vec<Tensor<B, 1>>, rule: &Rule) -> Vec<M
             offset += len;
             Masked {
                 norms: Norms::Device {
-                    total: fixed_order_sum(grad.clone().square()),
+                    total: fixed_order_sum(widened(&grad).square()),
                 },
                 grad: grad.mask_fill(drop.clone(), 0.0),
                 drop: Some(drop),
@@ -391,7 +405,7 @@ fn collect_stats<B: Backend>(paths: &[String], flags: &[bool], outputs: &[Masked
         if let Norms::Device { total } = &out.norms {
             totals.push(total.clone());
             if let Some(drop) = &out.drop {
-                kept_sqs.push(fixed_order_sum(out.grad.clone().square()));
+                kept_sqs.push(fixed_order_sum(widened(&out.grad).square()));
                 dropped.push(drop.clone().int().sum());
             }
         }

@@ -8,13 +8,13 @@ use burn::optim::LearningRate;
 use burn::optim::{GradientsParams, MultiGradientsParams, Optimizer};
 use burn::record::{PrecisionSettings, Record};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Bool, FloatDType, Tensor};
+use burn::tensor::{Bool, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::filter::ParamFilter;
-use crate::mask::{MaskInput, mask_gradients};
+use crate::mask::{MaskInput, mask_gradients, widened};
 use crate::params::{ParamInfo, list_params};
 use crate::{GmtConfig, GmtError, MaskTarget, NonFinitePolicy, StepReport};
 
@@ -439,9 +439,9 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for TakeGradients<'_, B> {
         self.entries.push(TakenGradient {
             id: param.id,
             param: index,
-            // Γ is masked in fp32 whatever format the backward pass produced (README "GMT,
-            // precisely"): thresholds and ties must not depend on bf16 rounding.
-            grad: grad.cast(FloatDType::F32).flatten::<1>(0, D - 1),
+            // Γ stays in its format (fp32, or bf16 for bf16 weights): the mask widens it to
+            // fp32 one tensor at a time where it computes (README "GMT, precisely").
+            grad: grad.flatten::<1>(0, D - 1),
             value,
         });
     }
@@ -454,7 +454,7 @@ fn first_non_finite<B: Backend>(entries: &[TakenGradient<B>]) -> Option<usize> {
     }
     // A sum is finite whenever every term is, so one reduction per tensor screens them all;
     // a non-finite sum is then confirmed entry-wise, since finite values can overflow a sum.
-    let sums = entries.iter().map(|e| e.grad.clone().sum()).collect();
+    let sums = entries.iter().map(|e| widened(&e.grad).sum()).collect();
     let sums: Vec<f32> = Tensor::cat(sums, 0).into_data().iter::<f32>().collect();
     sums.iter().enumerate().find_map(|(i, s)| {
         let bad = !s.is_finite() && count_non_finite(&entries[i].grad) > 0;
@@ -463,7 +463,7 @@ fn first_non_finite<B: Backend>(entries: &[TakenGradient<B>]) -> Option<usize> {
 }
 
 fn count_non_finite<B: Backend>(grad: &Tensor<B, 1>) -> i64 {
-    let count = grad.clone().is_finite().bool_not().int().sum();
+    let count = widened(grad).is_finite().bool_not().int().sum();
     count.into_data().iter::<i64>().next().unwrap_or(0)
 }
 

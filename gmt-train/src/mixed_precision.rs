@@ -9,6 +9,10 @@
 //! last micro-batch's backward pass, before its gradients are widened into Γ. Norms,
 //! softmaxes and the loss compute in fp32 inside the model (gmt-models follows Transformers'
 //! upcasts).
+//!
+//! `bf16` training has no copy: the weights themselves are bf16 ([`trained_weights`]), and
+//! so are Γ and AdamW's state ([`gmt_core::FusedAdamW`] applies the update with Kahan
+//! compensation).
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -17,15 +21,27 @@ use gmt_models::LlamaForCausalLm;
 
 use crate::memory::Precision;
 
-/// The model a step of `precision` runs forward and backward: `None` for fp32 (the master
-/// itself), else its working copy in that precision's format.
+/// The model a step of `precision` runs forward and backward: its working copy in
+/// `bf16-mixed`; `None` in `fp32` and `bf16`, whose steps run on the weights themselves.
 pub(crate) fn working_copy<B: AutodiffBackend>(
     master: &LlamaForCausalLm<B>,
     precision: Precision,
 ) -> Option<LlamaForCausalLm<B>> {
-    match precision.forward_dtype() {
-        FloatDType::F32 => None,
-        dtype => Some(master.clone().map(&mut WorkingCopy(dtype))),
+    match precision {
+        Precision::Fp32 | Precision::Bf16 => None,
+        Precision::Bf16Mixed => Some(master.clone().map(&mut WorkingCopy(FloatDType::BF16))),
+    }
+}
+
+/// The weights a run of `precision` optimizes: `model` itself, or in `bf16` the same
+/// parameters (same ids) stored in bf16.
+pub(crate) fn trained_weights<B: AutodiffBackend>(
+    model: LlamaForCausalLm<B>,
+    precision: Precision,
+) -> LlamaForCausalLm<B> {
+    match precision {
+        Precision::Fp32 | Precision::Bf16Mixed => model,
+        Precision::Bf16 => model.map(&mut WorkingCopy(FloatDType::BF16)),
     }
 }
 

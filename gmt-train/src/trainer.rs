@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{MODEL_FILE, OPTIMIZER_FILE, TRAINER_FILE, write_checkpoint};
 use crate::memory::Precision;
-use crate::mixed_precision::{forward_format, working_copy};
+use crate::mixed_precision::{forward_format, trained_weights, working_copy};
 use crate::{
     Checkpoint, GradientAllReduce, LossReport, LrSchedule, Objective, OptimConfig, ReplicaStep,
     ScheduleConfig, SingleReplica, StepTotals, TrainError, evaluate,
@@ -158,15 +158,21 @@ impl<B: AutodiffBackend, O: Objective> Trainer<B, O> {
         })
     }
 
-    /// Runs each step's forward and backward passes in `precision`'s format (fp32 by
-    /// default). `bf16-mixed`: on a bf16 working copy of the fp32 master weights, made once
-    /// per step; Γ, the mask, clipping, AdamW's moments and the weights it updates stay fp32
-    /// (README "GMT, precisely"), so checkpoints hold fp32 weights in every mode. An error if
-    /// the model's backend cannot compute in that format (burn-ndarray and WGPU have no
-    /// bf16), or for `bf16`, not implemented yet.
+    /// Trains in `precision` (fp32 by default; README "Precision modes"). `bf16-mixed`: each
+    /// step's forward and backward passes run on a bf16 working copy of the fp32 master
+    /// weights, made once per step; Γ, the mask, clipping, AdamW's moments and the weights
+    /// it updates stay fp32. `bf16`: the weights themselves become bf16 (exactly, if they
+    /// were bf16 values, as a resumed `bf16` run's are), and so are Γ and AdamW's moments;
+    /// the update is applied with Kahan compensation ([`FusedAdamW`]). An error if the
+    /// model's backend cannot compute in bf16 (burn-ndarray and WGPU cannot).
     pub fn with_precision(mut self, precision: Precision) -> Result<Self, TrainError> {
         precision.check_backend::<B>(&self.model().devices()[0])?;
         self.precision = precision;
+        let model = self
+            .model
+            .take()
+            .expect("the trainer holds its model between steps");
+        self.model = Some(trained_weights(model, precision));
         Ok(self)
     }
 

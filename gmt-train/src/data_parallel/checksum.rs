@@ -2,7 +2,7 @@
 
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor};
+use burn::tensor::{ElementConversion, FloatDType, Tensor};
 use gmt_core::masking::fixed_order_sum;
 use gmt_models::LlamaForCausalLm;
 
@@ -43,7 +43,7 @@ struct Sums<B: Backend> {
 
 impl<B: Backend> ModuleVisitor<B> for Sums<B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let w = param.val().reshape([-1]);
+        let w = param.val().reshape([-1]).cast(FloatDType::F32);
         self.sum = self.sum.clone() + fixed_order_sum(w.clone());
         self.sum_of_squares = self.sum_of_squares.clone() + fixed_order_sum(w.clone() * w);
     }

@@ -12,7 +12,7 @@ use std::time::Instant;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{FloatDType, Tensor, TensorData};
 use gmt_models::LlamaForCausalLm;
 use mpi::Count;
 use mpi::collective::SystemOperation;
@@ -245,6 +245,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for SumOverProcesses {
             .remove::<B::InnerBackend, D>(param.id)
             .unwrap_or_else(|| Tensor::zeros(param.shape(), &param.device()));
         let (device, shape) = (local.device(), local.shape());
+        let local_dtype: FloatDType = local.dtype().into();
         let values: Vec<f32> = local
             .into_data()
             .convert::<f32>()
@@ -255,7 +256,9 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for SumOverProcesses {
             world().all_reduce_into(mine, all, SystemOperation::sum());
         }
         self.bytes += (values.len() * size_of::<f32>()) as u64;
-        let sum = Tensor::<B::InnerBackend, D>::from_data(TensorData::new(sum, shape), &device);
+        // Back in the gradient's format (bf16 for bf16 weights): the sum is taken in f32.
+        let sum = Tensor::<B::InnerBackend, D>::from_data(TensorData::new(sum, shape), &device)
+            .cast(local_dtype);
         self.grads.register(param.id, sum);
     }
 }

@@ -109,13 +109,12 @@ impl Precision {
 
 impl Precision {
     /// Whether gmt trains in this precision on a backend with (`bf16_arithmetic`) or without
-    /// bf16 arithmetic: fp32 everywhere, `bf16-mixed` where the backend has bf16, `bf16`
-    /// nowhere yet. [`check_backend`](Self::check_backend) asks the backend itself.
+    /// bf16 arithmetic: fp32 everywhere, both bf16 modes where the backend has bf16.
+    /// [`check_backend`](Self::check_backend) asks the backend itself.
     pub fn trains_with(self, bf16_arithmetic: bool) -> bool {
         match self {
             Self::Fp32 => true,
-            Self::Bf16Mixed => bf16_arithmetic,
-            Self::Bf16 => false,
+            Self::Bf16Mixed | Self::Bf16 => bf16_arithmetic,
         }
     }
 
@@ -128,8 +127,8 @@ impl Precision {
     }
 
     /// Whether a run in this precision can train on backend `B` at `device`: fp32 always;
-    /// `bf16-mixed` where the backend computes in bf16 (CUDA, burn's Flex CPU backend — not
-    /// burn-ndarray nor WGPU); `bf16` nowhere yet. The error says what can.
+    /// `bf16-mixed` and `bf16` where the backend computes in bf16 (CUDA, burn's Flex CPU
+    /// backend — not burn-ndarray nor WGPU). The error says what can.
     ///
     /// ```
     /// use burn::backend::NdArray;
@@ -145,16 +144,13 @@ impl Precision {
             backend: B::name(device),
             reason: reason.to_string(),
         };
-        match self {
-            _ if self.trains_with(B::supports_dtype(device, DType::BF16)) => Ok(()),
-            Self::Fp32 | Self::Bf16Mixed => Err(unsupported(
+        if self.trains_with(B::supports_dtype(device, DType::BF16)) {
+            Ok(())
+        } else {
+            Err(unsupported(
                 "it has no bf16 arithmetic (bf16 trains on CUDA and on burn's Flex CPU \
                  backend; fp32 trains everywhere)",
-            )),
-            Self::Bf16 => Err(unsupported(
-                "pure bf16 training (bf16 moments with a compensated update) is not \
-                 implemented yet; bf16-mixed and fp32 are",
-            )),
+            ))
         }
     }
 }

@@ -1,5 +1,6 @@
-//! `bf16-mixed` on burn's Flex CPU backend (the CPU backend with bf16 arithmetic): the
-//! forward and backward passes in bf16, Γ and the mask in fp32, fp32 master weights.
+//! The bf16 modes on burn's Flex CPU backend (the CPU backend with bf16 arithmetic).
+//! `bf16-mixed`: the forward and backward passes in bf16, Γ and the mask in fp32, fp32 master
+//! weights. `bf16`: weights, Γ and AdamW's state in bf16, the mask computed on Γ widened.
 
 use std::sync::{Arc, Mutex};
 
@@ -116,11 +117,13 @@ fn precisions_a_backend_cannot_compute_are_refused_by_name() {
         "{message}"
     );
 
-    let trainer = Trainer::new(tiny_llama::<F>(), CausalLm, &config(), 2).unwrap();
-    let Err(e) = trainer.with_precision(Precision::Bf16) else {
-        panic!("pure bf16 is not implemented")
+    let on_ndarray = Trainer::new(tiny_llama::<Autodiff<NdArray>>(), CausalLm, &config(), 2)
+        .unwrap()
+        .with_precision(Precision::Bf16);
+    let Err(e) = on_ndarray else {
+        panic!("burn-ndarray has no bf16")
     };
-    assert!(e.to_string().contains("not implemented"), "{e}");
+    assert!(e.to_string().contains("no bf16 arithmetic"), "{e}");
 }
 
 /// Two micro-batches: Γ's sum reaches the all-reduce seam in fp32, equal to the fp32 sum of
@@ -215,10 +218,10 @@ fn bf16_mixed_masks_fp32_gamma_of_bf16_gradients() {
     }
 }
 
-/// Six steps of the same run in fp32 and in bf16-mixed: the bf16-mixed losses follow the
-/// fp32 ones within bf16's rounding, both fall, and evaluation reads the bf16 copy.
+/// Six steps of the same run in fp32 and in each bf16 mode: the bf16 losses follow the fp32
+/// ones within bf16's rounding, all fall, and evaluation reads bf16 weights.
 #[test]
-fn bf16_mixed_follows_the_fp32_run() {
+fn the_bf16_modes_follow_the_fp32_run() {
     let run = |precision| {
         let mut trainer = Trainer::new(tiny_llama::<F>(), CausalLm, &config(), 6)
             .unwrap()
@@ -231,12 +234,102 @@ fn bf16_mixed_follows_the_fp32_run() {
         (losses, eval)
     };
     let (fp32, fp32_eval) = run(Precision::Fp32);
-    let (mixed, mixed_eval) = run(Precision::Bf16Mixed);
-    eprintln!("fp32 {fp32:?} eval {fp32_eval}\nbf16-mixed {mixed:?} eval {mixed_eval}");
-    for (a, b) in fp32.iter().zip(&mixed) {
-        assert!((a - b).abs() / a < 0.01, "fp32 {a} vs bf16-mixed {b}");
+    assert!(fp32[5] < fp32[0]);
+    for precision in [Precision::Bf16Mixed, Precision::Bf16] {
+        let (losses, eval) = run(precision);
+        eprintln!("fp32 {fp32:?} eval {fp32_eval}\n{precision} {losses:?} eval {eval}");
+        for (a, b) in fp32.iter().zip(&losses) {
+            assert!((a - b).abs() / a < 0.01, "fp32 {a} vs {precision} {b}");
+        }
+        assert_ne!(fp32, losses, "the forward pass really ran in bf16");
+        assert!(losses[5] < losses[0]);
+        assert!((fp32_eval - eval).abs() / fp32_eval < 0.01);
     }
-    assert_ne!(fp32, mixed, "the forward pass really ran in bf16");
-    assert!(mixed[5] < mixed[0] && fp32[5] < fp32[0]);
-    assert!((fp32_eval - mixed_eval).abs() / fp32_eval < 0.01);
+}
+
+/// Pure bf16, two micro-batches: the weights are bf16, and so is Γ's sum at the all-reduce
+/// seam (each gradient weighted and added in bf16); the mask's thresholds and kept counts
+/// are those of Γ widened to fp32 under the README's definition; the weights stay bf16.
+#[test]
+fn bf16_keeps_gamma_in_bf16_and_masks_it_widened() {
+    let config = TrainerConfig {
+        gmt: GmtConfig::new(0.3).with_max_grad_norm(None),
+        ..config()
+    };
+    let sums = Arc::new(Mutex::new(Vec::new()));
+    let mut trainer = Trainer::new(tiny_llama::<F>(), CausalLm, &config, 4)
+        .unwrap()
+        .with_precision(Precision::Bf16)
+        .unwrap()
+        .with_all_reduce(Capture { sums: sums.clone() });
+    for (dtype, _) in collect::<F>(trainer.model()) {
+        assert_eq!(dtype, DType::BF16, "the weights themselves are bf16");
+    }
+    let step = trainer.step([batch(0), batch(1)]).unwrap();
+    let sums = sums.lock().unwrap().clone();
+    let stats = step.mask.stats().expect("a masked step").clone();
+    assert_eq!(stats.params.len(), sums.len());
+    for (p, (dtype, sum)) in stats.params.iter().zip(&sums) {
+        assert_eq!(*dtype, DType::BF16, "{}: Γ accumulates in bf16", p.path);
+        // Γ = sum / weight, divided in bf16 as GradientMean does, then widened.
+        let gamma: Vec<f32> = Tensor::<Flex, 1>::from_floats(sum.as_slice(), &Default::default())
+            .cast(FloatDType::BF16)
+            .div_scalar(step.totals.weight)
+            .cast(FloatDType::F32)
+            .into_data()
+            .to_vec()
+            .unwrap();
+        let n = gamma.len();
+        let m = (0.3 * n as f64).floor() as usize;
+        let mut mags: Vec<f32> = gamma.iter().map(|g| g.abs()).collect();
+        mags.sort_by(|a, b| b.total_cmp(a));
+        let threshold = mags[n - m - 1];
+        let kept = gamma.iter().filter(|g| g.abs() >= threshold).count();
+        assert_eq!(p.kept, kept, "{}: kept", p.path);
+        assert_eq!(p.threshold, Some(threshold), "{}: threshold", p.path);
+    }
+    for (dtype, _) in collect::<F>(trainer.model()) {
+        assert_eq!(dtype, DType::BF16, "the weights stay bf16");
+    }
+}
+
+/// Pure bf16 with GMT: 2 steps, a checkpoint, a resumed trainer and 2 more steps end at the
+/// uninterrupted run's weights to the bit: the bf16 weights, moments and Kahan compensation
+/// all come back from the checkpoint.
+#[test]
+fn bf16_resumes_bit_for_bit() {
+    let trainer = || {
+        Trainer::new(tiny_llama::<F>(), CausalLm, &config(), 4)
+            .unwrap()
+            .with_precision(Precision::Bf16)
+            .unwrap()
+    };
+    let mut straight = trainer();
+    for s in 0..4 {
+        straight.step([batch(s)]).unwrap();
+    }
+    let dir = gmt_tests::TempDir::new("bf16-resume");
+    let mut first = trainer();
+    for s in 0..2 {
+        first.step([batch(s)]).unwrap();
+    }
+    let saved = first.save_checkpoint(dir.path(), &(), &[], 1).unwrap();
+    let checkpoint = gmt_train::Checkpoint::open(&saved).unwrap();
+    let mut resumed = Trainer::resume(
+        tiny_llama::<F>(),
+        CausalLm,
+        &config(),
+        &checkpoint,
+        &Default::default(),
+    )
+    .unwrap()
+    .with_precision(Precision::Bf16)
+    .unwrap();
+    for s in 2..4 {
+        resumed.step([batch(s)]).unwrap();
+    }
+    assert_eq!(
+        collect::<F>(resumed.model()),
+        collect::<F>(straight.model())
+    );
 }
