@@ -19,7 +19,7 @@ use crate::settings::{ObjectiveKind, ReferenceLogps, TrainSettings};
 
 /// What `gmt train` trains where (`Precision::trains_with`), for the planner's notes.
 const TRAINABLE: &str =
-    "gmt train takes fp32 everywhere, bf16-mixed on CUDA and the CPU (not WGPU); bf16 not yet";
+    "gmt train takes fp32 everywhere, bf16-mixed and bf16 on CUDA and the CPU (not WGPU)";
 
 /// Memory to fit in, and where the figure came from.
 struct Capacity {
@@ -199,11 +199,19 @@ pub fn check_train(
     )
 }
 
-/// The peaks of the training steps and of checkpoint saves, kept apart: a save copies the
-/// weights and AdamW's state to the host and serializes them, which the step's estimate
-/// does not cover (on the CPU that is the same memory).
+/// The peaks of loading, of the training steps and of checkpoint saves, kept apart: loading
+/// holds the file's tensors and the model built from them at once, and a save copies the
+/// weights and AdamW's state to the host and serializes them, neither of which the step's
+/// estimate covers (on the CPU that is the same memory).
+static LOAD_PEAK: AtomicU64 = AtomicU64::new(0);
 static STEPS_PEAK: AtomicU64 = AtomicU64::new(0);
 static SAVE_PEAK: AtomicU64 = AtomicU64::new(0);
+
+/// Called once the trainers are built, before the first step: the peak so far is loading's.
+pub fn after_load() {
+    LOAD_PEAK.fetch_max(peak_rss().unwrap_or(0), Ordering::Relaxed);
+    reset_peak_rss();
+}
 
 /// Called before a checkpoint is saved: the peak so far belongs to the steps.
 pub fn before_save() {
@@ -229,9 +237,10 @@ pub fn report_peak(selected: &Selected, estimate: &MemoryEstimate) {
         return;
     }
     tracing::info!(
-        "peak memory {} in training steps (estimated {}); {} while saving checkpoints and the final model",
+        "peak memory {} in training steps (estimated {}); {} while loading; {} while saving checkpoints and the final model",
         gib(steps),
         gib(estimate.total()),
+        gib(LOAD_PEAK.load(Ordering::Relaxed)),
         gib(SAVE_PEAK.load(Ordering::Relaxed).max(now))
     );
 }

@@ -132,6 +132,7 @@ where
     let total_steps = || data.total_steps(encoder);
     let (mut replicas, position) =
         run.start(model, objective.objective(), total_steps, devices, job.rank)?;
+    crate::fit::after_load();
     let mut batches = data.training_batches(encoder, position)?;
 
     let counters = *replicas.primary().progress();

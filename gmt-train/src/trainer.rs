@@ -10,7 +10,9 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
-use gmt_core::{FusedAdamW, GmtConfig, GmtOptimizer, GradientMean, MaskStats, StepReport};
+use gmt_core::{
+    FusedAdamW, GmtConfig, GmtOptimizer, GradientMean, MaskStats, MaskTarget, StepReport,
+};
 use gmt_models::LlamaForCausalLm;
 use serde::{Deserialize, Serialize};
 
@@ -164,9 +166,25 @@ impl<B: AutodiffBackend, O: Objective> Trainer<B, O> {
     /// it updates stay fp32. `bf16`: the weights themselves become bf16 (exactly, if they
     /// were bf16 values, as a resumed `bf16` run's are), and so are Γ and AdamW's moments;
     /// the update is applied with Kahan compensation ([`FusedAdamW`]). An error if the
-    /// model's backend cannot compute in bf16 (burn-ndarray and WGPU cannot).
+    /// model's backend cannot compute in bf16 (burn-ndarray and WGPU cannot), and for `bf16`
+    /// with GMT's update target.
     pub fn with_precision(mut self, precision: Precision) -> Result<Self, TrainError> {
         precision.check_backend::<B>(&self.model().devices()[0])?;
+        let config = self.optim.config();
+        if precision == Precision::Bf16
+            && config.target == MaskTarget::Update
+            && !config.is_identity()
+        {
+            // The update target puts masked weights back, but their compensation is AdamW's
+            // state: it would carry the masked updates and apply them later.
+            return Err(TrainError::InvalidConfig {
+                key: "gmt.target",
+                reason: "the update target keeps masked weights exactly, which --precision \
+                         bf16 cannot (its Kahan compensation would apply the masked updates \
+                         later); use target gradient, or bf16-mixed"
+                    .into(),
+            });
+        }
         self.precision = precision;
         let model = self
             .model

@@ -34,19 +34,27 @@ fn plan_prints_the_budget_and_what_fits() {
     ] {
         assert!(out.contains(part), "{part}: {out}");
     }
-    // fp32: 16 bytes per parameter before activations, 108 GiB: no 80 GB card holds it.
+    // fp32: 16 bytes per parameter before activations, 108 GiB: no 80 GB card holds it;
+    // pure bf16 (10 bytes) does, and is what the planner suggests.
     assert!(out.contains("does not fit"), "{out}");
-    assert!(out.contains("nothing gmt can train today fits"), "{out}");
-    // …but a 1 TB machine does, and pure bf16 is sized though not trainable yet.
+    assert!(
+        out.contains("suggested: --precision bf16 --checkpointing none"),
+        "{out}"
+    );
+    // A 1 TB machine holds fp32, and a device given is taken for a GPU, where every mode
+    // trains.
     let out = plan(&["--device-memory", "1TB"]);
     assert!(out.contains("fits: "), "{out}");
-    assert!(out.contains("(not trainable here)"), "{out}");
-    // A device given is taken for a GPU, where bf16-mixed trains.
-    let mixed = out
+    assert!(!out.contains("not trainable"), "{out}");
+    // 100 GiB: neither fp32 nor bf16-mixed, only bf16.
+    let out = plan(&["--device-memory", "100GiB"]);
+    for line in out
         .lines()
-        .find(|l| l.trim_start().starts_with("--precision bf16-mixed"))
-        .unwrap_or_else(|| panic!("{out}"));
-    assert!(!mixed.contains("not trainable"), "{out}");
+        .filter(|l| l.trim_start().starts_with("--precision"))
+    {
+        let fits = line.trim_end().ends_with("fits");
+        assert_eq!(fits, line.contains("--precision bf16 "), "{out}");
+    }
     let err = gmt_fails(&["plan", "--model", config, "--device-memory", "lots"], 2);
     assert!(err.contains("lots"), "{err}");
     let err = gmt_fails(&["plan", "--model", "/nonexistent/model"], 1);
@@ -111,47 +119,52 @@ fn balanced_checkpointing_trains_the_same_run() {
     assert!(err.contains("all"), "{err}");
 }
 
-/// `--precision bf16-mixed` trains on the CPU (burn's Flex computes in bf16): its losses
-/// follow fp32's closely, and a stopped run resumes to the same weights, to the bit (the
-/// checkpoint holds the fp32 master weights and moments; the bf16 copy is made anew each step).
+/// Both bf16 modes train on the CPU (burn's Flex computes in bf16): their losses follow
+/// fp32's closely, and a stopped run resumes to the same weights, to the bit (`bf16-mixed`'s
+/// checkpoint holds the fp32 master weights and moments, the bf16 copy is made anew each
+/// step; `bf16`'s holds the bf16 weights, moments and Kahan compensation).
 #[test]
-fn bf16_mixed_trains_on_the_cpu_and_resumes_exactly() {
-    let run = tiny_run("bf16-mixed", 12);
+fn the_bf16_modes_train_on_the_cpu_and_resume_exactly() {
+    let run = tiny_run("bf16", 12);
     let path = |name: &str| run.dir.join(name).to_str().unwrap().to_string();
-    let (fp32, mixed, resumed) = (path("fp32"), path("mixed"), path("resumed"));
-    let bf16 = ["--precision", "bf16-mixed"];
-    gmt_ok(&args(&run.model, &run.data, &fp32, &[]));
-    gmt_ok(&args(&run.model, &run.data, &mixed, &bf16));
-    gmt_ok(&args(
-        &run.model,
-        &run.data,
-        &resumed,
-        &[&bf16[..], &["--stop-after", "2"]].concat(),
-    ));
-    gmt_ok(&args(
-        &run.model,
-        &run.data,
-        &resumed,
-        &[&bf16[..], &["--resume"]].concat(),
-    ));
-    assert_same_run(&resumed, &mixed);
     let losses = |run: &str| -> Vec<f64> {
         metrics(run.as_ref())
             .iter()
             .map(|m| m["loss"].as_f64().unwrap())
             .collect()
     };
-    let (full, half) = (losses(&fp32), losses(&mixed));
-    assert_eq!(full.len(), half.len());
-    for (step, (a, b)) in full.iter().zip(&half).enumerate() {
-        // bf16 keeps 8 bits of mantissa: the forward pass rounds at ~0.4% per operation.
-        assert!(
-            (a - b).abs() <= 0.05 * a.abs(),
-            "step {}: fp32 loss {a}, bf16-mixed {b}",
-            step + 1
-        );
+    let fp32 = path("fp32");
+    gmt_ok(&args(&run.model, &run.data, &fp32, &[]));
+    let full = losses(&fp32);
+    for mode in ["bf16-mixed", "bf16"] {
+        let (straight, resumed) = (path(mode), path(&format!("{mode}-resumed")));
+        let precision = ["--precision", mode];
+        gmt_ok(&args(&run.model, &run.data, &straight, &precision));
+        gmt_ok(&args(
+            &run.model,
+            &run.data,
+            &resumed,
+            &[&precision[..], &["--stop-after", "2"]].concat(),
+        ));
+        gmt_ok(&args(
+            &run.model,
+            &run.data,
+            &resumed,
+            &[&precision[..], &["--resume"]].concat(),
+        ));
+        assert_same_run(&resumed, &straight);
+        let half = losses(&straight);
+        assert_eq!(full.len(), half.len());
+        for (step, (a, b)) in full.iter().zip(&half).enumerate() {
+            // bf16 keeps 8 bits of mantissa: the forward pass rounds at ~0.4% per operation.
+            assert!(
+                (a - b).abs() <= 0.05 * a.abs(),
+                "step {}: fp32 loss {a}, {mode} {b}",
+                step + 1
+            );
+        }
+        assert_ne!(full, half, "{mode} computes in bf16, not fp32");
     }
-    assert_ne!(full, half, "bf16-mixed computes in bf16, not fp32");
 }
 
 /// `--precision bf16-mixed` where the backend has no bf16 arithmetic (WGPU) is refused before

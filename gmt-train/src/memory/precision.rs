@@ -93,6 +93,17 @@ impl Precision {
         }
     }
 
+    /// AdamW's and the mask's temporaries, in fp32 copies of the largest parameter tensor:
+    /// |Γ| for the threshold, the masked Γ, the moments' new values and the update; in
+    /// `bf16` also the widened weight, Γ and moments and the compensated update's terms
+    /// (`gmt_core::FusedAdamW` computes in f32).
+    pub fn workspace_copies(self) -> u64 {
+        match self {
+            Self::Fp32 | Self::Bf16Mixed => 4,
+            Self::Bf16 => 8,
+        }
+    }
+
     /// Bytes per element of the logits and the loss's softmax: fp32 in every mode, as the
     /// Transformers trainers do, so the loss over a large vocabulary is not rounded to bf16.
     pub fn logit_bytes(self) -> u64 {

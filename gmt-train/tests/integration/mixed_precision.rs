@@ -124,6 +124,17 @@ fn precisions_a_backend_cannot_compute_are_refused_by_name() {
         panic!("burn-ndarray has no bf16")
     };
     assert!(e.to_string().contains("no bf16 arithmetic"), "{e}");
+
+    // The update target restores masked weights, but not their Kahan compensation.
+    let update = TrainerConfig {
+        gmt: GmtConfig::new(0.3).with_target(gmt_core::MaskTarget::Update),
+        ..config()
+    };
+    let trainer = Trainer::new(tiny_llama::<F>(), CausalLm, &update, 2).unwrap();
+    let Err(e) = trainer.with_precision(Precision::Bf16) else {
+        panic!("bf16 with the update target")
+    };
+    assert!(e.to_string().contains("gmt.target"), "{e}");
 }
 
 /// Two micro-batches: Γ's sum reaches the all-reduce seam in fp32, equal to the fp32 sum of
