@@ -322,8 +322,9 @@ pub struct LoopFlags {
     /// (less memory, a little more compute, the same gradients to the bit).
     #[arg(long, value_parser = parse_enum::<Checkpointing>)]
     pub checkpointing: Option<Checkpointing>,
-    /// fp32, or bf16-mixed: the forward and backward passes in bf16 on a copy of the fp32
-    /// weights, Γ, the mask and AdamW in fp32 (backends with bf16 arithmetic: CUDA).
+    /// fp32; bf16-mixed: the forward and backward passes in bf16 on a copy of the fp32
+    /// weights, Γ, the mask and AdamW in fp32; or bf16: weights, Γ and AdamW's moments in
+    /// bf16, the update Kahan-compensated (both bf16 modes: CUDA and the CPU, not WGPU).
     #[arg(long, value_parser = parse_enum::<Precision>)]
     pub precision: Option<Precision>,
     /// The device memory to check the run against before loading (`80GiB`, `141GB`);

@@ -4,6 +4,7 @@
 use burn::module::AutodiffModule;
 use burn::optim::SimpleOptimizer;
 use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::record::{AdaptorRecord, AdaptorRecordV1};
 use burn::optim::{AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, LearningRate};
 use burn::record::Record;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -22,9 +23,9 @@ const CHUNK: usize = 1 << 16;
 /// each a pass and most an allocation. On other backends (GPUs) it is burn's AdamW.
 ///
 /// Its state ([`FusedAdamWState`]) is burn's [`AdamWState`] plus the compensation term of
-/// bf16 weights; its records are its own (checkpoints written with burn's AdamW, or with
-/// gmt before bf16 training, do not load into it). AMSGrad and cautious weight decay are not
-/// offered.
+/// bf16 weights; a record of burn's AdamW (a checkpoint written with it, or by gmt before
+/// bf16 training) converts with [`record_from_adamw`](Self::record_from_adamw). AMSGrad and
+/// cautious weight decay are not offered.
 ///
 /// **bf16 weights** (README "Precision modes", `bf16`): the step computes in f32 what it
 /// computes for f32 weights, from the bf16 weights, Γ and moments widened; the moments are
@@ -80,6 +81,26 @@ impl FusedAdamW {
     /// The optimizer for a module, as burn's `AdamWConfig::init` makes one.
     pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(self) -> OptimizerAdaptor<Self, M, B> {
         OptimizerAdaptor::from(self)
+    }
+
+    /// One parameter's record of burn's AdamW as this optimizer's: the same moments and step
+    /// count, no compensation (burn's AdamW steps f32 weights).
+    pub fn record_from_adamw<B: AutodiffBackend>(
+        record: AdaptorRecord<AdamW, B>,
+    ) -> AdaptorRecord<Self, B> {
+        use AdaptorRecordV1::*;
+        let AdaptorRecord::V1(record) = record;
+        AdaptorRecord::V1(match record {
+            Rank0(s) => Rank0(FusedAdamWState::from_adamw(s)),
+            Rank1(s) => Rank1(FusedAdamWState::from_adamw(s)),
+            Rank2(s) => Rank2(FusedAdamWState::from_adamw(s)),
+            Rank3(s) => Rank3(FusedAdamWState::from_adamw(s)),
+            Rank4(s) => Rank4(FusedAdamWState::from_adamw(s)),
+            Rank5(s) => Rank5(FusedAdamWState::from_adamw(s)),
+            Rank6(s) => Rank6(FusedAdamWState::from_adamw(s)),
+            Rank7(s) => Rank7(FusedAdamWState::from_adamw(s)),
+            Rank8(s) => Rank8(FusedAdamWState::from_adamw(s)),
+        })
     }
 }
 

@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{GradientsParams, Optimizer};
+use burn::optim::{AdamW, GradientsParams, Optimizer};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
 use gmt_core::{
-    FusedAdamW, GmtConfig, GmtOptimizer, GradientMean, MaskStats, MaskTarget, StepReport,
+    FusedAdamW, GmtConfig, GmtOptimizer, GmtRecord, GradientMean, MaskStats, MaskTarget, StepReport,
 };
 use gmt_models::LlamaForCausalLm;
 use serde::{Deserialize, Serialize};
@@ -24,9 +24,14 @@ use crate::{
     ScheduleConfig, SingleReplica, StepTotals, TrainError, evaluate,
 };
 
-/// GMT around AdamW ([`FusedAdamW`]: burn's, bit for bit, fused on the CPU), for a
-/// Llama-family model: the optimizer a [`Trainer`] steps. Its records are those of GMT around
-/// burn's own AdamW.
+/// The optimizer record of checkpoints written before `FusedAdamW` kept its own state.
+type LegacyRecord<B> = GmtRecord<
+    <OptimizerAdaptor<AdamW, LlamaForCausalLm<B>, B> as Optimizer<LlamaForCausalLm<B>, B>>::Record,
+>;
+
+/// GMT around AdamW ([`FusedAdamW`]: burn's, bit for bit, fused on the CPU; with Kahan
+/// compensation for bf16 weights), for a Llama-family model: the optimizer a [`Trainer`]
+/// steps. It resumes from its own records and from those of GMT around burn's AdamW.
 pub type GmtAdamW<B> =
     GmtOptimizer<OptimizerAdaptor<FusedAdamW, LlamaForCausalLm<B>, B>, LlamaForCausalLm<B>, B>;
 
@@ -217,7 +222,19 @@ impl<B: AutodiffBackend, O: Objective> Trainer<B, O> {
             config,
             progress.total_steps,
         )?;
-        let record = checkpoint.record(OPTIMIZER_FILE, device)?;
+        let record = match checkpoint.record(OPTIMIZER_FILE, device) {
+            Ok(record) => record,
+            // Written by gmt before bf16 training, with burn's AdamW state: converted.
+            Err(error) => match checkpoint.record::<B, LegacyRecord<B>>(OPTIMIZER_FILE, device) {
+                Ok(old) => GmtRecord {
+                    inner: (old.inner.into_iter())
+                        .map(|(id, r)| (id, FusedAdamW::record_from_adamw(r)))
+                        .collect(),
+                    state: old.state,
+                },
+                Err(_) => return Err(error),
+            },
+        };
         trainer.optim = trainer.optim.load_record(record);
         trainer.progress = progress;
         Ok(trainer)

@@ -1,11 +1,12 @@
 //! `FusedAdamW` is burn's AdamW: the same bits after every step, on both CPU backends (its
-//! fused pass) and whatever the weight decay, with records that resume exactly; and
+//! fused pass) and whatever the weight decay, with records that resume exactly (its own, and
+//! burn's converted); and
 //! for bf16 weights, a compensated update that keeps what bf16 rounding would lose.
 
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::module::{AutodiffModule, Module, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, FloatDType, Tensor, TensorData};
@@ -66,8 +67,8 @@ fn bits<B: AutodiffBackend>(model: &Net<B>) -> Vec<u32> {
     weight.iter().chain(&bias).map(|x| x.to_bits()).collect()
 }
 
-/// Five steps of each with varying rates; then two more, and two from FusedAdamW's record,
-/// serialized, to the same bits.
+/// Five steps of each with varying rates; then two more, and two from FusedAdamW's record
+/// and from burn's (converted), serialized, to the same bits.
 fn same_as_burn<B: AutodiffBackend>(weight_decay: f32) {
     let device = Default::default();
     let config = AdamWConfig::new()
@@ -101,7 +102,21 @@ fn same_as_burn<B: AutodiffBackend>(weight_decay: f32) {
     let mut resumed = FusedAdamW::new(0.9, 0.999, 1e-8, weight_decay)
         .init::<B, Net<B>>()
         .load_record(record);
-    let mut c = b.clone();
+    // …and burn's record (a checkpoint gmt wrote before FusedAdamW kept its own state),
+    // converted, drives FusedAdamW.
+    let bytes = recorder.record(burn.to_record(), ()).unwrap();
+    let record = recorder
+        .load::<<OptimizerAdaptor<AdamW, Net<B>, B> as Optimizer<Net<B>, B>>::Record>(
+            bytes, &device,
+        )
+        .unwrap();
+    let record = (record.into_iter())
+        .map(|(id, r)| (id, FusedAdamW::record_from_adamw(r)))
+        .collect();
+    let mut fused_from_burn = FusedAdamW::new(0.9, 0.999, 1e-8, weight_decay)
+        .init::<B, Net<B>>()
+        .load_record(record);
+    let (mut c, mut d) = (b.clone(), a.clone());
     for step in 5..7 {
         let g = grads(&a, step, &device);
         a = burn.step(1e-4, a, g);
@@ -109,10 +124,16 @@ fn same_as_burn<B: AutodiffBackend>(weight_decay: f32) {
         b = fused.step(1e-4, b, g);
         let g = grads(&c, step, &device);
         c = resumed.step(1e-4, c, g);
+        let g = grads(&d, step, &device);
+        d = fused_from_burn.step(1e-4, d, g);
         assert!(bits(&a) == bits(&b), "{name}: step {step} differs");
         assert!(
             bits(&b) == bits(&c),
             "{name}: step {step} after the fused record differs"
+        );
+        assert!(
+            bits(&a) == bits(&d),
+            "{name}: step {step} after burn's record differs"
         );
     }
 }

@@ -94,6 +94,19 @@ impl GradientAllReduce<F> for Capture {
     }
 }
 
+/// The README's mask of `gamma` at `ratio`, by sorting: its threshold and kept count.
+fn mask_of(gamma: &[f32], ratio: f64) -> (f32, usize) {
+    let n = gamma.len();
+    let m = (ratio * n as f64).floor() as usize;
+    let mut mags: Vec<f32> = gamma.iter().map(|g| g.abs()).collect();
+    mags.sort_by(|a, b| b.total_cmp(a));
+    let threshold = mags[n - m - 1];
+    (
+        threshold,
+        gamma.iter().filter(|g| g.abs() >= threshold).count(),
+    )
+}
+
 /// Rounds parameters to bf16 as fresh leaves: the test's own working copy.
 struct ToBf16;
 
@@ -210,12 +223,7 @@ fn bf16_mixed_masks_fp32_gamma_of_bf16_gradients() {
             .into_data()
             .to_vec()
             .unwrap();
-        let n = gamma.len();
-        let m = (0.3 * n as f64).floor() as usize;
-        let mut mags: Vec<f32> = gamma.iter().map(|g| g.abs()).collect();
-        mags.sort_by(|a, b| b.total_cmp(a));
-        let threshold = mags[n - m - 1];
-        let kept = gamma.iter().filter(|g| g.abs() >= threshold).count();
+        let (threshold, kept) = mask_of(&gamma, 0.3);
         assert_eq!(p.kept, kept, "{}: kept", p.path);
         assert_eq!(
             p.threshold.map(f32::to_bits),
@@ -290,12 +298,7 @@ fn bf16_keeps_gamma_in_bf16_and_masks_it_widened() {
             .into_data()
             .to_vec()
             .unwrap();
-        let n = gamma.len();
-        let m = (0.3 * n as f64).floor() as usize;
-        let mut mags: Vec<f32> = gamma.iter().map(|g| g.abs()).collect();
-        mags.sort_by(|a, b| b.total_cmp(a));
-        let threshold = mags[n - m - 1];
-        let kept = gamma.iter().filter(|g| g.abs() >= threshold).count();
+        let (threshold, kept) = mask_of(&gamma, 0.3);
         assert_eq!(p.kept, kept, "{}: kept", p.path);
         assert_eq!(p.threshold, Some(threshold), "{}: threshold", p.path);
     }
