@@ -201,7 +201,11 @@ impl RunDir {
     ) -> Result<PathBuf> {
         let dir = self.path.join("final");
         let (tokenizer, template) = (encoder.tokenizer(), encoder.template());
-        export_model(model, tokenizer, template, &dir, ExportDtype::F32)?;
+        // The export's peak is a save's, not the steps' (`gmt train`'s peak report).
+        crate::fit::before_save();
+        let exported = export_model(model, tokenizer, template, &dir, ExportDtype::F32);
+        crate::fit::after_save();
+        exported?;
         if let Err(e) = plot_run(&read_metrics(metrics)?, &self.path.join("plot.svg")) {
             tracing::warn!("{e:#}");
         }

@@ -65,6 +65,20 @@ pub enum GmtError {
         /// What was found instead.
         found: String,
     },
+    /// [`MaskTarget::Update`](crate::MaskTarget::Update) on a half-precision (bf16 or f16)
+    /// parameter: the update target restores masked entries exactly, but an optimizer that
+    /// carries what rounding lost ([`FusedAdamW`](crate::FusedAdamW)'s Kahan compensation of
+    /// bf16 weights) would apply their masked updates at a later step.
+    #[error(
+        "the update target cannot keep the masked entries of {dtype} parameter `{param}` exactly; \
+         use the gradient target, or fp32 weights"
+    )]
+    UpdateTargetPrecision {
+        /// Module path of the parameter.
+        param: String,
+        /// Its float type.
+        dtype: String,
+    },
     /// A step's gradients hold none of the module's parameters: nothing would be masked or
     /// updated (e.g. gradients computed for another copy of the model).
     #[error(

@@ -178,8 +178,10 @@ impl FusedAdamW {
             }
             None => (None, None),
         };
+        // Two fp32 widenings of the same bf16 bits, rather than one shared: step_f32 updates its
+        // input in place when it holds the only handle, and a shared one would be copied.
+        let (updated, adamw) = self.step_f32(lr, tensor.clone().cast(f32), grad.cast(f32), adamw);
         let weight = tensor.cast(f32);
-        let (updated, adamw) = self.step_f32(lr, weight.clone(), grad.cast(f32), adamw);
         let mut update = updated - weight.clone();
         if let Some(compensation) = compensation {
             update = update + compensation.cast(f32);

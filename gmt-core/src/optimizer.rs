@@ -8,7 +8,7 @@ use burn::optim::LearningRate;
 use burn::optim::{GradientsParams, MultiGradientsParams, Optimizer};
 use burn::record::{PrecisionSettings, Record};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, DType, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -96,6 +96,15 @@ pub struct GmtRecord<R> {
 pub struct GmtRecordItem<I> {
     inner: I,
     state: GmtState,
+}
+
+impl<I> GmtRecordItem<I> {
+    /// The serialized form of a record whose inner item is `inner`: for writers that convert
+    /// the inner record to its item piece by piece as they serialize it (gmt-train's
+    /// checkpoints), instead of all at once as [`Record::into_item`] does.
+    pub fn new(inner: I, state: GmtState) -> Self {
+        Self { inner, state }
+    }
 }
 
 impl<B: Backend, R: Record<B>> Record<B> for GmtRecord<R> {
@@ -244,6 +253,19 @@ where
                     Ok((module, report))
                 }
             };
+        }
+
+        // Kept values are taken only for the update target (and a ratio above zero).
+        let half = entries.iter().find_map(|e| {
+            let dtype = e.value.as_ref()?.dtype();
+            matches!(dtype, DType::BF16 | DType::F16).then_some((e.param, dtype))
+        });
+        if let Some((param, dtype)) = half {
+            let error = GmtError::UpdateTargetPrecision {
+                param: self.params[param].path.clone(),
+                dtype: format!("{dtype:?}").to_lowercase(),
+            };
+            return Err(StepFailure { error, module });
         }
 
         let mut ids = Vec::with_capacity(entries.len());

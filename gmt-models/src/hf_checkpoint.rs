@@ -1,11 +1,12 @@
 //! Hugging Face checkpoints: `config.json` + `model.safetensors` (or shards listed in
 //! `model.safetensors.index.json`), in and out.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use safetensors::{Dtype, SafeTensors, View, tensor::TensorView};
 use serde_json::Value;
 
 use crate::{HostTensor, LlamaConfig, LlamaForCausalLm, ModelError, WeightMap};
@@ -147,53 +148,79 @@ pub fn save_hf_dir<B: Backend>(
     write_safetensors(&dir.join("model.safetensors"), &model.hf_weights(), dtype)
 }
 
-/// Writes named host tensors as one safetensors file (atomically).
+/// Writes named host tensors as one safetensors file (atomically). Each tensor is encoded
+/// as the file is written, so no copy of all the weights is made besides `tensors`.
 pub fn write_safetensors(
     path: &Path,
     tensors: &[(String, HostTensor)],
     dtype: ExportDtype,
 ) -> Result<(), ModelError> {
-    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+    let views = tensors
         .iter()
-        .map(|(name, t)| {
-            let bytes = match dtype {
-                ExportDtype::F32 => t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                ExportDtype::Bf16 => t
-                    .data
-                    .iter()
-                    .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
-                    .collect(),
-            };
-            (name.clone(), t.shape.clone(), bytes)
-        })
-        .collect();
-    let st_dtype = match dtype {
-        ExportDtype::F32 => Dtype::F32,
-        ExportDtype::Bf16 => Dtype::BF16,
-    };
-    let views: Vec<(String, TensorView)> = encoded
-        .iter()
-        .map(|(name, shape, bytes)| {
-            let view = TensorView::new(st_dtype, shape.clone(), bytes)
-                .expect("sizes agree by construction");
-            (name.clone(), view)
-        })
-        .collect();
+        .map(|(name, tensor)| (name.as_str(), Encoded { tensor, dtype }));
     let metadata = Some(std::collections::HashMap::from([(
         "format".to_string(),
         "pt".to_string(),
     )]));
-    let bytes = safetensors::serialize(views, metadata)
-        .map_err(|e| ModelError::bad_weights(path, format!("cannot serialize: {e}")))?;
-    write_atomic(path, &bytes)
+    let tmp = temporary_path(path);
+    safetensors::serialize_to_file(views, metadata, &tmp).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        match e {
+            safetensors::SafeTensorError::IoError(e) => ModelError::io(&tmp, e),
+            e => ModelError::bad_weights(path, format!("cannot serialize: {e}")),
+        }
+    })?;
+    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+}
+
+/// One tensor of an export, encoded in the export's element type when it is written.
+struct Encoded<'a> {
+    tensor: &'a HostTensor,
+    dtype: ExportDtype,
+}
+
+impl View for Encoded<'_> {
+    fn dtype(&self) -> Dtype {
+        match self.dtype {
+            ExportDtype::F32 => Dtype::F32,
+            ExportDtype::Bf16 => Dtype::BF16,
+        }
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.tensor.shape
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        let values = self.tensor.data.iter();
+        Cow::Owned(match self.dtype {
+            ExportDtype::F32 => values.flat_map(|v| v.to_le_bytes()).collect(),
+            ExportDtype::Bf16 => values
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect(),
+        })
+    }
+
+    fn data_len(&self) -> usize {
+        let bytes = match self.dtype {
+            ExportDtype::F32 => 4,
+            ExportDtype::Bf16 => 2,
+        };
+        self.tensor.data.len() * bytes
+    }
+}
+
+/// Where a file is written before it is renamed into place: beside it, `.tmp` added.
+fn temporary_path(path: &Path) -> PathBuf {
+    path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ))
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    let tmp: PathBuf = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
+    let tmp = temporary_path(path);
     std::fs::write(&tmp, bytes).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         ModelError::io(&tmp, e)

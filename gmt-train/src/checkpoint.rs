@@ -18,15 +18,16 @@
 //! half-deleted directory under a checkpoint's name.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{self, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use burn::record::{BinBytesRecorder, FullPrecisionSettings, Record, Recorder};
+use burn::record::Record;
 use burn::tensor::backend::Backend;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::record_file::read_record;
 use crate::{TrainError, TrainProgress};
 
 /// The model's weights record in a checkpoint.
@@ -160,22 +161,23 @@ impl Checkpoint {
         fs::read(&path).map_err(|e| TrainError::io("cannot read", path, e))
     }
 
-    /// A burn record (weights, optimizer state) from one of its files. Its bytes match the
-    /// manifest; burn's decoder still panics on some input (a record of another model or
-    /// burn version), so a panic is turned into an error too.
+    /// A burn record (weights, optimizer state) from one of its files, in the format of
+    /// burn's `BinBytesRecorder` with full precision, read from the file as it is decoded.
+    /// Its bytes match the manifest; burn still panics on some input (a record of another
+    /// model or burn version), so a panic is turned into an error too.
     pub fn record<B: Backend, R: Record<B>>(
         &self,
         file: &str,
         device: &B::Device,
     ) -> Result<R, TrainError> {
-        let bytes = self.read(file)?;
-        let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+        let path = self.file(file);
+        let reader = File::open(&path).map_err(|e| TrainError::io("cannot read", &path, e))?;
         let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            recorder.load::<R>(bytes, device)
+            read_record::<B, R>(BufReader::new(reader), device)
         }));
         let reason = match loaded {
             Ok(Ok(record)) => return Ok(record),
-            Ok(Err(e)) => e.to_string(),
+            Ok(Err(e)) => e,
             Err(_) => "burn's decoder failed on it (see the message above)".into(),
         };
         Err(TrainError::Checkpoint {
@@ -237,7 +239,7 @@ fn missing_files(dir: &Path) -> Vec<&'static str> {
 fn sha256_file(path: &Path) -> Result<String, TrainError> {
     let mut file = File::open(path).map_err(|e| TrainError::io("cannot read", path, e))?;
     let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(|e| TrainError::io("cannot read", path, e))?;
+    io::copy(&mut file, &mut hasher).map_err(|e| TrainError::io("cannot read", path, e))?;
     Ok(format!("{:x}", hasher.finalize()))
 }
 
@@ -278,6 +280,29 @@ pub fn write_checkpoint(
     files: &[(&str, &[u8])],
     keep: usize,
 ) -> Result<PathBuf, TrainError> {
+    let files = files
+        .iter()
+        .map(|&(name, bytes)| (name, FileContent::Bytes(bytes)))
+        .collect();
+    write_checkpoint_streamed(root, step, files, keep)
+}
+
+/// One file of a checkpoint: its bytes, or what writes them straight to the file.
+pub(crate) enum FileContent<'a> {
+    Bytes(&'a [u8]),
+    Written(WriteFile<'a>),
+}
+
+/// Writes a file's content as it is produced (a record serialized on the way).
+pub(crate) type WriteFile<'a> = Box<dyn FnOnce(&mut dyn Write) -> io::Result<()> + 'a>;
+
+/// [`write_checkpoint`] with files that may be written as they are produced.
+pub(crate) fn write_checkpoint_streamed(
+    root: &Path,
+    step: u64,
+    files: Vec<(&str, FileContent<'_>)>,
+    keep: usize,
+) -> Result<PathBuf, TrainError> {
     fs::create_dir_all(root).map_err(|e| TrainError::io("cannot create", root, e))?;
     remove_leftovers(root)?;
     let name = dir_name(step);
@@ -304,29 +329,58 @@ pub fn write_checkpoint(
 }
 
 /// Writes `files` into `dir`, each synced, then the manifest of them.
-fn write_files(dir: &Path, files: &[(&str, &[u8])]) -> Result<(), TrainError> {
+fn write_files(dir: &Path, files: Vec<(&str, FileContent<'_>)>) -> Result<(), TrainError> {
     fs::create_dir_all(dir).map_err(|e| TrainError::io("cannot create", dir, e))?;
-    let write = |name: &str, bytes: &[u8]| {
+    let write = |name: &str, content: FileContent<'_>| {
         let path = dir.join(name);
-        let mut file =
-            File::create(&path).map_err(|e| TrainError::io("cannot create", &path, e))?;
-        file.write_all(bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| TrainError::io("cannot write", &path, e))
+        let file = File::create(&path).map_err(|e| TrainError::io("cannot create", &path, e))?;
+        let mut out = HashedWriter {
+            inner: BufWriter::new(file),
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
+        let written = match content {
+            FileContent::Bytes(bytes) => out.write_all(bytes),
+            FileContent::Written(write) => write(&mut out),
+        };
+        written
+            .and_then(|()| out.inner.into_inner().map_err(|e| e.into_error()))
+            .and_then(|file| file.sync_all())
+            .map_err(|e| TrainError::io("cannot write", &path, e))?;
+        Ok::<_, TrainError>(ManifestEntry {
+            name: name.to_string(),
+            bytes: out.bytes,
+            sha256: format!("{:x}", out.hasher.finalize()),
+        })
     };
     let mut manifest = Manifest { files: Vec::new() };
-    for (name, bytes) in files {
-        write(name, bytes)?;
-        manifest.files.push(ManifestEntry {
-            name: name.to_string(),
-            bytes: bytes.len() as u64,
-            sha256: format!("{:x}", Sha256::digest(bytes)),
-        });
+    for (name, content) in files {
+        manifest.files.push(write(name, content)?);
     }
     let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
-    write(MANIFEST_FILE, &json)?;
+    write(MANIFEST_FILE, FileContent::Bytes(&json))?;
     sync_dir(dir);
     Ok(())
+}
+
+/// A file being written, hashed and counted on the way for the manifest.
+struct HashedWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for HashedWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Deletes a checkpoint: renamed out of the checkpoints' names first, so that a deletion cut

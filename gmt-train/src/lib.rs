@@ -47,7 +47,8 @@
 //! - `bf16-mixed` steps: a bf16 working copy of the fp32 master weights per step
 //!   ([`Trainer::with_precision`]) — `mixed_precision.rs`
 //! - [`evaluate`], [`LossReport`] — `evaluate.rs`
-//! - [`Checkpoint`], [`write_checkpoint`]: atomic checkpoint directories — `checkpoint.rs`
+//! - [`Checkpoint`], [`write_checkpoint`]: atomic checkpoint directories — `checkpoint.rs`;
+//!   their burn records, written and read without a whole-record buffer — `record_file.rs`
 //! - [`TrainingBatches`], [`DataPosition`]: gmt-data batches over epochs, resumable —
 //!   `data.rs`
 //! - [`OptimConfig`]: the learning rate and AdamW's hyper-parameters — `optim.rs`
@@ -67,6 +68,7 @@ pub mod memory;
 mod mixed_precision;
 mod objective;
 mod optim;
+mod record_file;
 mod schedule;
 mod trainer;
 

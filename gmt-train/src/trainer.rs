@@ -7,18 +7,22 @@ use std::time::Instant;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, GradientsParams, Optimizer};
-use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+use burn::record::Record;
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
 use gmt_core::{
-    FusedAdamW, GmtConfig, GmtOptimizer, GmtRecord, GradientMean, MaskStats, MaskTarget, StepReport,
+    FusedAdamW, GmtConfig, GmtOptimizer, GmtRecord, GmtRecordItem, GradientMean, MaskStats,
+    MaskTarget, StepReport,
 };
 use gmt_models::LlamaForCausalLm;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{MODEL_FILE, OPTIMIZER_FILE, TRAINER_FILE, write_checkpoint};
+use crate::checkpoint::{
+    FileContent, MODEL_FILE, OPTIMIZER_FILE, TRAINER_FILE, write_checkpoint_streamed,
+};
 use crate::memory::Precision;
 use crate::mixed_precision::{forward_format, trained_weights, working_copy};
+use crate::record_file::{ItemsOneByOne, Settings, write_item};
 use crate::{
     Checkpoint, GradientAllReduce, LossReport, LrSchedule, Objective, OptimConfig, ReplicaStep,
     ScheduleConfig, SingleReplica, StepTotals, TrainError, evaluate,
@@ -319,20 +323,6 @@ impl<B: AutodiffBackend, O: Objective> Trainer<B, O> {
         extra: &[(&str, &[u8])],
         keep: usize,
     ) -> Result<PathBuf, TrainError> {
-        let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
-        let unserializable = |what: &str, e: burn::record::RecorderError| TrainError::Checkpoint {
-            dir: root.to_path_buf(),
-            reason: format!("cannot serialize the {what}: {e}"),
-        };
-        let model = recorder
-            .record(self.model().clone().into_record(), ())
-            .map_err(|e| unserializable("model", e))?;
-        let optim = recorder
-            .record(
-                Optimizer::<LlamaForCausalLm<B>, B>::to_record(&self.optim),
-                (),
-            )
-            .map_err(|e| unserializable("optimizer", e))?;
         let trainer = serde_json::to_vec(&TrainerFile {
             progress: &self.progress,
             data,
@@ -341,13 +331,28 @@ impl<B: AutodiffBackend, O: Objective> Trainer<B, O> {
             dir: root.to_path_buf(),
             reason: format!("cannot serialize {TRAINER_FILE}: {e}"),
         })?;
+        // Each record is converted as its file is written: the weights' host copies exist
+        // only while model.bin is written, and AdamW's one parameter at a time.
+        let model = |out: &mut dyn std::io::Write| {
+            let item = self.model().clone().into_record().into_item::<Settings>();
+            write_item::<B, _>(item, out)
+        };
+        let optim = |out: &mut dyn std::io::Write| {
+            let record = Optimizer::<LlamaForCausalLm<B>, B>::to_record(&self.optim);
+            let inner = ItemsOneByOne::<_, B>::new(record.inner);
+            write_item::<B, _>(GmtRecordItem::new(inner, record.state), out)
+        };
         let mut files = vec![
-            (MODEL_FILE, model.as_slice()),
-            (OPTIMIZER_FILE, optim.as_slice()),
-            (TRAINER_FILE, trainer.as_slice()),
+            (MODEL_FILE, FileContent::Written(Box::new(model))),
+            (OPTIMIZER_FILE, FileContent::Written(Box::new(optim))),
+            (TRAINER_FILE, FileContent::Bytes(&trainer)),
         ];
-        files.extend_from_slice(extra);
-        write_checkpoint(root, self.progress.step, &files, keep)
+        files.extend(
+            extra
+                .iter()
+                .map(|&(name, bytes)| (name, FileContent::Bytes(bytes))),
+        );
+        write_checkpoint_streamed(root, self.progress.step, files, keep)
     }
 
     /// Ends the run at the current step (the data ran out, or every step ran): a checkpoint

@@ -86,7 +86,12 @@ fn dpo_trains_reports_rewards_and_resumes_bit_for_bit() {
         "{}",
         m[0]
     );
-    assert_eq!(m[0]["rewards/margin"].as_f64(), Some(0.0));
+    // Equal to rounding, not to the bit: the reference's log-probabilities were computed over
+    // the data in file order, the step's over shuffled batches of other shapes, and on some
+    // CPUs the kernels' rounding of a row depends on the rows around it (exactly 0 on the AMD
+    // EPYC machines this test was written on, 4.8e-7 on an Intel Xeon with AVX-512).
+    let margin = m[0]["rewards/margin"].as_f64().unwrap();
+    assert!(margin.abs() < 1e-5, "{}", m[0]);
     assert_eq!(
         m[0]["tokens"].as_u64(),
         Some(4),

@@ -261,3 +261,46 @@ fn bf16_weights_keep_updates_below_their_resolution() {
     let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
     assert_eq!(bits(row_values(&resumed)), bits(compensated));
 }
+
+/// GMT's update target puts masked entries back exactly, which bf16 weights under FusedAdamW
+/// cannot honour (the compensation would carry the masked updates into a later step): the
+/// step is refused, naming the parameter, and the module comes back unchanged. The gradient
+/// target steps the same weights.
+#[test]
+fn the_update_target_refuses_bf16_weights() {
+    use gmt_core::{GmtConfig, GmtError, MaskTarget};
+    type B = Autodiff<Flex>;
+    let device = Default::default();
+    let model = row::<B>(FloatDType::BF16, &device);
+    let before = row_values(&model);
+    let grads = |model: &Row<B>| {
+        let g: Tensor<Flex, 1> = Tensor::ones([ROW], &device);
+        let mut grads = GradientsParams::new();
+        grads.register(model.weight.id, g.cast(FloatDType::BF16));
+        grads
+    };
+    let adamw = || FusedAdamW::new(0.9, 0.999, 1e-8, 0.0).init::<B, Row<B>>();
+
+    let mut update = GmtConfig::new(0.3)
+        .with_target(MaskTarget::Update)
+        .init(adamw(), &model)
+        .unwrap();
+    let g = grads(&model);
+    let failure = update.try_step(1e-2, model, g).unwrap_err();
+    assert_eq!(
+        failure.error,
+        GmtError::UpdateTargetPrecision {
+            param: "weight".into(),
+            dtype: "bf16".into()
+        }
+    );
+    assert!(failure.error.to_string().contains("gradient target"));
+    let model = failure.module;
+    assert_eq!(row_values(&model), before);
+
+    let mut gradient = GmtConfig::new(0.3).init(adamw(), &model).unwrap();
+    let g = grads(&model);
+    let (model, _) = gradient.try_step(1e-2, model, g).unwrap();
+    assert_eq!(model.weight.dtype(), DType::BF16);
+    assert_ne!(row_values(&model), before);
+}

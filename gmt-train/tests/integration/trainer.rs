@@ -370,3 +370,95 @@ fn a_config_that_cannot_work_is_refused_by_key_before_any_step() {
         assert!(err.to_string().contains(key), "{key}: {err}");
     }
 }
+
+/// One parameter's `FusedAdamW` record as burn's AdamW wrote it (an fp32 run: no compensation).
+fn as_burn_adamw(
+    record: burn::optim::record::AdaptorRecord<gmt_core::FusedAdamW, B>,
+) -> burn::optim::record::AdaptorRecord<burn::optim::AdamW, B> {
+    use burn::optim::AdamWState;
+    use burn::optim::record::{AdaptorRecord, AdaptorRecordV1::*};
+    let AdaptorRecord::V1(record) = record;
+    macro_rules! to_adamw {
+        ($($rank:ident),*) => {
+            match record {
+                $($rank(s) => {
+                    assert!(s.compensation.is_none(), "fp32 weights carry no compensation");
+                    $rank(AdamWState { momentum: s.momentum })
+                })*
+            }
+        };
+    }
+    AdaptorRecord::V1(to_adamw!(
+        Rank0, Rank1, Rank2, Rank3, Rank4, Rank5, Rank6, Rank7, Rank8
+    ))
+}
+
+/// Checkpoints written by gmt before `FusedAdamW` kept its own state hold GMT around burn's
+/// AdamW: they resume, and the run continues to the same bits.
+#[test]
+fn checkpoints_with_burns_adamw_state_resume_bit_for_bit() {
+    use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+    use gmt_core::GmtRecord;
+    use gmt_train::checkpoint::{MODEL_FILE, OPTIMIZER_FILE, TRAINER_FILE};
+    type Fused = <gmt_train::GmtAdamW<B> as burn::optim::Optimizer<LlamaForCausalLm<B>, B>>::Record;
+
+    type Legacy = <burn::optim::adaptor::OptimizerAdaptor<
+        burn::optim::AdamW,
+        LlamaForCausalLm<B>,
+        B,
+    > as burn::optim::Optimizer<LlamaForCausalLm<B>, B>>::Record;
+
+    let mut straight = Trainer::new(tiny_llama(), CausalLm, &config(), 4).unwrap();
+    for s in 0..4 {
+        straight.step(step_batches(s)).unwrap();
+    }
+
+    let dir = TempDir::new("train-resume-legacy");
+    let mut first = Trainer::new(tiny_llama(), CausalLm, &config(), 4).unwrap();
+    for s in 0..2 {
+        first.step(step_batches(s)).unwrap();
+    }
+    let saved = first
+        .save_checkpoint(&dir.path().join("new"), &2u64, &[], 1)
+        .unwrap();
+    let saved = Checkpoint::open(&saved).unwrap();
+    let record: Fused = saved.record(OPTIMIZER_FILE, &Default::default()).unwrap();
+    let legacy = GmtRecord {
+        inner: (record.inner.into_iter())
+            .map(|(id, r)| (id, as_burn_adamw(r)))
+            .collect::<Legacy>(),
+        state: record.state,
+    };
+    let legacy = BinBytesRecorder::<FullPrecisionSettings>::default()
+        .record(legacy, ())
+        .unwrap();
+    let (model, trainer) = (
+        saved.read(MODEL_FILE).unwrap(),
+        saved.read(TRAINER_FILE).unwrap(),
+    );
+    let old = gmt_train::write_checkpoint(
+        &dir.path().join("old"),
+        2,
+        &[
+            (MODEL_FILE, &model),
+            (OPTIMIZER_FILE, &legacy),
+            (TRAINER_FILE, &trainer),
+        ],
+        1,
+    )
+    .unwrap();
+
+    let checkpoint = Checkpoint::open(&old).unwrap();
+    let mut resumed = Trainer::resume(
+        tiny_llama(),
+        CausalLm,
+        &config(),
+        &checkpoint,
+        &Default::default(),
+    )
+    .unwrap();
+    for s in 2..4 {
+        resumed.step(step_batches(s)).unwrap();
+    }
+    assert_eq!(bits(resumed.model()), bits(straight.model()));
+}
