@@ -66,6 +66,12 @@ fn step_batches(step: u64) -> [TokenBatch; 2] {
     [batch(2 * step), batch(2 * step + 1)]
 }
 
+/// The tiny Llama's run of `config()`, resumed from `checkpoint`.
+fn resume(checkpoint: &Checkpoint) -> Trainer<B, CausalLm> {
+    let device = Default::default();
+    Trainer::resume(tiny_llama(), CausalLm, &config(), checkpoint, &device).unwrap()
+}
+
 #[test]
 fn checkpoint_and_resume_continue_the_run_bit_for_bit() {
     let mut straight = Trainer::new(tiny_llama(), CausalLm, &config(), 4).unwrap();
@@ -105,14 +111,7 @@ fn checkpoint_and_resume_continue_the_run_bit_for_bit() {
     // A fresh model: weights, optimizer state, counters and the run's length come from the
     // checkpoint.
     let checkpoint = Checkpoint::open(&saved).unwrap();
-    let mut resumed = Trainer::resume(
-        tiny_llama(),
-        CausalLm,
-        &config(),
-        &checkpoint,
-        &Default::default(),
-    )
-    .unwrap();
+    let mut resumed = resume(&checkpoint);
     assert_eq!(resumed.progress().step, 2);
     assert_eq!(resumed.progress().total_steps, 4);
     let mut next: u64 = checkpoint.data_position().unwrap();
@@ -448,15 +447,7 @@ fn checkpoints_with_burns_adamw_state_resume_bit_for_bit() {
     )
     .unwrap();
 
-    let checkpoint = Checkpoint::open(&old).unwrap();
-    let mut resumed = Trainer::resume(
-        tiny_llama(),
-        CausalLm,
-        &config(),
-        &checkpoint,
-        &Default::default(),
-    )
-    .unwrap();
+    let mut resumed = resume(&Checkpoint::open(&old).unwrap());
     for s in 2..4 {
         resumed.step(step_batches(s)).unwrap();
     }
