@@ -9,9 +9,8 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{FloatDType, Tensor};
-use gmt_bench::{random_model, smollm2_135m_config};
+use gmt_bench::{labelled_batch, random_model, smollm2_135m_config};
 use gmt_core::{GmtConfig, GradientMean};
-use gmt_models::TokenBatch;
 use gmt_train::memory::{MemoryPlan, Precision, peak_rss, reset_peak_rss};
 use gmt_train::{CausalLm, Objective, OptimConfig};
 
@@ -85,11 +84,7 @@ fn main() {
     let mut optim = GmtConfig::new(0.3)
         .init(OptimConfig::default().adamw().init(), &model)
         .expect("a valid config");
-    let ids: Vec<u32> = (0..batch * seq)
-        .map(|i| (i * 7919 % config.vocab_size) as u32)
-        .collect();
-    let labels: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-    let micro = TokenBatch::new(ids, batch, seq).with_labels(labels);
+    let micro = labelled_batch(config.vocab_size, batch, seq);
     mark("model built");
 
     for step in 1..=steps {

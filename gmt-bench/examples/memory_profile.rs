@@ -9,9 +9,8 @@ use burn::backend::autodiff::checkpoint::strategy::{
 };
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::tensor::backend::AutodiffBackend;
-use gmt_bench::{random_model, smollm2_135m_config};
+use gmt_bench::{labelled_batch, random_model, smollm2_135m_config};
 use gmt_core::GmtConfig;
-use gmt_models::TokenBatch;
 use gmt_train::memory::{Checkpointing, MemoryPlan, Precision, peak_rss};
 use gmt_train::{CausalLm, Trainer, TrainerConfig};
 
@@ -29,11 +28,7 @@ fn run<B: AutodiffBackend>(plan: &MemoryPlan, ratio: f64) {
     let mut trainer = Trainer::new(model, CausalLm, &trainer_config, 3)
         .and_then(|t| t.with_precision(plan.precision))
         .expect("valid config");
-    let ids: Vec<u32> = (0..batch * seq)
-        .map(|i| (i * 7919 % config.vocab_size) as u32)
-        .collect();
-    let labels: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-    let micro = TokenBatch::new(ids, batch, seq).with_labels(labels);
+    let micro = labelled_batch(config.vocab_size, batch, seq);
     for _ in 0..3 {
         let step = trainer.step(vec![micro.clone(); accum]).expect("a step");
         println!("step {}: loss {:.4}", step.step, step.loss());

@@ -17,7 +17,7 @@ use burn::backend::{Autodiff, Cuda, NdArray, Wgpu};
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
-use gmt_bench::{random_model, smollm2_135m_config};
+use gmt_bench::{labelled_batch, random_model, smollm2_135m_config};
 use gmt_core::GmtConfig;
 use gmt_models::{LlamaForCausalLm, TokenBatch};
 
@@ -93,11 +93,7 @@ where
 fn bench<B: AutodiffBackend>(device: B::Device, args: &Args) {
     let config = smollm2_135m_config();
     let tokens = args.batch * args.seq;
-    let ids: Vec<u32> = (0..tokens)
-        .map(|i| (i * 7919 % config.vocab_size) as u32)
-        .collect();
-    let batch = TokenBatch::new(ids.clone(), args.batch, args.seq)
-        .with_labels(ids.iter().map(|&i| i as i64).collect());
+    let batch = labelled_batch(config.vocab_size, args.batch, args.seq);
     let adamw = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.0);
     let model = random_model::<B>(&config, &device, 0);
     println!(

@@ -8,7 +8,7 @@ use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use gmt_models::{Architecture, LlamaConfig, LlamaForCausalLm, WeightMap};
+use gmt_models::{Architecture, LlamaConfig, LlamaForCausalLm, TokenBatch, WeightMap};
 
 /// Parameter shapes of SmolLM2-135M (HF names, Linear weights as [out, in]):
 /// 30 layers of q/o 576×576, k/v 192×576, gate/up 1536×576, down 576×1536, two RMSNorms of
@@ -167,4 +167,15 @@ pub fn random_model<B: Backend>(
 ) -> LlamaForCausalLm<B> {
     LlamaForCausalLm::from_weights(config, WeightMap::random(seed), device)
         .expect("random weights fit any config")
+}
+
+/// A `batch` × `seq` micro-batch of deterministic token ids spread over a vocabulary of
+/// `vocab`, every token labelled (its own id): what the profiling examples train on, where a
+/// step's time and memory do not depend on which ids it sees.
+pub fn labelled_batch(vocab: usize, batch: usize, seq: usize) -> TokenBatch {
+    let ids: Vec<u32> = (0..batch * seq)
+        .map(|i| (i * 7919 % vocab) as u32)
+        .collect();
+    let labels = ids.iter().map(|&i| i as i64).collect();
+    TokenBatch::new(ids, batch, seq).with_labels(labels)
 }
