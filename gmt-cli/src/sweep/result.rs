@@ -46,6 +46,26 @@ pub struct Timing {
     pub median_step_secs: f64,
     /// Seconds of the final evaluation.
     pub eval_secs: f64,
+    /// The machine of the run's last sitting (CPU model and threads): timings compare only
+    /// within one. Absent in rows written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+}
+
+/// This machine, as a timing's `machine`: the CPU model (Linux's `/proc/cpuinfo`, else the
+/// architecture) and how many threads the process may run.
+pub fn this_machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, name)| name.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{model}, {threads} threads")
 }
 
 impl RunResult {
@@ -87,6 +107,7 @@ impl RunResult {
                 train_secs: metrics.last().map_or(0.0, |m| m.elapsed_secs),
                 median_step_secs: median(&step_secs),
                 eval_secs,
+                machine: Some(this_machine()),
             },
         }
     }

@@ -182,6 +182,29 @@ fn paired_table(plan: &SweepPlan, results: &[RunResult]) -> String {
     out
 }
 
+/// Which machine timed which runs, when they were not all timed on one.
+fn machines(results: &[RunResult]) -> String {
+    let mut by_machine: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for r in results {
+        let machine = r.timing.machine.as_deref().unwrap_or("not recorded");
+        by_machine
+            .entry(machine)
+            .or_default()
+            .push(format!("`{}` seed {}", r.config, r.seed));
+    }
+    if by_machine.len() < 2 {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\n\n## Machines\n\nThese runs were timed on more than one machine: compare `s/step` \
+         only between runs of one machine.\n",
+    );
+    for (machine, runs) in by_machine {
+        let _ = write!(out, "\n- {machine}: {}", runs.join(", "));
+    }
+    out
+}
+
 /// `summary.md`.
 pub fn markdown(plan: &SweepPlan, results: &[RunResult]) -> String {
     let mut out = format!(
@@ -203,6 +226,7 @@ pub fn markdown(plan: &SweepPlan, results: &[RunResult]) -> String {
          of an effect.\n\n"
     );
     out.push_str(&paired_table(plan, results));
+    out.push_str(&machines(results));
     out.push_str("\n\n## Configurations\n\n");
     for config in &plan.configs {
         let changes: Vec<String> = config
