@@ -52,7 +52,8 @@ pub fn sequence_log_probs<B: Backend>(
 
 /// log p(label) at every shifted position, 0 where the label is ignored.
 struct LabelLogProbs<B: Backend> {
-    /// `[batch · (seq_len - 1)]`, row-major.
+    /// `[batch · seq_len]`, row-major: position t holds log p(`labels[t + 1]`), and each row's
+    /// last position, which predicts nothing, holds 0.
     log_probs: Tensor<B, 1>,
     /// Counted tokens per row.
     counts: Vec<usize>,
@@ -66,25 +67,30 @@ impl<B: Backend> LabelLogProbs<B> {
             return None;
         }
         let device = logits.device();
-        let rows = batch * (seq - 1);
+        // Every position, the last of each row included with weight 0: the logits then
+        // reshape without a copy, where dropping the last position would copy them (and its
+        // backward would allocate a logits-sized zero tensor); the extra row of log-softmax
+        // per sequence costs 1/seq of it.
+        let rows = batch * seq;
         let mut targets = Vec::with_capacity(rows);
         let mut weights = Vec::with_capacity(rows);
         let mut counts = vec![0; batch];
         for (b, count) in counts.iter_mut().enumerate() {
-            for t in 0..seq - 1 {
-                let label = labels[b * seq + t + 1];
+            for t in 0..seq {
+                let label = if t + 1 < seq {
+                    labels[b * seq + t + 1]
+                } else {
+                    IGNORE_INDEX
+                };
                 let counted = label != IGNORE_INDEX;
                 *count += usize::from(counted);
                 targets.push(if counted { label } else { 0 });
                 weights.push(if counted { 1.0f32 } else { 0.0 });
             }
         }
-        let shifted = logits
-            .slice([0..batch, 0..seq - 1, 0..vocab])
-            .reshape([rows, vocab]);
         // In fp32 whatever the logits' format, as Transformers' loss upcasts them: a softmax
         // over a large vocabulary is not to be rounded to bf16.
-        let log_probs = log_softmax(shifted.cast(FloatDType::F32), 1);
+        let log_probs = log_softmax(logits.reshape([rows, vocab]).cast(FloatDType::F32), 1);
         let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [rows, 1]), &device);
         let weights = Tensor::<B, 1>::from_data(TensorData::new(weights, [rows]), &device);
         let picked = log_probs.gather(1, targets).reshape([rows]) * weights;
