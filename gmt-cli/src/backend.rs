@@ -239,7 +239,8 @@ pub fn select_devices(
     })
 }
 
-fn rayon_threads() -> usize {
+/// Threads the CPU backend runs on.
+pub(crate) fn rayon_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 

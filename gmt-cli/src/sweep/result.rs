@@ -64,8 +64,7 @@ pub fn this_machine() -> String {
                 .map(|(_, name)| name.trim().to_string())
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!("{model}, {threads} threads")
+    format!("{model}, {} threads", crate::backend::rayon_threads())
 }
 
 impl RunResult {
