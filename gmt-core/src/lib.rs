@@ -58,6 +58,7 @@ mod error;
 mod filter;
 mod fixed_order;
 mod fused_adamw;
+mod host_mask;
 mod mask;
 pub mod masking;
 mod optimizer;

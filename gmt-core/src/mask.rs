@@ -5,6 +5,7 @@ use rand::Rng;
 use rayon::prelude::*;
 
 use crate::fixed_order::fixed_order_sum;
+use crate::host_mask::{HostCounts, mask_in_place};
 use crate::selection::{
     device_kth_largest_abs, kept_count, kth_largest_abs, sampled_kth_largest_abs,
 };
@@ -324,25 +325,20 @@ fn apply_on_host<B: Backend>(
         .zip(dtypes)
         .map(|((values, offset), &dtype)| {
             let len = values.len();
-            let (mut kept, mut total, mut kept_sq) = (0usize, 0f64, 0f64);
-            let mut drop = with_drops.then(|| Vec::with_capacity(len));
-            for (j, x) in values.iter_mut().enumerate() {
-                let sq = (*x as f64) * (*x as f64);
-                total += sq;
-                let keep = match rule {
-                    Rule::Threshold(t) => x.abs() >= *t,
-                    Rule::Chosen(chosen) => chosen[offset + j],
-                };
-                if keep {
-                    kept += 1;
-                    kept_sq += sq;
-                } else {
-                    *x = 0.0;
+            let mut drop = with_drops.then(|| vec![false; len]);
+            let HostCounts {
+                kept,
+                total_sq: total,
+                kept_sq,
+            } = match rule {
+                Rule::Threshold(t) => {
+                    mask_in_place(values, |_, x| x.abs() >= *t, drop.as_deref_mut())
                 }
-                if let Some(drop) = drop.as_mut() {
-                    drop.push(!keep);
+                Rule::Chosen(chosen) => {
+                    let chosen = &chosen[offset..offset + len];
+                    mask_in_place(values, |j, _| chosen[j], drop.as_deref_mut())
                 }
-            }
+            };
             Masked {
                 grad: Tensor::<B, 1>::from_data(
                     TensorData::new(std::mem::take(values), [len]),
