@@ -13,32 +13,15 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::{Tensor, TensorData};
+use gmt_bench::{labelled_batch, median, random_tensor, smollm2_135m_config};
 use gmt_models::causal_lm_loss;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 type B = Autodiff<Flex>;
 
 const BATCH: usize = 4;
 const SEQ: usize = 128;
-const HIDDEN: usize = 576;
-const VOCAB: usize = 49152;
-
-/// `n` values in `[-scale/2, scale/2)` from a fixed sequence: every run sees the same inputs.
-fn fixed_values(n: usize, scale: f32, salt: u64) -> Vec<f32> {
-    (0..n as u64)
-        .map(|i| {
-            let s = (i ^ salt)
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (((s >> 40) as f32) / (1u64 << 24) as f32 - 0.5) * scale
-        })
-        .collect()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -53,18 +36,15 @@ fn main() -> Result<()> {
         None => 5,
     };
     let device = Default::default();
+    let config = smollm2_135m_config();
+    let (hidden_size, vocab) = (config.hidden_size, config.vocab_size);
     let rows = BATCH * SEQ;
-    let hidden = Tensor::<B, 2>::from_data(
-        TensorData::new(fixed_values(rows * HIDDEN, 4.0, 1), [rows, HIDDEN]),
-        &device,
-    )
-    .require_grad();
-    let head = Tensor::<B, 2>::from_data(
-        TensorData::new(fixed_values(VOCAB * HIDDEN, 0.2, 2), [VOCAB, HIDDEN]),
-        &device,
-    )
-    .require_grad();
-    let labels: Vec<i64> = (0..rows).map(|i| ((i * 7919) % VOCAB) as i64).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let hidden = random_tensor::<B, 2>(&mut rng, [rows, hidden_size], 2.0, &device).require_grad();
+    let head = random_tensor::<B, 2>(&mut rng, [vocab, hidden_size], 0.1, &device).require_grad();
+    let labels = labelled_batch(vocab, BATCH, SEQ)
+        .labels
+        .context("the profiling batch is labelled")?;
 
     let (mut forward, mut backward) = (Vec::new(), Vec::new());
     for step in 0..steps {
@@ -72,7 +52,7 @@ fn main() -> Result<()> {
         let logits = hidden
             .clone()
             .matmul(head.clone().transpose())
-            .reshape([BATCH, SEQ, VOCAB]);
+            .reshape([BATCH, SEQ, vocab]);
         let loss = match mode.as_str() {
             "loss" => causal_lm_loss(logits, &labels).0,
             _ => logits.mean(),

@@ -24,6 +24,7 @@ use burn::backend::{Autodiff, Flex, NdArray};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use gmt_bench::median;
 use gmt_core::{FusedAdamW, GmtConfig, MaskScope};
 use gmt_models::{GenerationConfig, LlamaForCausalLm, TokenBatch, generate_batch, load_hf_dir};
 use gmt_train::memory::peak_rss;
@@ -109,16 +110,6 @@ fn train_with<B: AutodiffBackend, O: Optimizer<LlamaForCausalLm<B>, B>>(
                 .init(adamw, &model)?;
             train(model, gmt, steps, batch)
         }
-    }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
 }
 

@@ -179,3 +179,18 @@ pub fn labelled_batch(vocab: usize, batch: usize, seq: usize) -> TokenBatch {
     let labels = ids.iter().map(|&i| i as i64).collect();
     TokenBatch::new(ids, batch, seq).with_labels(labels)
 }
+
+/// The median of `values` (the mean of the middle two for an even count); what the profiling
+/// examples report per phase.
+///
+/// # Panics
+/// If `values` is empty.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
