@@ -71,12 +71,22 @@ impl<B: Backend> Attention<B> {
                 values: v.clone(),
             });
         }
-        let k = self.repeat_kv(k);
-        let v = self.repeat_kv(v);
         let keys = k.dims()[2];
+        let groups = self.num_heads / self.num_kv_heads;
 
+        // Grouped-query attention without repeating keys and values (Transformers'
+        // `repeat_kv`): query head `h` reads kv head `h / groups`, so the `groups` query heads of
+        // one kv head are stacked as one `[groups · seq]` block of rows over that head's keys.
+        // Same products, but nothing of the cache is copied `groups` times per layer — a copy
+        // that dominated batched decoding with a long cache.
+        let grouped = |t: Tensor<B, 4>, width: usize| {
+            t.reshape([batch, self.num_kv_heads, groups * seq, width])
+        };
         let scale = (self.head_dim as f64).powf(-0.5);
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
+        let scores = grouped(q, self.head_dim)
+            .matmul(k.swap_dims(2, 3))
+            .mul_scalar(scale)
+            .reshape([batch, self.num_heads, seq, keys]);
         // Replace rather than add: a fully masked row (padding) then softmaxes to uniform
         // weights instead of NaN, as with Transformers' finfo.min.
         let masked = masked.clone().expand([batch, self.num_heads, seq, keys]);
@@ -85,24 +95,11 @@ impl<B: Backend> Attention<B> {
         let dtype = scores.dtype();
         let scores = scores.cast(FloatDType::F32);
         let probs = softmax(scores.mask_fill(masked, f32::MIN), 3).cast(dtype);
-        let out =
-            probs
-                .matmul(v)
-                .swap_dims(1, 2)
-                .reshape([batch, seq, self.num_heads * self.head_dim]);
+        let out = grouped(probs, keys)
+            .matmul(v)
+            .reshape([batch, self.num_heads, seq, self.head_dim])
+            .swap_dims(1, 2)
+            .reshape([batch, seq, self.num_heads * self.head_dim]);
         linear3(&self.o_proj, out)
-    }
-
-    /// `[b, kv_heads, t, d]` → `[b, heads, t, d]`, each kv head serving `heads / kv_heads`
-    /// consecutive query heads (Transformers' `repeat_kv`).
-    fn repeat_kv(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let groups = self.num_heads / self.num_kv_heads;
-        if groups == 1 {
-            return x;
-        }
-        let [b, kv, t, d] = x.dims();
-        x.unsqueeze_dim::<5>(2)
-            .expand([b, kv, groups, t, d])
-            .reshape([b, kv * groups, t, d])
     }
 }
