@@ -115,7 +115,8 @@ impl<B: Backend> LabelLogProbs<B> {
         // forward and backward (≈ 9% of a SmolLM2 step on the CPU); here the backward pass is
         // one product with `coefficients`. `surrogate − detach(surrogate)` is 0 in value and
         // carries exactly that gradient, so the result equals `values` and differentiates as
-        // log p.
+        // log p. (It needs finite logits, as a model's are: a −∞ logit would make the product
+        // NaN where log-softmax would not.)
         let coefficients = (exp * (weights.clone() / sums)).scatter(
             1,
             targets,
@@ -128,5 +129,113 @@ impl<B: Backend> LabelLogProbs<B> {
             log_probs: log_probs.reshape([rows]),
             counts,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::{Autodiff, NdArray};
+    use burn::tensor::activation::log_softmax;
+
+    use super::*;
+
+    type Ad = Autodiff<NdArray>;
+
+    /// Logits `[2, 5, 7]` with spread-out values, and labels with ignored positions.
+    fn case() -> (Tensor<Ad, 3>, Vec<i64>) {
+        let values: Vec<f32> = (0..70)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.7)
+            .collect();
+        let logits =
+            Tensor::<Ad, 3>::from_data(TensorData::new(values, [2, 5, 7]), &Default::default())
+                .require_grad();
+        let labels = vec![3, 1, -100, 6, 0, -100, -100, 2, 5, 4];
+        (logits, labels)
+    }
+
+    /// log p(label) by autodiff through burn's log-softmax and a gather: the textbook form.
+    fn textbook(logits: Tensor<Ad, 3>, labels: &[i64]) -> Tensor<Ad, 1> {
+        let [batch, seq, vocab] = logits.dims();
+        let mut targets = Vec::new();
+        let mut weights = Vec::new();
+        for b in 0..batch {
+            for t in 0..seq {
+                let label = if t + 1 < seq {
+                    labels[b * seq + t + 1]
+                } else {
+                    IGNORE_INDEX
+                };
+                targets.push(label.max(0));
+                weights.push(if label == IGNORE_INDEX { 0.0f32 } else { 1.0 });
+            }
+        }
+        let rows = batch * seq;
+        let device = logits.device();
+        let targets = Tensor::<Ad, 2, Int>::from_data(TensorData::new(targets, [rows, 1]), &device);
+        let weights = Tensor::<Ad, 1>::from_data(TensorData::new(weights, [rows]), &device);
+        log_softmax(logits.reshape([rows, vocab]), 1)
+            .gather(1, targets)
+            .reshape([rows])
+            * weights
+    }
+
+    fn host<const D: usize>(t: Tensor<NdArray, D>) -> Vec<f32> {
+        t.into_data().into_vec().unwrap()
+    }
+
+    fn assert_close(a: &[f32], b: &[f32]) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{a:?}\n{b:?}");
+        }
+    }
+
+    #[test]
+    fn causal_lm_loss_has_the_textbook_value_and_gradient() {
+        let (logits, labels) = case();
+        let (loss, count) = causal_lm_loss(logits.clone(), &labels);
+        assert_eq!(count, 6);
+        let expected = textbook(logits.clone(), &labels)
+            .sum()
+            .neg()
+            .div_scalar(6.0);
+        // The same operations in the same order: equal to the bit.
+        assert_eq!(host(loss.clone().inner()), host(expected.clone().inner()));
+        let (ours, theirs) = (loss.backward(), expected.backward());
+        assert_close(
+            &host(logits.grad(&ours).unwrap()),
+            &host(logits.grad(&theirs).unwrap()),
+        );
+    }
+
+    #[test]
+    fn sequence_log_probs_differentiate_per_row() {
+        let (logits, labels) = case();
+        let (rows, counts) = sequence_log_probs(logits.clone(), &labels);
+        assert_eq!(counts, vec![3, 3]);
+        let expected = textbook(logits.clone(), &labels)
+            .reshape([2, 5])
+            .sum_dim(1)
+            .reshape([2]);
+        assert_eq!(host(rows.clone().inner()), host(expected.clone().inner()));
+        // Rows weighted differently, as DPO's loss weighs chosen and rejected responses.
+        let scale = Tensor::<Ad, 1>::from_data(
+            TensorData::new(vec![0.25f32, -1.5], [2]),
+            &Default::default(),
+        );
+        let ours = (rows * scale.clone()).sum().backward();
+        let theirs = (expected * scale).sum().backward();
+        assert_close(
+            &host(logits.grad(&ours).unwrap()),
+            &host(logits.grad(&theirs).unwrap()),
+        );
+    }
+
+    #[test]
+    fn a_plain_backend_gets_the_same_values() {
+        let (logits, labels) = case();
+        let plain = logits.clone().inner();
+        let (loss, _) = causal_lm_loss(plain.clone(), &labels);
+        let (ad_loss, _) = causal_lm_loss(logits, &labels);
+        assert_eq!(host(loss), host(ad_loss.inner()));
     }
 }
