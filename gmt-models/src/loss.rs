@@ -57,6 +57,28 @@ struct LabelLogProbs<B: Backend> {
     counts: Vec<usize>,
 }
 
+/// Per position, row-major: the label it predicts (`labels[t + 1]`; 0 where ignored), its
+/// weight (1 counted, 0 ignored or a row's last position), and each row's counted tokens.
+fn shifted_targets(labels: &[i64], batch: usize, seq: usize) -> (Vec<i64>, Vec<f32>, Vec<usize>) {
+    let mut targets = Vec::with_capacity(batch * seq);
+    let mut weights = Vec::with_capacity(batch * seq);
+    let mut counts = vec![0; batch];
+    for (b, count) in counts.iter_mut().enumerate() {
+        for t in 0..seq {
+            let label = if t + 1 < seq {
+                labels[b * seq + t + 1]
+            } else {
+                IGNORE_INDEX
+            };
+            let counted = label != IGNORE_INDEX;
+            *count += usize::from(counted);
+            targets.push(if counted { label } else { 0 });
+            weights.push(if counted { 1.0f32 } else { 0.0 });
+        }
+    }
+    (targets, weights, counts)
+}
+
 impl<B: Backend> LabelLogProbs<B> {
     /// `None` for sequences of one token, which predict nothing.
     fn new(logits: Tensor<B, 3>, labels: &[i64]) -> Option<Self> {
@@ -70,22 +92,7 @@ impl<B: Backend> LabelLogProbs<B> {
         // backward would allocate a logits-sized zero tensor); the extra row per sequence
         // costs 1/seq of it.
         let rows = batch * seq;
-        let mut targets = Vec::with_capacity(rows);
-        let mut weights = Vec::with_capacity(rows);
-        let mut counts = vec![0; batch];
-        for (b, count) in counts.iter_mut().enumerate() {
-            for t in 0..seq {
-                let label = if t + 1 < seq {
-                    labels[b * seq + t + 1]
-                } else {
-                    IGNORE_INDEX
-                };
-                let counted = label != IGNORE_INDEX;
-                *count += usize::from(counted);
-                targets.push(if counted { label } else { 0 });
-                weights.push(if counted { 1.0f32 } else { 0.0 });
-            }
-        }
+        let (targets, weights, counts) = shifted_targets(labels, batch, seq);
         let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [rows, 1]), &device);
         let weights = Tensor::<B, 2>::from_data(TensorData::new(weights, [rows, 1]), &device);
         // In fp32 whatever the logits' format, as Transformers' loss upcasts them: a softmax
@@ -156,19 +163,7 @@ mod tests {
     /// log p(label) by autodiff through burn's log-softmax and a gather: the textbook form.
     fn textbook(logits: Tensor<Ad, 3>, labels: &[i64]) -> Tensor<Ad, 1> {
         let [batch, seq, vocab] = logits.dims();
-        let mut targets = Vec::new();
-        let mut weights = Vec::new();
-        for b in 0..batch {
-            for t in 0..seq {
-                let label = if t + 1 < seq {
-                    labels[b * seq + t + 1]
-                } else {
-                    IGNORE_INDEX
-                };
-                targets.push(label.max(0));
-                weights.push(if label == IGNORE_INDEX { 0.0f32 } else { 1.0 });
-            }
-        }
+        let (targets, weights, _) = shifted_targets(labels, batch, seq);
         let rows = batch * seq;
         let device = logits.device();
         let targets = Tensor::<Ad, 2, Int>::from_data(TensorData::new(targets, [rows, 1]), &device);
@@ -233,7 +228,7 @@ mod tests {
     fn a_plain_backend_gets_the_same_values() {
         let (logits, labels) = case();
         let plain = logits.clone().inner();
-        let (loss, _) = causal_lm_loss(plain.clone(), &labels);
+        let (loss, _) = causal_lm_loss(plain, &labels);
         let (ad_loss, _) = causal_lm_loss(logits, &labels);
         assert_eq!(host(loss), host(ad_loss.inner()));
     }
