@@ -1,6 +1,8 @@
 //! The host masking kernel: one pass over a gradient in host memory that zeroes the dropped
 //! entries and counts what was kept.
 
+use crate::selection::{BoundaryBucket, abs_bits};
+
 /// Entries processed side by side: independent accumulators, so the sums vectorize instead of
 /// waiting on one long chain of dependent additions.
 const LANES: usize = 8;
@@ -33,20 +35,87 @@ pub(crate) fn mask_in_place(
     keep: impl Fn(usize, f32) -> bool,
     drops: Option<&mut [bool]>,
 ) -> HostCounts {
+    let none_pending = |_: f32| false;
     match drops {
         Some(drops) => {
             assert_eq!(drops.len(), values.len(), "one drop flag per entry");
-            pass(values, &keep, |j, kept| drops[j] = !kept)
+            pass(
+                values,
+                &keep,
+                &none_pending,
+                |j, kept| drops[j] = !kept,
+                |_| {},
+            )
         }
-        None => pass(values, &keep, |_, _| {}),
+        None => pass(values, &keep, &none_pending, |_, _| {}, |_| {}),
     }
 }
 
+/// The exact magnitude mask in one read of Γ, before its threshold is known: entries above
+/// `bucket` are kept and those below dropped, as [`mask_in_place`] would with the threshold;
+/// entries inside it stay as they are, pending, and their indices are returned. The counts
+/// leave the pending entries out (neither kept nor in ‖Γ·mask‖²) until [`settle`] decides
+/// them; ‖Γ‖² is complete. Selecting the threshold from the pending entries of the whole
+/// group ([`BoundaryBucket::select`]) and settling them gives exactly the values, drops and
+/// kept count of [`mask_in_place`] with that threshold.
+pub(crate) fn mask_outside_bucket(
+    values: &mut [f32],
+    bucket: &BoundaryBucket,
+    drops: Option<&mut [bool]>,
+) -> (HostCounts, Vec<usize>) {
+    let mut pending = Vec::new();
+    let keep = |_: usize, x: f32| abs_bits(x) >= bucket.lo;
+    let in_bucket = |x: f32| bucket.contains(abs_bits(x));
+    let counts = match drops {
+        Some(drops) => {
+            assert_eq!(drops.len(), values.len(), "one drop flag per entry");
+            pass(
+                values,
+                &keep,
+                &in_bucket,
+                |j, kept| drops[j] = !kept,
+                |j| pending.push(j),
+            )
+        }
+        None => pass(values, &keep, &in_bucket, |_, _| {}, |j| pending.push(j)),
+    };
+    (counts, pending)
+}
+
+/// Decides the `pending` entries left by [`mask_outside_bucket`]: kept where |x| ≥
+/// `threshold`, else zeroed (+0.0) and marked in `drops`; `counts` take in the kept ones.
+pub(crate) fn settle(
+    values: &mut [f32],
+    pending: &[usize],
+    threshold: f32,
+    counts: &mut HostCounts,
+    mut drops: Option<&mut [bool]>,
+) {
+    let t = abs_bits(threshold);
+    for &j in pending {
+        let x = values[j];
+        if abs_bits(x) >= t {
+            counts.kept += 1;
+            counts.kept_sq += (x as f64) * (x as f64);
+        } else {
+            values[j] = 0.0;
+            if let Some(drops) = drops.as_deref_mut() {
+                drops[j] = true;
+            }
+        }
+    }
+}
+
+/// The pass: `keep` decides each entry; entries for which `pending` holds are left in place,
+/// out of the counts, and handed to `on_pending` (branch-free lanes; `pending` of a constant
+/// `false` compiles away).
 #[inline(always)]
 fn pass(
     values: &mut [f32],
     keep: &impl Fn(usize, f32) -> bool,
+    pending: &impl Fn(f32) -> bool,
     mut record: impl FnMut(usize, bool),
+    mut on_pending: impl FnMut(usize),
 ) -> HostCounts {
     let mut total = [0f64; LANES];
     let mut kept_sq = [0f64; LANES];
@@ -57,20 +126,31 @@ fn pass(
         let base = c * LANES;
         // Each step is its own loop over the lanes so that each compiles to vector code.
         let mut mask = [0u32; LANES];
+        let mut wait = [false; LANES];
+        let mut any_waiting = false;
         for l in 0..LANES {
             let x = chunk[l] as f64;
             total[l] += x * x;
+            wait[l] = pending(chunk[l]);
+            any_waiting |= wait[l];
         }
         for l in 0..LANES {
             let k = keep(base + l, chunk[l]);
             mask[l] = (k as u32).wrapping_neg();
-            kept[l] += k as usize;
+            kept[l] += (k & !wait[l]) as usize;
             record(base + l, k);
         }
         for l in 0..LANES {
             chunk[l] = f32::from_bits(chunk[l].to_bits() & mask[l]);
             let x = chunk[l] as f64;
-            kept_sq[l] += x * x;
+            kept_sq[l] += if wait[l] { 0.0 } else { x * x };
+        }
+        if any_waiting {
+            for (l, &w) in wait.iter().enumerate() {
+                if w {
+                    on_pending(base + l);
+                }
+            }
         }
     }
     let mut counts = HostCounts {
@@ -84,7 +164,9 @@ fn pass(
         counts.total_sq += sq;
         let k = keep(start + j, *x);
         record(start + j, k);
-        if k {
+        if pending(*x) {
+            on_pending(start + j);
+        } else if k {
             counts.kept += 1;
             counts.kept_sq += sq;
         } else {
@@ -97,6 +179,7 @@ fn pass(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::selection::{SMALL, kth_largest_abs};
     use proptest::prelude::*;
 
     /// The definition, entry by entry.
@@ -133,6 +216,53 @@ mod tests {
             prop_assert_eq!(drops, want_drops);
             prop_assert_eq!(counts.kept, kept);
             // Same terms, summed in another order.
+            prop_assert!((counts.total_sq - total).abs() <= 1e-12 * total.max(1.0));
+            prop_assert!((counts.kept_sq - kept_sq).abs() <= 1e-12 * kept_sq.max(1.0));
+        }
+    }
+
+    proptest! {
+        /// Masking outside the boundary bucket, selecting among its entries and settling them
+        /// gives what finding the threshold first and masking with it gives.
+        #[test]
+        fn one_pass_with_settling_equals_threshold_then_mask(
+            values in prop::collection::vec(
+                prop_oneof![4 => -4.0f32..4.0, 1 => Just(0.0f32), 1 => (-3i32..3).prop_map(|i| i as f32)],
+                SMALL + 1..SMALL + 200,
+            ),
+            k_frac in 0.0f64..1.0,
+            split in 0usize..SMALL,
+        ) {
+            let k = 1 + ((values.len() - 1) as f64 * k_frac) as usize;
+            let (a, b) = values.split_at(split);
+            let threshold = kth_largest_abs(&[a, b], k);
+            let (want, want_drops, kept, total, kept_sq) = reference(&values, threshold);
+
+            let bucket = BoundaryBucket::find(&[a, b], k);
+            let mut parts = [a.to_vec(), b.to_vec()];
+            let mut drops = [vec![false; a.len()], vec![false; b.len()]];
+            let mut passes = Vec::new();
+            for (part, drop) in parts.iter_mut().zip(drops.iter_mut()) {
+                passes.push(mask_outside_bucket(part, &bucket, Some(drop)));
+            }
+            let mut candidates: Vec<u32> = passes
+                .iter()
+                .zip(&parts)
+                .flat_map(|((_, pending), part)| pending.iter().map(|&j| abs_bits(part[j])))
+                .collect();
+            let selected = bucket.select(&mut candidates);
+            prop_assert_eq!(selected.to_bits(), threshold.to_bits());
+            let mut counts = HostCounts::default();
+            for ((part, drop), (mut c, pending)) in parts.iter_mut().zip(drops.iter_mut()).zip(passes) {
+                settle(part, &pending, selected, &mut c, Some(drop));
+                counts.kept += c.kept;
+                counts.total_sq += c.total_sq;
+                counts.kept_sq += c.kept_sq;
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(&parts.concat()), bits(&want));
+            prop_assert_eq!(drops.concat(), want_drops);
+            prop_assert_eq!(counts.kept, kept);
             prop_assert!((counts.total_sq - total).abs() <= 1e-12 * total.max(1.0));
             prop_assert!((counts.kept_sq - kept_sq).abs() <= 1e-12 * kept_sq.max(1.0));
         }

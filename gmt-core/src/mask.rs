@@ -5,9 +5,10 @@ use rand::Rng;
 use rayon::prelude::*;
 
 use crate::fixed_order::fixed_order_sum;
-use crate::host_mask::{HostCounts, mask_in_place};
+use crate::host_mask::{HostCounts, mask_in_place, mask_outside_bucket, settle};
 use crate::selection::{
-    device_kth_largest_abs, kept_count, kth_largest_abs, sampled_kth_largest_abs,
+    BoundaryBucket, SMALL, abs_bits, device_kth_largest_abs, kept_count, kth_largest_abs,
+    sampled_kth_largest_abs,
 };
 use crate::{
     GmtConfig, MaskScope, MaskStats, MaskStrategy, ParamMaskStats, Selection, SelectionEngine,
@@ -295,11 +296,81 @@ fn mask_group_on_host<B: Backend>(
     let device = members[0].device();
     let dtypes: Vec<FloatDType> = members.iter().map(|m| m.dtype().into()).collect();
     let mut data: Vec<Vec<f32>> = members.into_par_iter().map(host_values).collect();
-    let rule = rule.unwrap_or_else(|| {
-        let slices: Vec<&[f32]> = data.iter().map(Vec::as_slice).collect();
-        Rule::Threshold(kth_largest_abs(&slices, keep))
-    });
+    let rule = match rule {
+        Some(rule) => rule,
+        None => {
+            let slices: Vec<&[f32]> = data.iter().map(Vec::as_slice).collect();
+            let n = slices.iter().map(|s| s.len()).sum::<usize>();
+            if n <= SMALL {
+                Rule::Threshold(kth_largest_abs(&slices, keep))
+            } else {
+                let bucket = BoundaryBucket::find(&slices, keep);
+                // The pass below keeps one index per entry of the bucket; a bucket that holds
+                // much of the group (all-zero rows of an embedding's Γ, say) is selected
+                // from on its own first instead, in a pass of its own.
+                if bucket.size <= n / PENDING_FRACTION {
+                    return mask_exact_in_one_pass(data, &dtypes, bucket, with_drops, &device);
+                }
+                let mut candidates: Vec<u32> = slices
+                    .iter()
+                    .flat_map(|s| s.iter().map(|&x| abs_bits(x)))
+                    .filter(|&b| bucket.contains(b))
+                    .collect();
+                Rule::Threshold(bucket.select(&mut candidates))
+            }
+        }
+    };
     apply_on_host::<B>(&mut data, &dtypes, &rule, with_drops, &device)
+}
+
+/// A boundary bucket holding more than 1/`PENDING_FRACTION` of a group's entries is selected
+/// from before masking (see [`mask_group_on_host`]).
+const PENDING_FRACTION: usize = 16;
+
+/// The exact magnitude mask of a group whose boundary bucket is known, reading each member
+/// once: every entry outside the bucket is decided in the masking pass, which also collects
+/// the bucket's entries; the threshold is selected among those, and they alone are settled.
+/// Same values, drops, threshold and counts as finding the threshold first and then masking
+/// (‖Γ·mask‖² summed in another order).
+fn mask_exact_in_one_pass<B: Backend>(
+    mut data: Vec<Vec<f32>>,
+    dtypes: &[FloatDType],
+    bucket: BoundaryBucket,
+    with_drops: bool,
+    device: &B::Device,
+) -> Vec<Masked<B>> {
+    let mut drops: Vec<Option<Vec<bool>>> = data
+        .iter()
+        .map(|v| with_drops.then(|| vec![false; v.len()]))
+        .collect();
+    let passes: Vec<(HostCounts, Vec<usize>)> = data
+        .par_iter_mut()
+        .zip(drops.par_iter_mut())
+        .map(|(values, drop)| mask_outside_bucket(values, &bucket, drop.as_deref_mut()))
+        .collect();
+    let mut candidates: Vec<u32> = passes
+        .iter()
+        .zip(&data)
+        .flat_map(|((_, pending), values)| pending.iter().map(|&j| abs_bits(values[j])))
+        .collect();
+    let threshold = bucket.select(&mut candidates);
+    data.into_par_iter()
+        .zip(drops)
+        .zip(passes)
+        .zip(dtypes)
+        .map(
+            |(((mut values, mut drop), (mut counts, pending)), &dtype)| {
+                settle(
+                    &mut values,
+                    &pending,
+                    threshold,
+                    &mut counts,
+                    drop.as_deref_mut(),
+                );
+                host_masked(values, dtype, drop, Some(threshold), counts, device)
+            },
+        )
+        .collect()
 }
 
 /// Masks host copies in place, counting kept entries and norms in the same pass; members
@@ -326,11 +397,7 @@ fn apply_on_host<B: Backend>(
         .map(|((values, offset), &dtype)| {
             let len = values.len();
             let mut drop = with_drops.then(|| vec![false; len]);
-            let HostCounts {
-                kept,
-                total_sq: total,
-                kept_sq,
-            } = match rule {
+            let counts = match rule {
                 Rule::Threshold(t) => {
                     mask_in_place(values, |_, x| x.abs() >= *t, drop.as_deref_mut())
                 }
@@ -339,22 +406,43 @@ fn apply_on_host<B: Backend>(
                     mask_in_place(values, |j, _| chosen[j], drop.as_deref_mut())
                 }
             };
-            Masked {
-                grad: Tensor::<B, 1>::from_data(
-                    TensorData::new(std::mem::take(values), [len]),
-                    device,
-                )
-                .cast(dtype),
-                drop: drop.map(|d| Tensor::from_data(TensorData::new(d, [len]), device)),
-                threshold: threshold_of(rule),
-                norms: Norms::Host {
-                    kept,
-                    total,
-                    kept_sq,
-                },
-            }
+            host_masked(
+                std::mem::take(values),
+                dtype,
+                drop,
+                threshold_of(rule),
+                counts,
+                device,
+            )
         })
         .collect()
+}
+
+/// A member masked on the host, back on the device in its own format.
+fn host_masked<B: Backend>(
+    values: Vec<f32>,
+    dtype: FloatDType,
+    drop: Option<Vec<bool>>,
+    threshold: Option<f32>,
+    counts: HostCounts,
+    device: &B::Device,
+) -> Masked<B> {
+    let len = values.len();
+    let HostCounts {
+        kept,
+        total_sq: total,
+        kept_sq,
+    } = counts;
+    Masked {
+        grad: Tensor::<B, 1>::from_data(TensorData::new(values, [len]), device).cast(dtype),
+        drop: drop.map(|d| Tensor::from_data(TensorData::new(d, [len]), device)),
+        threshold,
+        norms: Norms::Host {
+            kept,
+            total,
+            kept_sq,
+        },
+    }
 }
 
 /// Masks on the device; statistics are reduced later in one batch.

@@ -2,7 +2,7 @@
 
 /// |x| as bits: for non-negative floats the bit pattern orders exactly like the value.
 #[inline]
-fn abs_bits(x: f32) -> u32 {
+pub(crate) fn abs_bits(x: f32) -> u32 {
     x.to_bits() & 0x7fff_ffff
 }
 
@@ -11,7 +11,7 @@ fn abs_bits(x: f32) -> u32 {
 const BUCKET_SHIFT: u32 = 16;
 const BUCKETS: usize = 1 << (31 - BUCKET_SHIFT);
 /// Below this many entries a plain selection on a copy is faster than two passes.
-const SMALL: usize = 1 << 14;
+pub(crate) const SMALL: usize = 1 << 14;
 
 /// The `k`-th largest |x| over all `parts` (1-based `k`, counting duplicates), in O(n).
 ///
@@ -38,29 +38,72 @@ pub fn kth_largest_abs(parts: &[&[f32]], k: usize) -> f32 {
             .collect();
         return f32::from_bits(select_kth_largest(&mut bits, k));
     }
-
-    let mut counts = vec![0usize; BUCKETS];
-    for part in parts {
-        for &x in *part {
-            counts[(abs_bits(x) >> BUCKET_SHIFT) as usize] += 1;
-        }
-    }
-    // Walk from the largest bucket down until it holds the k-th largest entry.
-    let mut above = 0;
-    let mut bucket = BUCKETS - 1;
-    while above + counts[bucket] < k {
-        above += counts[bucket];
-        bucket -= 1;
-    }
-    let mut candidates = Vec::with_capacity(counts[bucket]);
+    let bucket = BoundaryBucket::find(parts, k);
+    let mut candidates = Vec::with_capacity(bucket.size);
     for part in parts {
         candidates.extend(
             part.iter()
                 .map(|&x| abs_bits(x))
-                .filter(|&b| (b >> BUCKET_SHIFT) as usize == bucket),
+                .filter(|&b| bucket.contains(b)),
         );
     }
-    f32::from_bits(select_kth_largest(&mut candidates, k - above))
+    bucket.select(&mut candidates)
+}
+
+/// The histogram bucket that holds the `k`-th largest |x| of a group: found in one counting
+/// pass, it decides every entry outside it (above: kept; below: dropped), so only the
+/// entries inside it — its candidates — need looking at again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BoundaryBucket {
+    /// The smallest |x| bit pattern in the bucket.
+    pub lo: u32,
+    /// The smallest |x| bit pattern above the bucket.
+    pub hi: u32,
+    /// Entries above the bucket.
+    pub above: usize,
+    /// Entries in the bucket.
+    pub size: usize,
+    /// The rank sought, over the whole group (1-based).
+    k: usize,
+}
+
+impl BoundaryBucket {
+    /// Counts `parts` into the histogram and walks it from the top to the bucket holding the
+    /// `k`-th largest entry (`1 <= k <= n`).
+    pub(crate) fn find(parts: &[&[f32]], k: usize) -> Self {
+        let mut counts = vec![0usize; BUCKETS];
+        for part in parts {
+            for &x in *part {
+                counts[(abs_bits(x) >> BUCKET_SHIFT) as usize] += 1;
+            }
+        }
+        let mut above = 0;
+        let mut bucket = BUCKETS - 1;
+        while above + counts[bucket] < k {
+            above += counts[bucket];
+            bucket -= 1;
+        }
+        Self {
+            lo: (bucket as u32) << BUCKET_SHIFT,
+            hi: (bucket as u32 + 1) << BUCKET_SHIFT,
+            above,
+            size: counts[bucket],
+            k,
+        }
+    }
+
+    /// Whether an |x| bit pattern lies in the bucket.
+    #[inline(always)]
+    pub(crate) fn contains(&self, bits: u32) -> bool {
+        bits >= self.lo && bits < self.hi
+    }
+
+    /// The `k`-th largest |x| of the group, from the bit patterns of every entry in the
+    /// bucket (in any order; reordered here).
+    pub(crate) fn select(&self, candidates: &mut [u32]) -> f32 {
+        debug_assert_eq!(candidates.len(), self.size, "every entry of the bucket");
+        f32::from_bits(select_kth_largest(candidates, self.k - self.above))
+    }
 }
 
 fn select_kth_largest(bits: &mut [u32], k: usize) -> u32 {

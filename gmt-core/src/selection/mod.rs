@@ -3,7 +3,8 @@
 //! Three ways to find it, all returning the same `f32` bit pattern for exact selection:
 //! - [`kth_largest_abs`] on host memory: a radix histogram over the top bits of |x| finds the
 //!   bucket holding the answer in one pass, then `select_nth_unstable` runs on that bucket
-//!   alone. O(n), no sort, no copy of the whole group.
+//!   alone. O(n), no sort, no copy of the whole group. (GMT's own host pass collects that
+//!   bucket while it masks, so a step reads Γ for selection once.)
 //! - [`device_kth_largest_abs`] on any burn backend: a bisection over the bit patterns of |x|
 //!   (non-negative floats order like their bits), one counting pass per bit, with every group
 //!   of a step searched together so a step costs 31 host synchronisations in all. Gradients
@@ -17,6 +18,7 @@ mod host;
 mod sampled;
 
 pub use device::device_kth_largest_abs;
+pub(crate) use host::{BoundaryBucket, SMALL, abs_bits};
 pub use host::{kth_largest_abs, kth_largest_abs_by_sort};
 pub use sampled::{sample_count, sampled_kth_largest_abs};
 

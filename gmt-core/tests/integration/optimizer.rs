@@ -583,6 +583,64 @@ fn device_engine_and_host_engine_agree() {
     }
 }
 
+/// Groups above the host engine's small-group size take its one-pass route (mask outside the
+/// boundary bucket, then settle the bucket) or, where that bucket holds much of the group,
+/// select first: either way the same thresholds, counts and masked updates as
+/// the device bisection, for both scopes and the update target's restore.
+#[test]
+fn large_groups_agree_across_engines() {
+    #[derive(Module, Debug)]
+    struct Pair<B: Backend> {
+        a: Param<Tensor<B, 1>>,
+        b: Param<Tensor<B, 2>>,
+    }
+    let (na, nb) = (40_000, 30_000);
+    let pair = || Pair::<B> {
+        a: param(vec![0.5; na], [na]),
+        b: param(vec![-0.25; nb], [100, 300]),
+    };
+    for scope in [MaskScope::Tensor, MaskScope::Global] {
+        for target in [MaskTarget::Gradient, MaskTarget::Update] {
+            let run = |engine| {
+                let model = pair();
+                let mut gmt = GmtConfig::new(0.3)
+                    .with_scope(scope)
+                    .with_target(target)
+                    .with_engine(engine)
+                    .init(adamw().init(), &model)
+                    .unwrap();
+                let mut g = GradientsParams::new();
+                // Ties (a wave sampled on a coarse grid) make the boundary bucket crowded.
+                let coarse: Vec<f32> = wave(na, 0.1).iter().map(|x| (x * 64.0).round()).collect();
+                g.register(model.a.id, tensor(coarse, [na]));
+                // Half zeros (an embedding's unseen rows): its boundary bucket is crowded.
+                let sparse: Vec<f32> = wave(nb, 0.7)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| if i % 2 == 0 { 0.0 } else { *x })
+                    .collect();
+                g.register(model.b.id, tensor(sparse, [100, 300]));
+                let (model, report) = gmt.try_step(1e-2, model, g).unwrap();
+                let values = |t: Tensor<B, 1>| t.into_data().to_vec::<f32>().unwrap();
+                let weights = (values(model.a.val()), values(model.b.val().flatten(0, 1)));
+                (report.stats().unwrap().clone(), weights)
+            };
+            let (host, host_weights) = run(SelectionEngine::Host);
+            let (device, device_weights) = run(SelectionEngine::Device);
+            for (h, d) in host.params.iter().zip(&device.params) {
+                assert_eq!(
+                    (h.kept, h.threshold.map(f32::to_bits)),
+                    (d.kept, d.threshold.map(f32::to_bits)),
+                    "{scope:?} {target:?} {}",
+                    h.path
+                );
+                assert!((h.kept_sq_norm - d.kept_sq_norm).abs() <= 1e-5 * h.grad_sq_norm);
+            }
+            assert_eq!(host_weights, device_weights, "{scope:?} {target:?}");
+        }
+    }
+}
+
 #[test]
 fn sampled_selection_keeps_about_the_requested_fraction() {
     #[derive(Module, Debug)]
