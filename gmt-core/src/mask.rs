@@ -311,12 +311,7 @@ fn mask_group_on_host<B: Backend>(
                 if bucket.size <= n / PENDING_FRACTION {
                     return mask_exact_in_one_pass(data, &dtypes, bucket, with_drops, &device);
                 }
-                let mut candidates: Vec<u32> = slices
-                    .iter()
-                    .flat_map(|s| s.iter().map(|&x| abs_bits(x)))
-                    .filter(|&b| bucket.contains(b))
-                    .collect();
-                Rule::Threshold(bucket.select(&mut candidates))
+                Rule::Threshold(bucket.select_from(&slices))
             }
         }
     };

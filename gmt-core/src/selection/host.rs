@@ -38,16 +38,7 @@ pub fn kth_largest_abs(parts: &[&[f32]], k: usize) -> f32 {
             .collect();
         return f32::from_bits(select_kth_largest(&mut bits, k));
     }
-    let bucket = BoundaryBucket::find(parts, k);
-    let mut candidates = Vec::with_capacity(bucket.size);
-    for part in parts {
-        candidates.extend(
-            part.iter()
-                .map(|&x| abs_bits(x))
-                .filter(|&b| bucket.contains(b)),
-        );
-    }
-    bucket.select(&mut candidates)
+    BoundaryBucket::find(parts, k).select_from(parts)
 }
 
 /// The histogram bucket that holds the `k`-th largest |x| of a group: found in one counting
@@ -96,6 +87,20 @@ impl BoundaryBucket {
     #[inline(always)]
     pub(crate) fn contains(&self, bits: u32) -> bool {
         bits >= self.lo && bits < self.hi
+    }
+
+    /// The `k`-th largest |x| of the group `parts` (the one counted), collecting the bucket's
+    /// entries in a pass of their own.
+    pub(crate) fn select_from(&self, parts: &[&[f32]]) -> f32 {
+        let mut candidates = Vec::with_capacity(self.size);
+        for part in parts {
+            candidates.extend(
+                part.iter()
+                    .map(|&x| abs_bits(x))
+                    .filter(|&b| self.contains(b)),
+            );
+        }
+        self.select(&mut candidates)
     }
 
     /// The `k`-th largest |x| of the group, from the bit patterns of every entry in the

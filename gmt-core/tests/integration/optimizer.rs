@@ -8,8 +8,8 @@ use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use gmt_core::{
-    GmtConfig, GmtError, GmtOptimizer, GradientMean, MaskScope, MaskStrategy, MaskTarget,
-    NonFinitePolicy, ParamMaskStats, Selection, SelectionEngine, StepReport,
+    GmtConfig, GmtError, GmtOptimizer, GradientMean, MaskScope, MaskStats, MaskStrategy,
+    MaskTarget, NonFinitePolicy, ParamMaskStats, Selection, SelectionEngine, StepReport,
 };
 
 type B = Autodiff<NdArray>;
@@ -571,15 +571,21 @@ fn device_engine_and_host_engine_agree() {
         };
         let host = thresholds(SelectionEngine::Host);
         let device = thresholds(SelectionEngine::Device);
-        for (h, d) in host.params.iter().zip(&device.params) {
-            assert_eq!(
-                (h.kept, h.threshold.map(f32::to_bits)),
-                (d.kept, d.threshold.map(f32::to_bits)),
-                "{}",
-                h.path
-            );
-            assert!((h.kept_sq_norm - d.kept_sq_norm).abs() <= 1e-5 * h.grad_sq_norm);
-        }
+        assert_same_masks(&host, &device, &format!("{scope:?}"));
+    }
+}
+
+/// The host and device engines' statistics of one step: the same kept counts and thresholds
+/// (bit for bit), and kept norms equal up to summation order.
+fn assert_same_masks(host: &MaskStats, device: &MaskStats, case: &str) {
+    for (h, d) in host.params.iter().zip(&device.params) {
+        assert_eq!(
+            (h.kept, h.threshold.map(f32::to_bits)),
+            (d.kept, d.threshold.map(f32::to_bits)),
+            "{case} {}",
+            h.path
+        );
+        assert!((h.kept_sq_norm - d.kept_sq_norm).abs() <= 1e-5 * h.grad_sq_norm);
     }
 }
 
@@ -627,15 +633,7 @@ fn large_groups_agree_across_engines() {
             };
             let (host, host_weights) = run(SelectionEngine::Host);
             let (device, device_weights) = run(SelectionEngine::Device);
-            for (h, d) in host.params.iter().zip(&device.params) {
-                assert_eq!(
-                    (h.kept, h.threshold.map(f32::to_bits)),
-                    (d.kept, d.threshold.map(f32::to_bits)),
-                    "{scope:?} {target:?} {}",
-                    h.path
-                );
-                assert!((h.kept_sq_norm - d.kept_sq_norm).abs() <= 1e-5 * h.grad_sq_norm);
-            }
+            assert_same_masks(&host, &device, &format!("{scope:?} {target:?}"));
             assert_eq!(host_weights, device_weights, "{scope:?} {target:?}");
         }
     }
