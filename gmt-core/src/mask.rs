@@ -5,7 +5,7 @@ use rand::Rng;
 use rayon::prelude::*;
 
 use crate::fixed_order::fixed_order_sum;
-use crate::host_mask::{HostCounts, mask_in_place, mask_outside_bucket, settle};
+use crate::host_mask::{HostCounts, Keep, mask_in_place, mask_outside_bucket, settle};
 use crate::selection::{
     BoundaryBucket, SMALL, abs_bits, device_kth_largest_abs, kept_count, kth_largest_abs,
     sampled_kth_largest_abs,
@@ -393,12 +393,10 @@ fn apply_on_host<B: Backend>(
             let len = values.len();
             let mut drop = with_drops.then(|| vec![false; len]);
             let counts = match rule {
-                Rule::Threshold(t) => {
-                    mask_in_place(values, |_, x| x.abs() >= *t, drop.as_deref_mut())
-                }
+                Rule::Threshold(t) => mask_in_place(values, Keep::AtLeast(*t), drop.as_deref_mut()),
                 Rule::Chosen(chosen) => {
-                    let chosen = &chosen[offset..offset + len];
-                    mask_in_place(values, |j, _| chosen[j], drop.as_deref_mut())
+                    let chosen = Keep::Chosen(&chosen[offset..offset + len]);
+                    mask_in_place(values, chosen, drop.as_deref_mut())
                 }
             };
             host_masked(
