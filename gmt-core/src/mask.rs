@@ -37,6 +37,17 @@ pub struct MaskedGradients<B: Backend> {
     pub stats: MaskStats,
 }
 
+/// [`mask_gradients`] was given a Γ holding NaN or ±∞, for which no threshold, mask or norm
+/// is defined.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the gradient of `{path}` holds NaN or infinity")]
+pub struct NonFiniteInput {
+    /// Index of the first such input, in input order.
+    pub index: usize,
+    /// Its module path.
+    pub path: String,
+}
+
 /// How the kept entries of one group are decided.
 enum Rule {
     /// Keep |Γ| ≥ threshold.
@@ -51,6 +62,12 @@ enum Rule {
 /// Inputs are taken by value: on CPU backends a gradient held only here is read and masked in
 /// place in host memory, without a copy.
 ///
+/// # Errors
+/// [`NonFiniteInput`], naming the first input whose Γ holds NaN or ±∞. The host engine finds
+/// it in the pass that masks and sums ‖Γ‖² (in f64, which no finite f32 entries overflow), so
+/// a finite step reads Γ no extra time; the device engine screens every input before
+/// masking, as its mask could drop a NaN without trace. Either way the inputs are consumed.
+///
 /// ```
 /// use burn::backend::NdArray;
 /// use burn::tensor::Tensor;
@@ -61,18 +78,23 @@ enum Rule {
 /// let grad = Tensor::<NdArray, 1>::from_floats([0.1, -0.4, 0.3, 0.0], &Default::default());
 /// let input = MaskInput { path: "w".into(), maskable: true, grad };
 /// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-/// let out = mask_gradients(&GmtConfig::new(0.5), vec![input], false, &mut rng);
+/// let out = mask_gradients(&GmtConfig::new(0.5), vec![input], false, &mut rng)?;
 /// // floor(0.5·4) = 2 masked; threshold = 2nd largest |Γ| = 0.3.
 /// assert_eq!(out.stats.params[0].threshold, Some(0.3));
 /// assert_eq!(out.grads[0].clone().into_data().to_vec::<f32>().unwrap(), vec![0.0, -0.4, 0.3, 0.0]);
+/// # Ok::<(), gmt_core::masking::NonFiniteInput>(())
 /// ```
 pub fn mask_gradients<B: Backend>(
     config: &GmtConfig,
     inputs: Vec<MaskInput<B>>,
     with_drops: bool,
     rng: &mut impl Rng,
-) -> MaskedGradients<B> {
+) -> Result<MaskedGradients<B>, NonFiniteInput> {
     let host = resolve_engine(config, &inputs) == SelectionEngine::Host;
+    if !host && let Some(index) = first_non_finite(inputs.iter().map(|i| &i.grad)) {
+        let path = inputs[index].path.clone();
+        return Err(NonFiniteInput { index, path });
+    }
     let groups = if config.is_identity() {
         Vec::new()
     } else {
@@ -128,15 +150,57 @@ pub fn mask_gradients<B: Backend>(
         .collect();
 
     let stats = collect_stats(&paths, &flags, &outputs);
+    if host && let Some(index) = first_non_finite_norm(&stats, &outputs) {
+        let path = paths[index].clone();
+        return Err(NonFiniteInput { index, path });
+    }
     let (grads, drops) = outputs
         .into_iter()
         .map(|out| (out.grad, if with_drops { out.drop } else { None }))
         .unzip();
-    MaskedGradients {
+    Ok(MaskedGradients {
         grads,
         drops,
         stats,
+    })
+}
+
+/// Index of the first of `grads` holding NaN or ±∞, with one read-back for all of them.
+fn first_non_finite<'a, B: Backend>(
+    grads: impl ExactSizeIterator<Item = &'a Tensor<B, 1>> + Clone,
+) -> Option<usize> {
+    if grads.len() == 0 {
+        return None;
     }
+    // A sum is finite whenever every term is, so one reduction per tensor screens them all;
+    // a non-finite sum is then confirmed entry-wise, since finite values can overflow a sum.
+    let sums = grads.clone().map(|g| widened(g).sum()).collect();
+    let sums = read_floats(sums);
+    grads
+        .zip(sums)
+        .position(|(grad, sum)| !sum.is_finite() && holds_non_finite(grad))
+}
+
+/// After masking on the host: the first output whose ‖Γ‖² is not finite. A norm summed on the
+/// host is exact evidence; one reduced on the device (an input no group masked, so its output
+/// is Γ itself) may have overflowed f32 and is confirmed entry-wise.
+fn first_non_finite_norm<B: Backend>(stats: &MaskStats, outputs: &[Masked<B>]) -> Option<usize> {
+    stats
+        .params
+        .iter()
+        .zip(outputs)
+        .position(|(param, out)| {
+            !param.grad_sq_norm.is_finite()
+                && match out.norms {
+                    Norms::Host { .. } => true,
+                    Norms::Device { .. } => holds_non_finite(&out.grad),
+                }
+        })
+}
+
+fn holds_non_finite<B: Backend>(grad: &Tensor<B, 1>) -> bool {
+    let count = widened(grad).is_finite().bool_not().int().sum();
+    read_ints(vec![count])[0] > 0
 }
 
 /// The rule of each active group, where it can be decided before masking. `None` marks an

@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::filter::ParamFilter;
-use crate::mask::{MaskInput, mask_gradients, widened};
+use crate::mask::{MaskInput, NonFiniteInput, mask_gradients};
 use crate::params::{ParamInfo, list_params};
 use crate::{GmtConfig, GmtError, MaskTarget, NonFinitePolicy, StepReport};
 
@@ -239,22 +239,6 @@ where
             Err(error) => return Err(StepFailure { error, module }),
         };
 
-        if let Some(bad) = first_non_finite(&entries) {
-            let param = self.params[entries[bad].param].path.clone();
-            return match self.config.non_finite {
-                NonFinitePolicy::Error => Err(StepFailure {
-                    error: GmtError::NonFiniteGradient { param, step },
-                    module,
-                }),
-                NonFinitePolicy::Skip => {
-                    self.state.skipped_steps += 1;
-                    let report = StepReport::Skipped { step, param };
-                    self.last_report = Some(report.clone());
-                    Ok((module, report))
-                }
-            };
-        }
-
         // Kept values are taken only for the update target (and a ratio above zero).
         let half = entries.iter().find_map(|e| {
             let dtype = e.value.as_ref()?.dtype();
@@ -286,7 +270,25 @@ where
         let mut rng = ChaCha8Rng::seed_from_u64(self.state.rng_seed);
         rng.set_stream(step);
         let restore_masked = self.config.target == MaskTarget::Update;
-        let out = mask_gradients(&self.config, inputs, restore_masked, &mut rng);
+        // A non-finite Γ is found while masking (host) or just before (device): either way
+        // before the inner optimizer runs, so the module comes back unchanged.
+        let out = match mask_gradients(&self.config, inputs, restore_masked, &mut rng) {
+            Ok(out) => out,
+            Err(NonFiniteInput { path: param, .. }) => {
+                return match self.config.non_finite {
+                    NonFinitePolicy::Error => Err(StepFailure {
+                        error: GmtError::NonFiniteGradient { param, step },
+                        module,
+                    }),
+                    NonFinitePolicy::Skip => {
+                        self.state.skipped_steps += 1;
+                        let report = StepReport::Skipped { step, param };
+                        self.last_report = Some(report.clone());
+                        Ok((module, report))
+                    }
+                };
+            }
+        };
 
         let clip_scale = self
             .config
@@ -467,26 +469,6 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for TakeGradients<'_, B> {
             value,
         });
     }
-}
-
-/// Index of the first gradient holding NaN or ±∞, with one read-back for all of them.
-fn first_non_finite<B: Backend>(entries: &[TakenGradient<B>]) -> Option<usize> {
-    if entries.is_empty() {
-        return None;
-    }
-    // A sum is finite whenever every term is, so one reduction per tensor screens them all;
-    // a non-finite sum is then confirmed entry-wise, since finite values can overflow a sum.
-    let sums = entries.iter().map(|e| widened(&e.grad).sum()).collect();
-    let sums: Vec<f32> = Tensor::cat(sums, 0).into_data().iter::<f32>().collect();
-    sums.iter().enumerate().find_map(|(i, s)| {
-        let bad = !s.is_finite() && count_non_finite(&entries[i].grad) > 0;
-        bad.then_some(i)
-    })
-}
-
-fn count_non_finite<B: Backend>(grad: &Tensor<B, 1>) -> i64 {
-    let count = widened(grad).is_finite().bool_not().int().sum();
-    count.into_data().iter::<i64>().next().unwrap_or(0)
 }
 
 /// Puts the (masked, flattened) gradients back in their parameters' shapes.

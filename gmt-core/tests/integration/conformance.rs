@@ -151,7 +151,7 @@ fn run(scope: MaskScope, target: MaskTarget) {
             }
         });
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        let mask = mask_gradients(&config, inputs.to_vec(), true, &mut rng);
+        let mask = mask_gradients(&config, inputs.to_vec(), true, &mut rng).expect("finite Γ");
         for (input, drop) in inputs.iter().zip(&mask.drops) {
             let key = format!("{scope_name}.{target_name}.mask.step{step}.{}", input.path);
             let expected: Vec<bool> = fx.values(&key).iter().map(|&m| m > 0.5).collect();

@@ -555,6 +555,77 @@ fn non_finite_gradients_fail_or_skip_naming_the_parameter() {
     assert!(gmt.try_step(1e-40, model, g).is_ok());
 }
 
+/// Every route through the mask — host or device engine, either scope, random or sampled
+/// selection, excluded and unmasked parameters, the update target — names the first
+/// parameter whose gradient is not finite, and leaves the module unchanged; finite values
+/// whose squares overflow f32 are not mistaken for it.
+#[test]
+fn every_mask_route_finds_the_first_non_finite_gradient() {
+    let configs = [
+        ("ratio 0", GmtConfig::new(0.0)),
+        ("tensor", GmtConfig::new(0.3)),
+        ("global", GmtConfig::new(0.3).with_scope(MaskScope::Global)),
+        (
+            "random",
+            GmtConfig::new(0.3).with_strategy(MaskStrategy::Random),
+        ),
+        (
+            "sampled",
+            GmtConfig::new(0.3).with_selection(Selection::Sampled { sample_size: 16 }),
+        ),
+        (
+            "device engine",
+            GmtConfig::new(0.3).with_engine(SelectionEngine::Device),
+        ),
+        (
+            "bias excluded",
+            GmtConfig::new(0.3).with_exclude(vec!["bias".into()]),
+        ),
+        ("update", GmtConfig::new(0.3).with_target(MaskTarget::Update)),
+    ];
+    // (weight, bias, scale) entries to plant, and the parameter to be named.
+    let cases: [(&[(usize, f32)], &[(usize, f32)], Option<f32>, &str); 4] = [
+        (&[], &[(3, f32::NAN)], None, "bias"),
+        (&[], &[], Some(f32::INFINITY), "scale"),
+        (&[], &[(0, f32::NEG_INFINITY)], Some(f32::NAN), "bias"),
+        (&[(47, f32::NAN)], &[(5, f32::INFINITY)], None, "weight"),
+    ];
+    for (name, config) in &configs {
+        for (weight_bad, bias_bad, scale_bad, expected) in cases {
+            let model = net();
+            let before = bits(values(&model));
+            let mut weight = wave(48, 2.0);
+            let mut bias = wave(8, 3.0);
+            for &(i, x) in weight_bad {
+                weight[i] = x;
+            }
+            for &(i, x) in bias_bad {
+                bias[i] = x;
+            }
+            let mut g = GradientsParams::new();
+            g.register(model.weight.id, tensor(weight, [6, 8]));
+            g.register(model.bias.id, tensor(bias, [8]));
+            g.register(model.scale.id, tensor(vec![scale_bad.unwrap_or(0.25)], [1]));
+            let mut gmt = config.clone().init(adamw().init(), &model).unwrap();
+            let failure = gmt.try_step(1e-2, model, g).err().expect(name);
+            let GmtError::NonFiniteGradient { param, step: 0 } = failure.error else {
+                panic!("{name}: {}", failure.error);
+            };
+            assert_eq!(param, expected, "{name}");
+            assert_eq!(bits(values(&failure.module)), before, "{name}: module unchanged");
+        }
+
+        let model = net();
+        let mut g = GradientsParams::new();
+        g.register(model.weight.id, tensor(vec![-3.0e38; 48], [6, 8]));
+        g.register(model.bias.id, tensor(vec![3.0e38; 8], [8]));
+        g.register(model.scale.id, tensor(vec![3.0e38], [1]));
+        let mut gmt = config.clone().init(SgdConfig::new().init(), &model).unwrap();
+        let result = gmt.try_step(1e-40, model, g);
+        assert!(result.is_ok(), "{name}: finite values are finite");
+    }
+}
+
 #[test]
 fn device_engine_and_host_engine_agree() {
     for scope in [MaskScope::Tensor, MaskScope::Global] {
