@@ -185,17 +185,13 @@ fn first_non_finite<'a, B: Backend>(
 /// host is exact evidence; one reduced on the device (an input no group masked, so its output
 /// is Γ itself) may have overflowed f32 and is confirmed entry-wise.
 fn first_non_finite_norm<B: Backend>(stats: &MaskStats, outputs: &[Masked<B>]) -> Option<usize> {
-    stats
-        .params
-        .iter()
-        .zip(outputs)
-        .position(|(param, out)| {
-            !param.grad_sq_norm.is_finite()
-                && match out.norms {
-                    Norms::Host { .. } => true,
-                    Norms::Device { .. } => holds_non_finite(&out.grad),
-                }
-        })
+    stats.params.iter().zip(outputs).position(|(param, out)| {
+        !param.grad_sq_norm.is_finite()
+            && match out.norms {
+                Norms::Host { .. } => true,
+                Norms::Device { .. } => holds_non_finite(&out.grad),
+            }
+    })
 }
 
 fn holds_non_finite<B: Backend>(grad: &Tensor<B, 1>) -> bool {

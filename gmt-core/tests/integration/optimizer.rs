@@ -581,10 +581,14 @@ fn every_mask_route_finds_the_first_non_finite_gradient() {
             "bias excluded",
             GmtConfig::new(0.3).with_exclude(vec!["bias".into()]),
         ),
-        ("update", GmtConfig::new(0.3).with_target(MaskTarget::Update)),
+        (
+            "update",
+            GmtConfig::new(0.3).with_target(MaskTarget::Update),
+        ),
     ];
-    // (weight, bias, scale) entries to plant, and the parameter to be named.
-    let cases: [(&[(usize, f32)], &[(usize, f32)], Option<f32>, &str); 4] = [
+    // Entries to plant (index, value) in weight and bias, scale's value, the parameter named.
+    type Plant = &'static [(usize, f32)];
+    let cases: [(Plant, Plant, Option<f32>, &str); 4] = [
         (&[], &[(3, f32::NAN)], None, "bias"),
         (&[], &[], Some(f32::INFINITY), "scale"),
         (&[], &[(0, f32::NEG_INFINITY)], Some(f32::NAN), "bias"),
@@ -607,12 +611,16 @@ fn every_mask_route_finds_the_first_non_finite_gradient() {
             g.register(model.bias.id, tensor(bias, [8]));
             g.register(model.scale.id, tensor(vec![scale_bad.unwrap_or(0.25)], [1]));
             let mut gmt = config.clone().init(adamw().init(), &model).unwrap();
-            let failure = gmt.try_step(1e-2, model, g).err().expect(name);
+            let failure = gmt.try_step(1e-2, model, g).expect_err(name);
             let GmtError::NonFiniteGradient { param, step: 0 } = failure.error else {
                 panic!("{name}: {}", failure.error);
             };
             assert_eq!(param, expected, "{name}");
-            assert_eq!(bits(values(&failure.module)), before, "{name}: module unchanged");
+            assert_eq!(
+                bits(values(&failure.module)),
+                before,
+                "{name}: module unchanged"
+            );
         }
 
         let model = net();
@@ -620,7 +628,10 @@ fn every_mask_route_finds_the_first_non_finite_gradient() {
         g.register(model.weight.id, tensor(vec![-3.0e38; 48], [6, 8]));
         g.register(model.bias.id, tensor(vec![3.0e38; 8], [8]));
         g.register(model.scale.id, tensor(vec![3.0e38], [1]));
-        let mut gmt = config.clone().init(SgdConfig::new().init(), &model).unwrap();
+        let mut gmt = config
+            .clone()
+            .init(SgdConfig::new().init(), &model)
+            .unwrap();
         let result = gmt.try_step(1e-40, model, g);
         assert!(result.is_ok(), "{name}: finite values are finite");
     }
