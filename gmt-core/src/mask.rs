@@ -91,7 +91,7 @@ pub fn mask_gradients<B: Backend>(
     rng: &mut impl Rng,
 ) -> Result<MaskedGradients<B>, NonFiniteInput> {
     let host = resolve_engine(config, &inputs) == SelectionEngine::Host;
-    if !host && let Some(index) = first_non_finite(inputs.iter().map(|i| &i.grad)) {
+    if !host && let Some(index) = first_non_finite(&inputs) {
         let path = inputs[index].path.clone();
         return Err(NonFiniteInput { index, path });
     }
@@ -165,20 +165,16 @@ pub fn mask_gradients<B: Backend>(
     })
 }
 
-/// Index of the first of `grads` holding NaN or ±∞, with one read-back for all of them.
-fn first_non_finite<'a, B: Backend>(
-    grads: impl ExactSizeIterator<Item = &'a Tensor<B, 1>> + Clone,
-) -> Option<usize> {
-    if grads.len() == 0 {
-        return None;
-    }
+/// Index of the first input whose Γ holds NaN or ±∞, with one read-back for all of them.
+fn first_non_finite<B: Backend>(inputs: &[MaskInput<B>]) -> Option<usize> {
     // A sum is finite whenever every term is, so one reduction per tensor screens them all;
     // a non-finite sum is then confirmed entry-wise, since finite values can overflow a sum.
-    let sums = grads.clone().map(|g| widened(g).sum()).collect();
+    let sums = inputs.iter().map(|i| widened(&i.grad).sum()).collect();
     let sums = read_floats(sums);
-    grads
+    inputs
+        .iter()
         .zip(sums)
-        .position(|(grad, sum)| !sum.is_finite() && holds_non_finite(grad))
+        .position(|(input, sum)| !sum.is_finite() && holds_non_finite(&input.grad))
 }
 
 /// After masking on the host: the first output whose ‖Γ‖² is not finite. A norm summed on the
