@@ -31,8 +31,8 @@ pub(crate) enum Keep<'a> {
 }
 
 /// Zeroes every entry of `values` that `keep` does not keep, in place, and returns the kept
-/// count and both squared norms; `drops`, when given (same length as `values`), receives
-/// `true` for each dropped entry.
+/// count and both squared norms. (Which entries were dropped is not recorded here: writing a
+/// flag per entry kept this pass from vectorizing; the caller reads it off the result.)
 ///
 /// Squares are summed in f64 over [`LANES`] interleaved accumulators per block of [`BLOCK`]
 /// entries, the blocks' sums added in order: an order fixed by the length alone, so the result
@@ -45,17 +45,13 @@ pub(crate) enum Keep<'a> {
 /// at run time (`pulp`'s dispatch) was measured: ~1.9× faster when everything is compiled
 /// inside the dispatched copy, but the closures this pass is built from stayed baseline code
 /// through the dispatch and the whole pass ran ~3× slower, so there is none.
-pub(crate) fn mask_in_place(
-    values: &mut [f32],
-    keep: Keep<'_>,
-    drops: Option<&mut [bool]>,
-) -> HostCounts {
+pub(crate) fn mask_in_place(values: &mut [f32], keep: Keep<'_>) -> HostCounts {
     let none_pending = |_: f32| false;
     match keep {
-        Keep::AtLeast(t) => recording(values, &|_, x| x.abs() >= t, &none_pending, drops, |_| {}),
+        Keep::AtLeast(t) => pass(values, &|_, x| x.abs() >= t, &none_pending, |_| {}),
         Keep::Chosen(chosen) => {
             assert_eq!(chosen.len(), values.len(), "one choice per entry");
-            recording(values, &|j, _| chosen[j], &none_pending, drops, |_| {})
+            pass(values, &|j, _| chosen[j], &none_pending, |_| {})
         }
     }
 }
@@ -65,52 +61,26 @@ pub(crate) fn mask_in_place(
 /// entries inside it stay as they are, pending, and their indices are returned. The counts
 /// leave the pending entries out (neither kept nor in ‖Γ·mask‖²) until [`settle`] decides
 /// them; ‖Γ‖² is complete. Selecting the threshold from the pending entries of the whole
-/// group ([`BoundaryBucket::select`]) and settling them gives exactly the values, drops and
-/// kept count of [`mask_in_place`] with that threshold.
+/// group ([`BoundaryBucket::select`]) and settling them gives exactly the values and kept
+/// count of [`mask_in_place`] with that threshold.
 pub(crate) fn mask_outside_bucket(
     values: &mut [f32],
     bucket: &BoundaryBucket,
-    drops: Option<&mut [bool]>,
 ) -> (HostCounts, Vec<usize>) {
     let mut pending = Vec::new();
     let keep = |_: usize, x: f32| abs_bits(x) >= bucket.lo;
     let in_bucket = |x: f32| bucket.contains(abs_bits(x));
-    let counts = recording(values, &keep, &in_bucket, drops, |j| pending.push(j));
+    let counts = pass(values, &keep, &in_bucket, |j| pending.push(j));
     (counts, pending)
 }
 
-/// [`pass`], writing each entry's drop flag into `drops` when given.
-#[inline(always)]
-fn recording(
-    values: &mut [f32],
-    keep: &impl Fn(usize, f32) -> bool,
-    pending: &impl Fn(f32) -> bool,
-    drops: Option<&mut [bool]>,
-    on_pending: impl FnMut(usize),
-) -> HostCounts {
-    match drops {
-        Some(drops) => {
-            assert_eq!(drops.len(), values.len(), "one drop flag per entry");
-            pass(
-                values,
-                keep,
-                pending,
-                |j, kept| drops[j] = !kept,
-                on_pending,
-            )
-        }
-        None => pass(values, keep, pending, |_, _| {}, on_pending),
-    }
-}
-
 /// Decides the `pending` entries left by [`mask_outside_bucket`]: kept where |x| ≥
-/// `threshold`, else zeroed (+0.0) and marked in `drops`; `counts` take in the kept ones.
+/// `threshold`, else zeroed (+0.0); `counts` take in the kept ones.
 pub(crate) fn settle(
     values: &mut [f32],
     pending: &[usize],
     threshold: f32,
     counts: &mut HostCounts,
-    mut drops: Option<&mut [bool]>,
 ) {
     let t = abs_bits(threshold);
     for &j in pending {
@@ -120,9 +90,6 @@ pub(crate) fn settle(
             counts.kept_sq += (x as f64) * (x as f64);
         } else {
             values[j] = 0.0;
-            if let Some(drops) = drops.as_deref_mut() {
-                drops[j] = true;
-            }
         }
     }
 }
@@ -135,7 +102,6 @@ fn pass(
     values: &mut [f32],
     keep: &impl Fn(usize, f32) -> bool,
     pending: &impl Fn(f32) -> bool,
-    mut record: impl FnMut(usize, bool),
     mut on_pending: impl FnMut(usize),
 ) -> HostCounts {
     let mut counts = HostCounts::default();
@@ -150,7 +116,6 @@ fn pass(
         // and out of the kept count and ‖Γ·mask‖² (its lane adds +0.0 there).
         let mut visit = |x: &mut f32, j: usize, l: usize| -> u32 {
             let (k, w) = (keep(j, *x), pending(*x));
-            record(j, k);
             let v = *x as f64;
             total[l] += v * v;
             let decided = k & !w;
@@ -197,11 +162,10 @@ mod tests {
     use proptest::prelude::*;
 
     /// The definition, entry by entry.
-    fn reference(values: &[f32], t: f32) -> (Vec<f32>, Vec<bool>, usize, f64, f64) {
+    fn reference(values: &[f32], t: f32) -> (Vec<f32>, usize, f64, f64) {
         let mut out = values.to_vec();
-        let mut drops = vec![false; values.len()];
         let (mut kept, mut total, mut kept_sq) = (0, 0.0, 0.0);
-        for (j, x) in out.iter_mut().enumerate() {
+        for x in out.iter_mut() {
             let sq = (*x as f64) * (*x as f64);
             total += sq;
             if x.abs() >= t {
@@ -209,10 +173,9 @@ mod tests {
                 kept_sq += sq;
             } else {
                 *x = 0.0;
-                drops[j] = true;
             }
         }
-        (out, drops, kept, total, kept_sq)
+        (out, kept, total, kept_sq)
     }
 
     proptest! {
@@ -221,13 +184,11 @@ mod tests {
             values in prop::collection::vec(-4.0f32..4.0, 0..700),
             t in 0.0f32..4.0,
         ) {
-            let (want, want_drops, kept, total, kept_sq) = reference(&values, t);
+            let (want, kept, total, kept_sq) = reference(&values, t);
             let mut got = values.clone();
-            let mut drops = vec![false; values.len()];
-            let counts = mask_in_place(&mut got, Keep::AtLeast(t), Some(&mut drops));
+            let counts = mask_in_place(&mut got, Keep::AtLeast(t));
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             prop_assert_eq!(bits(&got), bits(&want));
-            prop_assert_eq!(drops, want_drops);
             prop_assert_eq!(counts.kept, kept);
             // Same terms, summed in another order.
             prop_assert!((counts.total_sq - total).abs() <= 1e-12 * total.max(1.0));
@@ -250,15 +211,11 @@ mod tests {
             let k = 1 + ((values.len() - 1) as f64 * k_frac) as usize;
             let (a, b) = values.split_at(split);
             let threshold = kth_largest_abs(&[a, b], k);
-            let (want, want_drops, kept, total, kept_sq) = reference(&values, threshold);
+            let (want, kept, total, kept_sq) = reference(&values, threshold);
 
             let bucket = BoundaryBucket::find(&[a, b], k);
             let mut parts = [a.to_vec(), b.to_vec()];
-            let mut drops = [vec![false; a.len()], vec![false; b.len()]];
-            let mut passes = Vec::new();
-            for (part, drop) in parts.iter_mut().zip(drops.iter_mut()) {
-                passes.push(mask_outside_bucket(part, &bucket, Some(drop)));
-            }
+            let passes: Vec<_> = parts.iter_mut().map(|part| mask_outside_bucket(part, &bucket)).collect();
             let mut candidates: Vec<u32> = passes
                 .iter()
                 .zip(&parts)
@@ -267,15 +224,14 @@ mod tests {
             let selected = bucket.select(&mut candidates);
             prop_assert_eq!(selected.to_bits(), threshold.to_bits());
             let mut counts = HostCounts::default();
-            for ((part, drop), (mut c, pending)) in parts.iter_mut().zip(drops.iter_mut()).zip(passes) {
-                settle(part, &pending, selected, &mut c, Some(drop));
+            for (part, (mut c, pending)) in parts.iter_mut().zip(passes) {
+                settle(part, &pending, selected, &mut c);
                 counts.kept += c.kept;
                 counts.total_sq += c.total_sq;
                 counts.kept_sq += c.kept_sq;
             }
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             prop_assert_eq!(bits(&parts.concat()), bits(&want));
-            prop_assert_eq!(drops.concat(), want_drops);
             prop_assert_eq!(counts.kept, kept);
             prop_assert!((counts.total_sq - total).abs() <= 1e-12 * total.max(1.0));
             prop_assert!((counts.kept_sq - kept_sq).abs() <= 1e-12 * kept_sq.max(1.0));
@@ -286,13 +242,11 @@ mod tests {
     fn chosen_entries_are_kept() {
         let mut values: Vec<f32> = (0..40).map(|i| i as f32 - 20.0).collect();
         let chosen: Vec<bool> = (0..40).map(|j| j % 3 == 0).collect();
-        let mut drops = vec![false; 40];
-        let counts = mask_in_place(&mut values, Keep::Chosen(&chosen), Some(&mut drops));
+        let counts = mask_in_place(&mut values, Keep::Chosen(&chosen));
         assert_eq!(counts.kept, 14);
         for (j, x) in values.iter().enumerate() {
             let want = if chosen[j] { j as f32 - 20.0 } else { 0.0 };
             assert_eq!(x.to_bits(), want.to_bits(), "entry {j}");
-            assert_eq!(drops[j], !chosen[j], "entry {j}");
         }
     }
 
@@ -300,7 +254,7 @@ mod tests {
     fn nan_is_dropped() {
         let mut values: Vec<f32> = (0..19).map(|i| i as f32).collect();
         values[4] = f32::NAN;
-        let counts = mask_in_place(&mut values, Keep::AtLeast(0.0), None);
+        let counts = mask_in_place(&mut values, Keep::AtLeast(0.0));
         let kept: Vec<usize> = (0..19).filter(|j| *j != 4).collect();
         assert_eq!(counts.kept, kept.len());
         for (j, x) in values.iter().enumerate() {

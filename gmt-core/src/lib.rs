@@ -65,6 +65,7 @@ mod optimizer;
 mod params;
 mod selection;
 mod stats;
+mod update_target;
 
 pub use accumulate::GradientMean;
 pub use config::{

@@ -3,12 +3,12 @@
 use core::marker::PhantomData;
 use std::collections::HashMap;
 
-use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::LearningRate;
 use burn::optim::{GradientsParams, MultiGradientsParams, Optimizer};
 use burn::record::{PrecisionSettings, Record};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Bool, DType, Tensor};
+use burn::tensor::{DType, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::filter::ParamFilter;
 use crate::mask::{MaskInput, NonFiniteInput, mask_gradients};
 use crate::params::{ParamInfo, list_params};
+use crate::update_target::{RestoreKept, SaveDropped, host_flags, saved_on_host};
 use crate::{GmtConfig, GmtError, MaskTarget, NonFinitePolicy, StepReport};
 
 /// Gradient-Mask Tuning around any burn optimizer (AdamW, Adam, SGD, …).
@@ -54,6 +55,9 @@ pub struct GmtOptimizer<O, M, B> {
     params: Vec<ParamInfo>,
     state: GmtState,
     last_report: Option<StepReport>,
+    /// [`MaskTarget::Update`] on host memory: the dropped entries' previous values, kept
+    /// between steps so that its memory is reused.
+    saved: Vec<f32>,
     marker: PhantomData<fn() -> (M, B)>,
 }
 
@@ -65,6 +69,7 @@ impl<O: Clone, M, B> Clone for GmtOptimizer<O, M, B> {
             params: self.params.clone(),
             state: self.state.clone(),
             last_report: self.last_report.clone(),
+            saved: Vec::new(), // scratch, filled afresh by each step
             marker: PhantomData,
         }
     }
@@ -187,6 +192,7 @@ where
             params,
             state,
             last_report: None,
+            saved: Vec::new(),
             marker: PhantomData,
         })
     }
@@ -239,9 +245,12 @@ where
             Err(error) => return Err(StepFailure { error, module }),
         };
 
-        // Kept values are taken only for the update target (and a ratio above zero).
+        // Previous values are kept only for the update target (and a ratio above zero).
         let half = entries.iter().find_map(|e| {
-            let dtype = e.value.as_ref()?.dtype();
+            let Previous::Kept(value) = &e.previous else {
+                return None;
+            };
+            let dtype = value.dtype();
             matches!(dtype, DType::BF16 | DType::F16).then_some((e.param, dtype))
         });
         if let Some((param, dtype)) = half {
@@ -253,12 +262,12 @@ where
         }
 
         let mut ids = Vec::with_capacity(entries.len());
-        let mut values = Vec::with_capacity(entries.len());
+        let mut previous = Vec::with_capacity(entries.len());
         let inputs: Vec<MaskInput<B::InnerBackend>> = entries
             .into_iter()
             .map(|e| {
                 ids.push(e.id);
-                values.push(e.value);
+                previous.push(e.previous);
                 let param = &self.params[e.param];
                 MaskInput {
                     path: param.path.clone(),
@@ -297,16 +306,19 @@ where
             .filter(|&scale| scale < 1.0);
 
         let mut masked = HashMap::with_capacity(ids.len());
-        let mut restore = HashMap::new();
-        for (((id, grad), drop), value) in ids.into_iter().zip(out.grads).zip(out.drops).zip(values)
-        {
+        let mut kept = HashMap::new();
+        let mut host_drops = HashMap::new();
+        let outputs = ids.into_iter().zip(out.grads).zip(out.drops).zip(previous);
+        for (((id, grad), drop), previous) in outputs {
             let grad = match clip_scale {
                 Some(scale) => grad.mul_scalar(scale),
                 None => grad,
             };
             masked.insert(id, grad);
-            if let (Some(drop), Some(old)) = (drop, value) {
-                restore.insert(id, (drop, old));
+            match (drop, previous) {
+                (Some(drop), Previous::Kept(old)) => _ = kept.insert(id, (drop, old)),
+                (Some(drop), Previous::OnHost) => _ = host_drops.insert(id, host_flags(drop)),
+                _ => {}
             }
         }
         module.visit(&mut PutGradients::<B> {
@@ -314,10 +326,15 @@ where
             masked,
             marker: PhantomData,
         });
+        // Update target: the dropped entries' values are saved (host) or kept (elsewhere)
+        // before the inner step, and put back after it.
+        let mut save = SaveDropped::<B>::new(host_drops, &mut self.saved);
+        let module = module.map(&mut save);
         let mut module = self.inner.step(lr, module, grads);
-        if !restore.is_empty() {
-            module = module.map(&mut RestoreMasked::<B> {
-                restore,
+        module = module.map(&mut save.into_restore());
+        if !kept.is_empty() {
+            module = module.map(&mut RestoreKept::<B> {
+                kept,
                 marker: PhantomData,
             });
         }
@@ -346,7 +363,7 @@ where
             path: Vec::new(),
             visited: 0,
             mismatch: None,
-            keep_values: self.config.target == MaskTarget::Update && !self.config.is_identity(),
+            previous_needed: self.config.target == MaskTarget::Update && !self.config.is_identity(),
             entries: Vec::new(),
             marker: PhantomData,
         };
@@ -415,8 +432,17 @@ struct TakenGradient<B: Backend> {
     id: ParamId,
     param: usize,
     grad: Tensor<B, 1>,
-    /// The parameter's value before the step, for [`MaskTarget::Update`].
-    value: Option<Tensor<B, 1>>,
+    previous: Previous<B>,
+}
+
+/// How [`MaskTarget::Update`] will put a parameter's dropped entries back.
+enum Previous<B: Backend> {
+    /// Not needed: the gradient target, or a ratio of zero.
+    NotNeeded,
+    /// From the dropped entries' values, saved from host memory just before the step.
+    OnHost,
+    /// From the parameter's whole value before the step, kept here.
+    Kept(Tensor<B, 1>),
 }
 
 /// Takes each parameter's gradient out of `GradientsParams`, finding the parameters by their
@@ -429,7 +455,8 @@ struct TakeGradients<'a, B: AutodiffBackend> {
     visited: usize,
     /// The first parameter that is not the one `init` listed at its place.
     mismatch: Option<String>,
-    keep_values: bool,
+    /// Whether the step needs parameters' previous values ([`MaskTarget::Update`]).
+    previous_needed: bool,
     entries: Vec<TakenGradient<B::InnerBackend>>,
     marker: PhantomData<B>,
 }
@@ -457,16 +484,23 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for TakeGradients<'_, B> {
         let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) else {
             return; // frozen or unused: no gradient, nothing to do
         };
-        let value = self
-            .keep_values
-            .then(|| param.val().inner().flatten::<1>(0, D - 1));
+        let previous = if !self.previous_needed {
+            Previous::NotNeeded
+        } else {
+            let value = param.val().inner();
+            if saved_on_host(&value) {
+                Previous::OnHost
+            } else {
+                Previous::Kept(value.flatten::<1>(0, D - 1))
+            }
+        };
         self.entries.push(TakenGradient {
             id: param.id,
             param: index,
             // Γ stays in its format (fp32, or bf16 for bf16 weights): the mask widens it to
             // fp32 one tensor at a time where it computes (README "GMT, precisely").
             grad: grad.flatten::<1>(0, D - 1),
-            value,
+            previous,
         });
     }
 }
@@ -484,33 +518,6 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for PutGradients<'_, B> {
             let grad: Tensor<B::InnerBackend, D> = grad.reshape(param.shape());
             self.grads.register(param.id, grad);
         }
-    }
-}
-
-/// A parameter's drop mask and its value before the step, flattened.
-type Restore<B> = (Tensor<B, 1, Bool>, Tensor<B, 1>);
-
-struct RestoreMasked<B: AutodiffBackend> {
-    restore: HashMap<ParamId, Restore<B::InnerBackend>>,
-    marker: PhantomData<B>,
-}
-
-impl<B: AutodiffBackend> ModuleMapper<B> for RestoreMasked<B> {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let Some((drop, old)) = self.restore.remove(&param.id) else {
-            return param;
-        };
-        let (id, tensor, mapper) = param.consume();
-        let require_grad = tensor.is_require_grad();
-        let shape = tensor.shape();
-        let kept = tensor
-            .inner()
-            .mask_where(drop.reshape(shape.clone()), old.reshape(shape));
-        let mut tensor = Tensor::from_inner(kept);
-        if require_grad {
-            tensor = tensor.require_grad();
-        }
-        Param::from_mapped_value(id, tensor, mapper)
     }
 }
 

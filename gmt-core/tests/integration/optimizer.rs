@@ -674,7 +674,9 @@ fn assert_same_masks(host: &MaskStats, device: &MaskStats, case: &str) {
 /// Groups above the host engine's small-group size take its one-pass route (mask outside the
 /// boundary bucket, then settle the bucket) or, where that bucket holds much of the group,
 /// select first: either way the same thresholds, counts and masked updates as
-/// the device bisection, for both scopes and the update target's restore.
+/// the device bisection, for both scopes and the update target's restore. The random mask's
+/// drops, too, are the same on both engines, zero gradients kept or dropped alike (AdamW's
+/// weight decay moves a kept one; the update target freezes a dropped one).
 #[test]
 fn large_groups_agree_across_engines() {
     #[derive(Module, Debug)]
@@ -687,37 +689,47 @@ fn large_groups_agree_across_engines() {
         a: param(vec![0.5; na], [na]),
         b: param(vec![-0.25; nb], [100, 300]),
     };
-    for scope in [MaskScope::Tensor, MaskScope::Global] {
-        for target in [MaskTarget::Gradient, MaskTarget::Update] {
-            let run = |engine| {
-                let model = pair();
-                let mut gmt = GmtConfig::new(0.3)
-                    .with_scope(scope)
-                    .with_target(target)
-                    .with_engine(engine)
-                    .init(adamw().init(), &model)
-                    .unwrap();
-                let mut g = GradientsParams::new();
-                // Ties (a wave sampled on a coarse grid) make the boundary bucket crowded.
-                let coarse: Vec<f32> = wave(na, 0.1).iter().map(|x| (x * 64.0).round()).collect();
-                g.register(model.a.id, tensor(coarse, [na]));
-                // Half zeros (an embedding's unseen rows): its boundary bucket is crowded.
-                let sparse: Vec<f32> = wave(nb, 0.7)
-                    .iter()
-                    .enumerate()
-                    .map(|(i, x)| if i % 2 == 0 { 0.0 } else { *x })
-                    .collect();
-                g.register(model.b.id, tensor(sparse, [100, 300]));
-                let (model, report) = gmt.try_step(1e-2, model, g).unwrap();
-                let values = |t: Tensor<B, 1>| t.into_data().to_vec::<f32>().unwrap();
-                let weights = (values(model.a.val()), values(model.b.val().flatten(0, 1)));
-                (report.stats().unwrap().clone(), weights)
-            };
-            let (host, host_weights) = run(SelectionEngine::Host);
-            let (device, device_weights) = run(SelectionEngine::Device);
-            assert_same_masks(&host, &device, &format!("{scope:?} {target:?}"));
-            assert_eq!(host_weights, device_weights, "{scope:?} {target:?}");
-        }
+    let cases = [MaskStrategy::Magnitude, MaskStrategy::Random]
+        .into_iter()
+        .flat_map(|strategy| {
+            [MaskScope::Tensor, MaskScope::Global]
+                .into_iter()
+                .flat_map(move |scope| {
+                    [MaskTarget::Gradient, MaskTarget::Update]
+                        .map(|target| (strategy, scope, target))
+                })
+        });
+    for (strategy, scope, target) in cases {
+        let run = |engine| {
+            let model = pair();
+            let mut gmt = GmtConfig::new(0.3)
+                .with_strategy(strategy)
+                .with_scope(scope)
+                .with_target(target)
+                .with_engine(engine)
+                .init(adamw().init(), &model)
+                .unwrap();
+            let mut g = GradientsParams::new();
+            // Ties (a wave sampled on a coarse grid) make the boundary bucket crowded.
+            let coarse: Vec<f32> = wave(na, 0.1).iter().map(|x| (x * 64.0).round()).collect();
+            g.register(model.a.id, tensor(coarse, [na]));
+            // Half zeros (an embedding's unseen rows): its boundary bucket is crowded.
+            let sparse: Vec<f32> = wave(nb, 0.7)
+                .iter()
+                .enumerate()
+                .map(|(i, x)| if i % 2 == 0 { 0.0 } else { *x })
+                .collect();
+            g.register(model.b.id, tensor(sparse, [100, 300]));
+            let (model, report) = gmt.try_step(1e-2, model, g).unwrap();
+            let values = |t: Tensor<B, 1>| t.into_data().to_vec::<f32>().unwrap();
+            let weights = (values(model.a.val()), values(model.b.val().flatten(0, 1)));
+            (report.stats().unwrap().clone(), weights)
+        };
+        let (host, host_weights) = run(SelectionEngine::Host);
+        let (device, device_weights) = run(SelectionEngine::Device);
+        let case = format!("{strategy:?} {scope:?} {target:?}");
+        assert_same_masks(&host, &device, &case);
+        assert_eq!(host_weights, device_weights, "{case}");
     }
 }
 
