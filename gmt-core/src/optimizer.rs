@@ -329,9 +329,15 @@ where
         // Update target: the dropped entries' values are saved (host) or kept (elsewhere)
         // before the inner step, and put back after it.
         let mut save = SaveDropped::<B>::new(host_drops, &mut self.saved);
-        let module = module.map(&mut save);
+        let module = if save.is_empty() {
+            module
+        } else {
+            module.map(&mut save)
+        };
         let mut module = self.inner.step(lr, module, grads);
-        module = module.map(&mut save.into_restore());
+        if !save.is_empty() {
+            module = module.map(&mut save.into_restore());
+        }
         if !kept.is_empty() {
             module = module.map(&mut RestoreKept::<B> {
                 kept,

@@ -42,12 +42,12 @@ pub(crate) fn host_flags<B: Backend>(drop: Tensor<B, 1, Bool>) -> Vec<bool> {
 /// Copies each parameter's dropped entries (`drops`: `true` = dropped, flattened) into
 /// `saved`, which it clears first; [`RestoreSaved`] writes them back after the step.
 pub(crate) struct SaveDropped<'a, B: AutodiffBackend> {
-    /// Per parameter, its drop flags (taken; handed on to [`RestoreSaved`]).
-    pub drops: HashMap<ParamId, Vec<bool>>,
+    /// Per parameter, its drop flags (handed on to [`RestoreSaved`]).
+    drops: HashMap<ParamId, Vec<bool>>,
     /// Where each parameter's saved values lie in `saved`.
-    pub ranges: HashMap<ParamId, Range<usize>>,
-    pub saved: &'a mut Vec<f32>,
-    pub marker: PhantomData<B>,
+    ranges: HashMap<ParamId, Range<usize>>,
+    saved: &'a mut Vec<f32>,
+    marker: PhantomData<B>,
 }
 
 impl<'a, B: AutodiffBackend> SaveDropped<'a, B> {
@@ -59,6 +59,11 @@ impl<'a, B: AutodiffBackend> SaveDropped<'a, B> {
             saved,
             marker: PhantomData,
         }
+    }
+
+    /// Whether no parameter has entries to save.
+    pub fn is_empty(&self) -> bool {
+        self.drops.is_empty()
     }
 
     /// What [`RestoreSaved`] needs once the inner optimizer has stepped.
