@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use bytesize::ByteSize;
 use gmt_models::LlamaConfig;
 use gmt_train::memory::{
-    Checkpointing, MemoryEstimate, MemoryPlan, Precision, peak_rss, reset_peak_rss,
+    Checkpointing, MemoryEstimate, MemoryPlan, OldValues, Precision, peak_rss, reset_peak_rss,
 };
 
 use crate::backend::Selected;
@@ -60,6 +60,8 @@ pub fn plan(args: &PlanArgs) -> Result<Finished> {
             (None, None) => MemoryPlan::CPU_RESERVE,
             _ => MemoryPlan::GPU_RESERVE,
         },
+        // `gmt plan` is not told the mask's target: the gradient target, the default.
+        old_values: OldValues::None,
     };
     let estimate = plan.estimate(&config);
     // A device given or found is taken for a CUDA GPU, else the host's memory means a CPU run
@@ -258,6 +260,7 @@ fn train_plan(settings: &TrainSettings, selected: &Selected, grad_accum: usize) 
         precision: settings.train.precision,
         checkpointing: settings.train.checkpointing,
         sequences_per_example: sequences_per_example(settings.train.objective),
+        old_values: OldValues::of(&settings.gmt, matches!(selected, Selected::Cpu { .. })),
     }
 }
 
@@ -324,7 +327,11 @@ fn candidates(plan: &MemoryPlan) -> Vec<MemoryPlan> {
     let per_step = plan.micro_batch_size * plan.grad_accum;
     let mut out = Vec::new();
     for b in sizes {
-        for precision in Precision::ALL {
+        // Full bf16 refuses the update target (README "GMT, precisely").
+        let precisions = Precision::ALL
+            .into_iter()
+            .filter(|p| plan.old_values == OldValues::None || *p != Precision::Bf16);
+        for precision in precisions {
             for checkpointing in Checkpointing::ALL {
                 out.push(MemoryPlan {
                     micro_batch_size: b,
@@ -384,4 +391,29 @@ fn gpu_memory(index: usize) -> Option<Capacity> {
         bytes: ByteSize::mib(mib).as_u64(),
         source: format!("GPU {index}, {}", name.trim()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_update_target_is_not_offered_full_bf16() {
+        let plan = MemoryPlan {
+            micro_batch_size: 4,
+            ..MemoryPlan::default()
+        };
+        assert!(
+            candidates(&plan)
+                .iter()
+                .any(|c| c.precision == Precision::Bf16)
+        );
+        let update = MemoryPlan {
+            old_values: OldValues::All,
+            ..plan
+        };
+        let offered = candidates(&update);
+        assert!(offered.iter().any(|c| c.precision == Precision::Bf16Mixed));
+        assert!(offered.iter().all(|c| c.precision != Precision::Bf16));
+    }
 }

@@ -1,5 +1,6 @@
 //! The memory budget of one training run, part by part, from the model's config alone.
 
+use gmt_core::{GmtConfig, MaskTarget};
 use gmt_models::LlamaConfig;
 
 use super::{Checkpointing, Precision};
@@ -21,7 +22,7 @@ use super::{Checkpointing, Precision};
 /// assert!(bf16.total() < fp32.total());
 /// assert_eq!(fp32.parameters, 7_241_732_096);
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MemoryPlan {
     /// Sequences per micro-batch (for DPO: preference pairs).
     pub micro_batch_size: usize,
@@ -39,6 +40,40 @@ pub struct MemoryPlan {
     /// Bytes the runtime takes besides the run's tensors (see [`MemoryPlan::CPU_RESERVE`]
     /// and [`MemoryPlan::GPU_RESERVE`]).
     pub reserve: u64,
+    /// What GMT's update target keeps of the weights' previous values.
+    pub old_values: OldValues,
+}
+
+/// The previous values GMT's update target ([`MaskTarget::Update`]) keeps to put back into
+/// the masked entries after AdamW's step (gmt-core's `update_target.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum OldValues {
+    /// None: the gradient target, or nothing masked.
+    #[default]
+    None,
+    /// On the CPU: the masked entries' values alone (`mask_ratio` of the parameters, fp32),
+    /// in a buffer kept from step to step.
+    Masked {
+        /// The fraction of entries masked.
+        mask_ratio: f64,
+    },
+    /// On a GPU: every parameter's previous value (fp32), held through the update.
+    All,
+}
+
+impl OldValues {
+    /// What a run with `gmt` keeps, on the CPU (`on_host`) or a GPU.
+    pub fn of(gmt: &GmtConfig, on_host: bool) -> Self {
+        if gmt.target != MaskTarget::Update || gmt.is_identity() {
+            Self::None
+        } else if on_host {
+            Self::Masked {
+                mask_ratio: gmt.mask_ratio,
+            }
+        } else {
+            Self::All
+        }
+    }
 }
 
 impl MemoryPlan {
@@ -60,6 +95,7 @@ impl Default for MemoryPlan {
             checkpointing: Checkpointing::default(),
             sequences_per_example: 1,
             reserve: Self::CPU_RESERVE,
+            old_values: OldValues::None,
         }
     }
 }
@@ -82,6 +118,11 @@ pub struct MemoryEstimate {
     pub activations: u64,
     /// Temporaries of the mask and AdamW, one parameter tensor at a time.
     pub workspace: u64,
+    /// The update target's previous values ([`OldValues`]).
+    pub old_values: u64,
+    /// Whether `old_values` live through the whole step (the CPU's buffer), rather than
+    /// through the update alone (a GPU's copies).
+    pub old_values_persist: bool,
     /// The runtime itself (allocator, device context), as [`MemoryPlan::reserve`] gives it.
     pub reserve: u64,
 }
@@ -92,15 +133,22 @@ impl MemoryEstimate {
     /// activation) or its end (every gradient, then the update's temporaries), whichever is
     /// larger, over what lives through the whole step.
     pub fn total(&self) -> u64 {
+        let (persistent, at_update) = match self.old_values_persist {
+            true => (self.old_values, 0),
+            false => (0, self.old_values),
+        };
         self.weights
             + self.gamma
             + self.optimizer
-            + self.activations.max(self.gradients + self.workspace)
+            + persistent
+            + self
+                .activations
+                .max(self.gradients + self.workspace + at_update)
             + self.reserve
     }
 
     /// The parts by name, in the order `gmt plan` prints them.
-    pub fn parts(&self) -> [(&'static str, u64); 7] {
+    pub fn parts(&self) -> [(&'static str, u64); 8] {
         [
             ("weights", self.weights),
             ("gradients", self.gradients),
@@ -108,6 +156,7 @@ impl MemoryEstimate {
             ("optimizer", self.optimizer),
             ("activations", self.activations),
             ("workspace", self.workspace),
+            ("old values", self.old_values),
             ("reserve", self.reserve),
         ]
     }
@@ -189,6 +238,12 @@ impl MemoryPlan {
             optimizer: parameters * p.optimizer_bytes(),
             activations: config.num_hidden_layers as u64 * per_layer + kept.logit_copies * logits,
             workspace: p.workspace_copies() * config.largest_parameter() * 4,
+            old_values: match self.old_values {
+                OldValues::None => 0,
+                OldValues::Masked { mask_ratio } => (parameters as f64 * mask_ratio) as u64 * 4,
+                OldValues::All => parameters * 4,
+            },
+            old_values_persist: matches!(self.old_values, OldValues::Masked { .. }),
             reserve: self.reserve,
         }
     }
@@ -276,6 +331,56 @@ mod tests {
                 "{b}×{t} {checkpointing} K={grad_accum} {precision}: estimated {estimate:.3} GiB, measured {peak} GiB"
             );
         }
+    }
+
+    /// The update target keeps the masked entries' old values through the whole step on
+    /// the CPU, and every weight's through the update on a GPU; the gradient target none.
+    #[test]
+    fn the_update_target_counts_its_old_values() {
+        let config = smollm2();
+        let gradient = plan(4, 128).estimate(&config);
+        let with = |old_values| {
+            MemoryPlan {
+                old_values,
+                ..plan(4, 128)
+            }
+            .estimate(&config)
+        };
+        let gmt = GmtConfig::new(0.3).with_target(MaskTarget::Update);
+        assert_eq!(OldValues::of(&GmtConfig::new(0.3), true), OldValues::None);
+        assert_eq!(
+            OldValues::of(&GmtConfig::new(0.0).with_target(MaskTarget::Update), true),
+            OldValues::None
+        );
+        assert_eq!(OldValues::of(&gmt, false), OldValues::All);
+
+        let cpu = with(OldValues::of(&gmt, true));
+        let masked = (gradient.parameters as f64 * 0.3) as u64 * 4;
+        assert_eq!(cpu.old_values, masked);
+        assert_eq!(cpu.total(), gradient.total() + masked);
+
+        // On a GPU the copy is held only while the update runs, beside the gradients, so it
+        // adds to the peak only as far as the end of backward becomes the larger side.
+        let gpu = with(OldValues::All);
+        let weights = gradient.parameters * 4;
+        let end_of_backward = gradient.gradients + gradient.workspace + weights;
+        let expected = gradient.total()
+            - gradient
+                .activations
+                .max(gradient.gradients + gradient.workspace)
+            + gradient.activations.max(end_of_backward);
+        assert_eq!(gpu.total(), expected);
+        // With short sequences the end of backward is the peak, and the copy adds in full.
+        let short = plan(1, 16);
+        let (without, gpu) = (
+            short.estimate(&config),
+            MemoryPlan {
+                old_values: OldValues::All,
+                ..short
+            }
+            .estimate(&config),
+        );
+        assert_eq!(gpu.total(), without.total() + weights);
     }
 
     #[test]

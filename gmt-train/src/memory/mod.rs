@@ -14,6 +14,6 @@ mod estimate;
 mod peak;
 mod precision;
 
-pub use estimate::{MemoryEstimate, MemoryPlan};
+pub use estimate::{MemoryEstimate, MemoryPlan, OldValues};
 pub use peak::{peak_rss, reset_peak_rss};
 pub use precision::{Checkpointing, Precision};
