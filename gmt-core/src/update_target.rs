@@ -116,14 +116,25 @@ fn with_host_values<B: AutodiffBackend, const D: usize>(
     param: Param<Tensor<B, D>>,
     f: impl FnOnce(&mut [f32]),
 ) -> Param<Tensor<B, D>> {
+    map_value(param, |tensor| {
+        let device = tensor.device();
+        let mut data = tensor.into_data();
+        f(data
+            .as_mut_slice::<f32>()
+            .expect("saved_on_host admits f32 parameters only"));
+        Tensor::from_data(data, &device)
+    })
+}
+
+/// `param` with its value replaced by `f` of it, outside the autodiff graph; its id, and
+/// whether it requires a gradient, stay as they were.
+fn map_value<B: AutodiffBackend, const D: usize>(
+    param: Param<Tensor<B, D>>,
+    f: impl FnOnce(Tensor<B::InnerBackend, D>) -> Tensor<B::InnerBackend, D>,
+) -> Param<Tensor<B, D>> {
     let (id, tensor, mapper) = param.consume();
     let require_grad = tensor.is_require_grad();
-    let device = tensor.device();
-    let mut data = tensor.inner().into_data();
-    f(data
-        .as_mut_slice::<f32>()
-        .expect("saved_on_host admits f32 parameters only"));
-    let mut tensor = Tensor::from_inner(Tensor::from_data(data, &device));
+    let mut tensor = Tensor::from_inner(f(tensor.inner()));
     if require_grad {
         tensor = tensor.require_grad();
     }
@@ -218,17 +229,10 @@ impl<B: AutodiffBackend> ModuleMapper<B> for RestoreKept<B> {
         let Some((drop, old)) = self.kept.remove(&param.id) else {
             return param;
         };
-        let (id, tensor, mapper) = param.consume();
-        let require_grad = tensor.is_require_grad();
-        let shape = tensor.shape();
-        let kept = tensor
-            .inner()
-            .mask_where(drop.reshape(shape.clone()), old.reshape(shape));
-        let mut tensor = Tensor::from_inner(kept);
-        if require_grad {
-            tensor = tensor.require_grad();
-        }
-        Param::from_mapped_value(id, tensor, mapper)
+        map_value(param, |tensor| {
+            let shape = tensor.shape();
+            tensor.mask_where(drop.reshape(shape.clone()), old.reshape(shape))
+        })
     }
 }
 
