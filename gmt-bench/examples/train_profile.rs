@@ -16,7 +16,10 @@
 //! after one warm-up run. Peak RSS is the process's, so each mode runs in its own process.
 //!
 //! The backend is burn's Flex (the `gmt` binary's CPU backend, multi-threaded with SIMD);
-//! `GMT_BENCH_BACKEND=ndarray` measures burn-ndarray instead.
+//! `GMT_BENCH_BACKEND=ndarray` measures burn-ndarray instead. As in `gmt train` on the CPU,
+//! the allocator keeps what a step frees for the next step
+//! (`gmt_train::memory::retain_freed_host_memory`); `GMT_BENCH_ALLOCATOR=default` leaves
+//! glibc's defaults, for an A/B of that setting.
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -27,7 +30,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use gmt_bench::median;
 use gmt_core::{FusedAdamW, GmtConfig, MaskScope};
 use gmt_models::{GenerationConfig, LlamaForCausalLm, TokenBatch, generate_batch, load_hf_dir};
-use gmt_train::memory::peak_rss;
+use gmt_train::memory::{peak_rss, retain_freed_host_memory};
 
 /// What to measure: training with an optimizer (`None`: plain AdamW; `Some`: GMT over it, with
 /// this scope), or decoding.
@@ -165,6 +168,13 @@ fn print_peak_rss() {
 }
 
 fn main() -> Result<()> {
+    match std::env::var("GMT_BENCH_ALLOCATOR").as_deref() {
+        Ok("retain") | Err(_) => {
+            retain_freed_host_memory();
+        }
+        Ok("default") => {}
+        Ok(other) => bail!("GMT_BENCH_ALLOCATOR={other}: retain or default"),
+    }
     match std::env::var("GMT_BENCH_BACKEND").as_deref() {
         Ok("flex") | Err(_) => profile::<Autodiff<Flex>>("flex"),
         Ok("ndarray") => profile::<Autodiff<NdArray>>("ndarray"),

@@ -8,7 +8,8 @@ use anyhow::{Result, bail};
 use bytesize::ByteSize;
 use gmt_models::LlamaConfig;
 use gmt_train::memory::{
-    Checkpointing, MemoryEstimate, MemoryPlan, OldValues, Precision, peak_rss, reset_peak_rss,
+    Checkpointing, MemoryEstimate, MemoryPlan, OldValues, Precision, peak_rss,
+    release_freed_host_memory, reset_peak_rss,
 };
 
 use crate::backend::Selected;
@@ -210,8 +211,11 @@ static STEPS_PEAK: AtomicU64 = AtomicU64::new(0);
 static SAVE_PEAK: AtomicU64 = AtomicU64::new(0);
 
 /// Called once the trainers are built, before the first step: the peak so far is loading's.
+/// What loading freed (the file's tensors) goes back to the kernel, so that the steps' peak
+/// is the steps' own.
 pub fn after_load() {
     LOAD_PEAK.fetch_max(peak_rss().unwrap_or(0), Ordering::Relaxed);
+    release_freed_host_memory();
     reset_peak_rss();
 }
 
@@ -224,6 +228,7 @@ pub fn before_save() {
 /// Called after a checkpoint is saved: the peak since [`before_save`] belongs to the save.
 pub fn after_save() {
     SAVE_PEAK.fetch_max(peak_rss().unwrap_or(0), Ordering::Relaxed);
+    release_freed_host_memory();
     reset_peak_rss();
 }
 
