@@ -222,41 +222,15 @@ impl FusedAdamW {
             }
             None => (1, vec![0.0; n], vec![0.0; n]),
         };
-        let first = time == 1;
         let mut p = host(tensor);
         let g = host(grad);
 
-        // burn's AdamW, operation by operation (burn-optim 0.21 `adamw.rs`): scalars are f32,
-        // or f64 rounded to f32 where burn passes an f64 (the rate and the decay factor).
-        let (b1, b2, eps) = (self.beta_1, self.beta_2, self.epsilon);
-        let (f1, f2) = (1.0 - b1, 1.0 - b2);
-        let c1 = 1f32 - b1.powi(time as i32);
-        let c2 = 1f32 - b2.powi(time as i32);
-        let decay_rate = lr * self.weight_decay as f64;
-        let decay = (decay_rate != 0.0).then_some((1.0 - decay_rate) as f32);
-        let lr = lr as f32;
+        let step = AdamWStep::new(self, lr, time);
         p.par_chunks_mut(CHUNK)
             .zip(m.par_chunks_mut(CHUNK))
             .zip(v.par_chunks_mut(CHUNK))
             .zip(g.par_chunks(CHUNK))
-            .for_each(|(((p, m), v), g)| {
-                for i in 0..p.len() {
-                    let gi = g[i];
-                    let (mi, vi) = if first {
-                        (gi * f1, (gi * gi) * f2)
-                    } else {
-                        (m[i] * b1 + gi * f1, v[i] * b2 + (gi * gi) * f2)
-                    };
-                    m[i] = mi;
-                    v[i] = vi;
-                    let delta = (mi / c1) / ((vi / c2).sqrt() + eps);
-                    let decayed = match decay {
-                        Some(d) => p[i] * d,
-                        None => p[i],
-                    };
-                    p[i] = decayed - delta * lr;
-                }
-            });
+            .for_each(|(((p, m), v), g)| step.apply(p, m, v, g));
         let tensor =
             |values: Vec<f32>| Tensor::from_data(TensorData::new(values, shape.clone()), &device);
         let state = AdamWState {
@@ -268,6 +242,81 @@ impl FusedAdamW {
             },
         };
         (tensor(p), Some(state))
+    }
+}
+
+/// The scalars of one AdamW step, and the step over a chunk of entries.
+///
+/// Passed by value, so that the compiler keeps them in registers: read through the closure's
+/// references, they were reloaded for every entry (the stores to the weights and moments
+/// might have changed them, as far as it could tell) and the loop ran one entry at a time.
+#[derive(Clone, Copy)]
+struct AdamWStep {
+    beta_1: f32,
+    beta_2: f32,
+    epsilon: f32,
+    /// 1 − β₁ and 1 − β₂.
+    f1: f32,
+    f2: f32,
+    /// The bias corrections 1 − β₁ᵗ and 1 − β₂ᵗ.
+    c1: f32,
+    c2: f32,
+    lr: f32,
+    /// The weight-decay factor 1 − lr·λ, where λ ≠ 0.
+    decay: Option<f32>,
+    /// The first step, whose moments start from zero.
+    first: bool,
+}
+
+impl AdamWStep {
+    /// burn's AdamW, operation by operation (burn-optim 0.21 `adamw.rs`): scalars are f32, or
+    /// f64 rounded to f32 where burn passes an f64 (the rate and the decay factor).
+    fn new(adamw: &FusedAdamW, lr: LearningRate, time: usize) -> Self {
+        let (beta_1, beta_2) = (adamw.beta_1, adamw.beta_2);
+        let decay_rate = lr * adamw.weight_decay as f64;
+        Self {
+            beta_1,
+            beta_2,
+            epsilon: adamw.epsilon,
+            f1: 1.0 - beta_1,
+            f2: 1.0 - beta_2,
+            c1: 1f32 - beta_1.powi(time as i32),
+            c2: 1f32 - beta_2.powi(time as i32),
+            lr: lr as f32,
+            decay: (decay_rate != 0.0).then_some((1.0 - decay_rate) as f32),
+            first: time == 1,
+        }
+    }
+
+    /// Updates weights `p` and moments `m`, `v` in place from gradient `g`.
+    fn apply(self, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
+        let Self {
+            beta_1: b1,
+            beta_2: b2,
+            epsilon: eps,
+            f1,
+            f2,
+            c1,
+            c2,
+            lr,
+            decay,
+            first,
+        } = self;
+        for (((p, m), v), &gi) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+            let (mi, vi) = if first {
+                (gi * f1, (gi * gi) * f2)
+            } else {
+                (*m * b1 + gi * f1, *v * b2 + (gi * gi) * f2)
+            };
+            *m = mi;
+            *v = vi;
+            let delta = (mi / c1) / ((vi / c2).sqrt() + eps);
+            let decayed = match decay {
+                Some(d) => *p * d,
+                None => *p,
+            };
+            *p = decayed - delta * lr;
+        }
     }
 }
 
