@@ -35,7 +35,7 @@ pub struct LayerCache<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    /// `x: [batch, seq, hidden]`; `cos`/`sin`: `[batch, 1, seq, head_dim]`; `masked`:
+    /// `x: [batch, seq, hidden]`; `cos`/`sin`: `[batch, seq, 1, head_dim]`; `masked`:
     /// `[batch, 1, seq, keys]`, `true` where a query may not attend to a key. With a `cache`,
     /// the new keys/values are appended and attention covers all cached tokens.
     pub fn forward(
@@ -47,19 +47,22 @@ impl<B: Backend> Attention<B> {
         cache: Option<&mut Option<LayerCache<B>>>,
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
-        let heads =
-            |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
+        // [batch, seq, n · head_dim] → [batch, seq, n, head_dim]; the positions are rotated in
+        // this layout, then the heads are moved in front of the sequence.
+        let split = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, self.head_dim]);
         let q = apply_rotary(
-            heads(linear3(&self.q_proj, x.clone()), self.num_heads),
+            split(linear3(&self.q_proj, x.clone()), self.num_heads),
             cos,
             sin,
-        );
+        )
+        .swap_dims(1, 2);
         let mut k = apply_rotary(
-            heads(linear3(&self.k_proj, x.clone()), self.num_kv_heads),
+            split(linear3(&self.k_proj, x.clone()), self.num_kv_heads),
             cos,
             sin,
-        );
-        let mut v = heads(linear3(&self.v_proj, x), self.num_kv_heads);
+        )
+        .swap_dims(1, 2);
+        let mut v = split(linear3(&self.v_proj, x), self.num_kv_heads).swap_dims(1, 2);
 
         if let Some(cache) = cache {
             if let Some(past) = cache.take() {

@@ -43,8 +43,8 @@ impl RotaryEmbedding {
         Self { inv_freq }
     }
 
-    /// `cos` and `sin` tables `[batch, 1, seq, head_dim]` for per-token positions
-    /// (`positions[b · seq + s]`).
+    /// `cos` and `sin` tables `[batch, seq, 1, head_dim]` for per-token positions
+    /// (`positions[b · seq + s]`), broadcast over the heads of `[batch, seq, heads, head_dim]`.
     pub fn tables<B: Backend>(
         &self,
         positions: &[usize],
@@ -66,7 +66,7 @@ impl RotaryEmbedding {
                 }
             }
         }
-        let shape = [batch, 1, seq, dim];
+        let shape = [batch, seq, 1, dim];
         (
             Tensor::from_data(TensorData::new(cos, shape), device),
             Tensor::from_data(TensorData::new(sin, shape), device),
@@ -74,16 +74,19 @@ impl RotaryEmbedding {
     }
 }
 
-/// x·cos + rotate_half(x)·sin for `x: [batch, heads, seq, head_dim]`.
+/// x·cos + rotate_half(x)·sin for `x: [batch, seq, heads, head_dim]`, the layout the
+/// projections produce: rotating before the heads are moved forward keeps every operand
+/// contiguous (on a transposed `x`, each product walked it entry by entry, ~4% of a CPU
+/// training step).
 pub fn apply_rotary<B: Backend>(
     x: Tensor<B, 4>,
     cos: &Tensor<B, 4>,
     sin: &Tensor<B, 4>,
 ) -> Tensor<B, 4> {
-    let [b, h, s, d] = x.dims();
+    let [b, s, h, d] = x.dims();
     let half = d / 2;
-    let x1 = x.clone().slice([0..b, 0..h, 0..s, 0..half]);
-    let x2 = x.clone().slice([0..b, 0..h, 0..s, half..d]);
+    let x1 = x.clone().slice([0..b, 0..s, 0..h, 0..half]);
+    let x2 = x.clone().slice([0..b, 0..s, 0..h, half..d]);
     let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
     x * cos.clone() + rotated * sin.clone()
 }
