@@ -6,8 +6,8 @@
 //! embedding's gradient) afresh with `mmap` and unmaps it when freed, and it hands the top of
 //! its heap back once that top holds more than a few free megabytes. The next step then takes
 //! a page fault per 4 KiB page it writes, and the kernel zeroes each page: on SmolLM2 at
-//! 4 × 128 tokens, ~290,000 faults a step, which made the forward pass ~25% slower than the
-//! same arithmetic on reused memory (README "Benchmarks"). The cap of 32 MB on `mmap`'s
+//! 4 × 128 tokens, ~290,000 faults a step, which made the forward pass take 22–36% longer than
+//! the same arithmetic on reused memory (README "Benchmarks"). The cap of 32 MB on `mmap`'s
 //! threshold is glibc's own, so the only way to keep such blocks is to stop it from mapping
 //! blocks apart at all.
 
@@ -17,7 +17,8 @@
 /// training step reuses the pages the step before it freed.
 ///
 /// Meant for processes that train or decode on the CPU: the resident memory then stays at
-/// the peak of what a step uses (measured +3% for SmolLM2) rather than falling between steps.
+/// the peak of what a step uses rather than falling between steps, and that peak grows where
+/// the heap fragments (SmolLM2 at 4 × 128: +4% for SFT, +14% for GMT).
 /// It does not suit a process that loads a model only to copy it to a GPU, whose freed host
 /// buffers would stay resident; call [`release_freed_host_memory`] after such phases. Call it
 /// early, before the threads that train allocate: `mallopt` changes process-wide settings.
