@@ -383,10 +383,7 @@ pub trait BackendJob {
 /// Runs `job` on the selected backend.
 pub fn run_job<J: BackendJob>(selected: &Selected, job: J) -> anyhow::Result<J::Output> {
     match selected {
-        Selected::Cpu { replicas } => {
-            retain_freed_memory();
-            job.run::<Autodiff<Flex>>(vec![FlexDevice; *replicas])
-        }
+        Selected::Cpu { replicas } => job.run::<Autodiff<Flex>>(vec![FlexDevice; *replicas]),
         Selected::Wgpu { devices, .. } => job.run::<Autodiff<Wgpu>>(devices.clone()),
         Selected::Cuda(devices) => job.run::<Autodiff<Cuda>>(devices.clone()),
     }
@@ -404,7 +401,6 @@ pub fn run_training_job<J: BackendJob>(
     match (checkpointing, selected) {
         (Checkpointing::None, _) => run_job(selected, job),
         (Checkpointing::Balanced, Selected::Cpu { replicas }) => {
-            retain_freed_memory();
             job.run::<Balanced<Flex>>(vec![FlexDevice; *replicas])
         }
         (Checkpointing::Balanced, Selected::Wgpu { devices, .. }) => {
@@ -413,15 +409,6 @@ pub fn run_training_job<J: BackendJob>(
         (Checkpointing::Balanced, Selected::Cuda(devices)) => {
             job.run::<Balanced<Cuda>>(devices.clone())
         }
-    }
-}
-
-/// A CPU job's steps reuse the memory the step before them freed instead of faulting in
-/// fresh, zeroed pages (`gmt_train::memory::retain_freed_host_memory`: ~0.5 s of a SmolLM2
-/// forward pass at 4 × 128 tokens, README "Benchmarks").
-fn retain_freed_memory() {
-    if !gmt_train::memory::retain_freed_host_memory() {
-        tracing::debug!("the allocator keeps its defaults (not glibc): freed memory is returned");
     }
 }
 

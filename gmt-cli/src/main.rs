@@ -49,6 +49,10 @@ fn main() -> ExitCode {
         .with_target(false)
         .without_time()
         .init();
+    // Before any thread allocates: `mallopt` changes process-wide settings.
+    if cli.keep_freed_memory && !gmt_train::memory::retain_freed_host_memory() {
+        tracing::warn!("--keep-freed-memory: this allocator is not glibc's; ignored");
+    }
     let result = match &cli.command {
         Command::Train(args) => commands::train(args),
         Command::Eval(args) => commands::eval(args),

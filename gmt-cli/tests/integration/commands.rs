@@ -65,6 +65,30 @@ fn generate_streams_a_completion() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `--keep-freed-memory` changes how the allocator recycles memory, nothing that is computed:
+/// greedy decoding prints the same tokens with and without it.
+#[test]
+fn keeping_freed_memory_changes_no_output() {
+    let dir = temp_dir("keep-freed-memory");
+    let model = tiny_model(&dir, "llama-tiny");
+    let args = |keep: bool| {
+        let mut args = vec![
+            "generate",
+            "--backend",
+            "cpu",
+            "--model",
+            model.to_str().unwrap(),
+        ];
+        args.extend(["--prompt", "what is 2 plus 3 ?", "--max-new-tokens", "8"]);
+        if keep {
+            args.push("--keep-freed-memory");
+        }
+        gmt_ok(&args)
+    };
+    assert_eq!(args(true), args(false));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn info_lists_backends_and_describes_a_model() {
     let dir = temp_dir("info");
