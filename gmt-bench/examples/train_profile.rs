@@ -16,8 +16,8 @@
 //! after one warm-up run. Peak RSS is the process's, so each mode runs in its own process.
 //!
 //! The backend is burn's Flex (the `gmt` binary's CPU backend, multi-threaded with SIMD);
-//! `GMT_BENCH_BACKEND=ndarray` measures burn-ndarray instead. As in `gmt train` on the CPU,
-//! the allocator keeps what a step frees for the next step
+//! `GMT_BENCH_BACKEND=ndarray` measures burn-ndarray instead. As `gmt --keep-freed-memory`
+//! does (opt-in there), the allocator keeps what a step frees for the next step
 //! (`gmt_train::memory::retain_freed_host_memory`); `GMT_BENCH_ALLOCATOR=default` leaves
 //! glibc's defaults, for an A/B of that setting.
 use std::time::Instant;

@@ -3,18 +3,14 @@
 //! training allocates (harness threads take glibc arenas of their own, capped at 64 MB a
 //! heap, whose larger blocks are always mapped apart).
 
-use gmt_train::memory::{release_freed_host_memory, retain_freed_host_memory};
+use gmt_train::memory::{
+    peak_rss, release_freed_host_memory, reset_peak_rss, retain_freed_host_memory,
+};
 
-/// Resident memory in bytes now (Linux `VmRSS`).
+/// Resident memory in bytes now: the peak, restarted from the current size.
 fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 1024
+    reset_peak_rss();
+    peak_rss().expect("Linux reports VmHWM")
 }
 
 fn main() {
